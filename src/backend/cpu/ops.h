@@ -1,0 +1,63 @@
+// CPU reference ops for gpt-oss (f32 activations, f32 accumulation). The CPU backend is built from
+// these, and every CUDA kernel is tested against them (tests/backend). Matrices are row-major;
+// weights are nn.Linear style [out, in]. `pool` may be null (single-threaded).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/threads.h"
+#include "model/config.h"
+
+namespace gptoss::cpu {
+
+// y[t, o] = Σ_i x[t, i] · W[o, i] (+ bias[o]);  x [n, in] f32, W [out, in] bf16, bias [out] bf16 or
+// null, y [n, out] f32. Each y element is computed the same way whatever n is (batch-invariant).
+void matmul_bf16(const float* x, int64_t n, int64_t in, const uint16_t* w, const uint16_t* bias,
+                 int64_t out, float* y, ThreadPool* pool);
+
+// y[t] = gain ⊙ x[t] / sqrt(mean(x[t]²) + eps), all f32 (gain bf16 up-cast); x, y [n, dim].
+void rmsnorm(const float* x, int64_t n, int64_t dim, const uint16_t* gain, float eps, float* y);
+
+// YaRN (NTK-by-parts, truncate=false unless the config says true) frequencies and concentration.
+struct RopeTable {
+  std::vector<float> inv_freq;  // [head_dim/2] ω_i, f32
+  float concentration = 1.0f;   // m = 0.1·ln(factor) + 1
+  int64_t head_dim = 0;
+};
+RopeTable rope_table(const Config& config);
+// cos/sin for one position: cos_out[i] = cos(p·ω_i)·m, sin_out[i] = sin(p·ω_i)·m (angle in f32).
+void rope_cos_sin(const RopeTable& rope, int64_t pos, float* cos_out, float* sin_out);
+// Half-split rotation of n_heads vectors of head_dim at one position, in place.
+void rope_apply(float* x, int64_t n_heads, const RopeTable& rope, int64_t pos);
+
+// Attention of one query token (all heads) against keys/values at positions
+// [first, last] (inclusive) of one sequence, with per-head sink logits.
+//   q    [n_heads, head_dim] (post-RoPE)
+//   k_at(j), v_at(j): pointers to [n_kv_heads, head_dim] f32 for position j
+//   out  [n_heads, head_dim]
+// score_j = (q_h · k_{h/group, j}) · scale; sink σ_h joins the softmax and takes no value.
+template <typename KAt, typename VAt>
+void attention_sinks(const float* q, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                     int64_t first, int64_t last, KAt k_at, VAt v_at, const float* sinks, float scale,
+                     float* out);
+
+// Top-k of logits [E] (descending; ties → lower expert index first), then softmax over the k
+// selected logits. idx [k], weight [k].
+void router_topk_softmax(const float* logits, int64_t n_experts, int64_t k, int32_t* idx, float* weight);
+
+// Clamped SwiGLU on interleaved gate/up [2·I]: g = min(u[2j], limit), l = clamp(u[2j+1], ±limit),
+// out[j] = g·sigmoid(alpha·g)·(l + 1).
+void swiglu_clamp(const float* gate_up, int64_t inter, float alpha, float limit, float* out);
+
+// y[r] = Σ_c W[r, c]·x[c] (+ bias[r]) for an MXFP4 matrix [rows, cols] given by its blocks
+// [rows, cols/32, 16] and scales [rows, cols/32]; bias bf16 or null. x [cols], y [rows].
+void mxfp4_matvec(const uint8_t* blocks, const uint8_t* scales, const uint16_t* bias, int64_t rows,
+                  int64_t cols, const float* x, float* y);
+
+// out[t, :] = embedding row tokens[t] (bf16 → f32).
+void embed_rows(const uint16_t* table, int64_t dim, const int32_t* tokens, int64_t n, float* out);
+
+}  // namespace gptoss::cpu
+
+#include "backend/cpu/attention-inl.h"

@@ -11,6 +11,10 @@ namespace gptoss {
 
 enum class LayerType { kSlidingAttention, kFullAttention };
 
+// Harmony stop tokens (<|return|>, <|call|>, <|endoftext|>). Configs always stop on those that
+// exist in the vocabulary, because published generation configs disagree on the list (spec §1.1).
+inline constexpr int32_t kHarmonyStopTokens[] = {200002, 200012, 199999};
+
 struct RopeScaling {
   double factor = 32.0;
   double beta_fast = 32.0;
@@ -55,10 +59,13 @@ struct Config {
 
 // Parses a config.json text. Accepts the HF names and the original/ OpenAI names
 // (num_experts, experts_per_token, rope_scaling_factor, rope_ntk_alpha/beta, ...).
-// `source` names the file in errors.
+// Absent fields take the HF GptOssConfig class defaults (the 120b values); absent layer_types
+// means even layers slide. eos ids (int or list) get the in-vocabulary kHarmonyStopTokens added.
+// The result is validated. `source` names the file in errors.
 Result<Config> config_from_json_text(const std::string& text, const std::string& source);
 
-// Loads DIR/config.json, else DIR/original/config.json; merges DIR/generation_config.json stops.
+// Loads DIR/config.json, else DIR/original/config.json; merges DIR/generation_config.json stops
+// (ids outside the vocabulary are dropped with a warning).
 Result<Config> config_load_dir(const std::string& dir);
 
 // Serialises as an HF config.json (the layout mkckpt.py and the official checkpoints use).

@@ -37,16 +37,16 @@ struct Mxfp4Experts {
 };
 
 struct LayerWeights {
-  Weight attn_norm;  // [H]            input_layernorm.weight
-  Weight q_w, q_b;   // [Hq*Dh, H], [Hq*Dh]
-  Weight k_w, k_b;   // [Hkv*Dh, H], [Hkv*Dh]
-  Weight v_w, v_b;   // [Hkv*Dh, H], [Hkv*Dh]
-  Weight o_w, o_b;   // [H, Hq*Dh], [H]
-  Weight sinks;      // [Hq]
-  Weight mlp_norm;   // [H]            post_attention_layernorm.weight
+  Weight attn_norm;           // [H]            input_layernorm.weight
+  Weight q_w, q_b;            // [Hq*Dh, H], [Hq*Dh]
+  Weight k_w, k_b;            // [Hkv*Dh, H], [Hkv*Dh]
+  Weight v_w, v_b;            // [Hkv*Dh, H], [Hkv*Dh]
+  Weight o_w, o_b;            // [H, Hq*Dh], [H]
+  Weight sinks;               // [Hq]
+  Weight mlp_norm;            // [H]            post_attention_layernorm.weight
   Weight router_w, router_b;  // [E, H], [E]
-  Mxfp4Experts mlp1;  // gate_up: rows 2I (gate/up interleaved), cols H
-  Mxfp4Experts mlp2;  // down:    rows H, cols I
+  Mxfp4Experts mlp1;          // gate_up: rows 2I (gate/up interleaved), cols H
+  Mxfp4Experts mlp2;          // down:    rows H, cols I
 };
 
 struct ModelWeights {
@@ -79,12 +79,14 @@ class Model {
 
   struct ParamCounts {
     int64_t total = 0;
-    int64_t active = 0;  // per token: attention + router + top-k experts + norms + lm_head
-    size_t weight_bytes = 0;      // all weights as stored
-    size_t bytes_per_token = 0;   // weights read per decoded token at batch 1 (spec §8.2)
+    int64_t active = 0;          // per token: attention + router + top-k experts + norms + lm_head
+    size_t weight_bytes = 0;     // all weights as stored
+    size_t bytes_per_token = 0;  // weights read per decoded token at batch 1 (spec §8.2)
     size_t expert_bytes = 0, attention_bytes = 0, embedding_bytes = 0, lm_head_bytes = 0, other_bytes = 0;
   };
   ParamCounts param_counts() const;
+  // The same counts for any valid config, computed from shapes alone (no weights allocated).
+  static ParamCounts param_counts_for(const Config& config);
 
   // The checkpoint tensors (HF names) in write order, as views; used by init-random and convert.
   std::vector<TensorToWrite> tensors_for_writing() const;
@@ -96,5 +98,11 @@ class Model {
   std::string source_;
   std::shared_ptr<void> storage_;  // TensorStore or random arena
 };
+
+// Writes `model` as an HF checkpoint into DIR (created if needed): config.json plus
+// model.safetensors, or, when the weights exceed `max_shard_bytes`, shards named
+// model-0000K-of-0000N.safetensors (N = last index, as the official converter names them) and
+// model.safetensors.index.json.
+Status model_write_hf(const Model& model, const std::string& dir, size_t max_shard_bytes = size_t{4} << 30);
 
 }  // namespace gptoss

@@ -1,6 +1,13 @@
+// Backend factory (cpu / cuda / auto) and the RouterStats helpers shared by every backend.
 #include "backend/backend.h"
 
 #include <algorithm>
+
+#include "backend/cpu/cpu_backend.h"
+#include "core/log.h"
+#ifdef GPTOSS_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 namespace gptoss {
 
@@ -22,6 +29,35 @@ void RouterStats::merge(const RouterStats& o) {
     entropy_sum[i] += o.entropy_sum[i];
     tokens[i] += o.tokens[i];
   }
+}
+
+Result<std::unique_ptr<Backend>> backend_create(std::shared_ptr<const Model> model, const BackendOptions& opts) {
+  if (opts.kind == "cpu") return cpu_backend_create(std::move(model), opts);
+  if (opts.kind == "cuda" || opts.kind == "auto") {
+#ifdef GPTOSS_HAVE_CUDA
+    auto cuda = cuda_backend_create(model, opts);
+    if (cuda.ok() || opts.kind == "cuda") return cuda;
+    // "auto" falls back to the CPU when no usable GPU is found, and says why.
+    log_info("backend auto: CUDA unavailable ({}), using cpu", cuda.status().message());
+#else
+    if (opts.kind == "cuda")
+      return make_error(ErrorCode::kUnavailable, "backend 'cuda' is not available: this gptoss was built without CUDA");
+#endif
+    BackendOptions cpu_opts = opts;
+    cpu_opts.kind = "cpu";
+    return cpu_backend_create(std::move(model), cpu_opts);
+  }
+  std::string kinds;
+  for (const auto& k : backend_kinds()) kinds += (kinds.empty() ? "" : ", ") + k;
+  return make_error(ErrorCode::kInvalidArgument, "unknown backend '{}' (available: {}, auto)", opts.kind, kinds);
+}
+
+std::vector<std::string> backend_kinds() {
+#ifdef GPTOSS_HAVE_CUDA
+  return {"cpu", "cuda"};
+#else
+  return {"cpu"};
+#endif
 }
 
 }  // namespace gptoss

@@ -21,6 +21,7 @@ uint8_t fp4_encode(float x) {
   const uint8_t sign = std::signbit(x) ? 8 : 0;
   const float a = std::fabs(x);
   if (std::isnan(a)) return 0;
+  if (a >= 6.0f) return static_cast<uint8_t>(sign | 7);  // saturate (also ±inf, where every error ties)
   // Magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6 → codes 0..7; pick nearest, ties to the even code.
   uint8_t best = 0;
   float best_err = a;

@@ -1,9 +1,9 @@
 // Status and Result<T>: the error values every library function returns (only main() exits).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <utility>
-#include <variant>
 
 #include <fmt/format.h>
 
@@ -46,28 +46,35 @@ Status make_error(ErrorCode code, fmt::format_string<Args...> f, Args&&... args)
   return Status(code, fmt::format(f, std::forward<Args>(args)...));
 }
 
-// Result<T> holds a value or a non-ok Status.
+[[noreturn]] void check_failed(const char* file, int line, const char* cond, const std::string& msg);
+
+// Result<T> holds a value or a non-ok Status. (An optional + Status rather than a std::variant:
+// GCC 12 reports false -Wmaybe-uninitialized warnings when destroying variant<int, Status>.)
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
-  Result(Status status) : v_(std::move(status)) {}  // NOLINT(google-explicit-constructor)
-
-  bool ok() const { return std::holds_alternative<T>(v_); }
-  const Status& status() const {
-    static const Status kOk;
-    return ok() ? kOk : std::get<Status>(v_);
+  Result(T value) : value_(std::move(value)) {}         // NOLINT(google-explicit-constructor)
+  Result(Status status) : status_(std::move(status)) {  // NOLINT(google-explicit-constructor)
+    if (status_.ok()) status_ = Status(ErrorCode::kInternal, "Result constructed from an ok Status without a value");
   }
-  T& value() & { return std::get<T>(v_); }
-  const T& value() const& { return std::get<T>(v_); }
-  T&& value() && { return std::get<T>(std::move(v_)); }
+
+  bool ok() const { return value_.has_value(); }
+  const Status& status() const { return status_; }
+  // Reading the value of an error Result is a programmer error: it aborts with the status.
+  T& value() & { return checked(), *value_; }
+  const T& value() const& { return checked(), *value_; }
+  T&& value() && { return checked(), std::move(*value_); }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
 
  private:
-  std::variant<T, Status> v_;
+  void checked() const {
+    if (!value_) check_failed(__FILE__, __LINE__, "ok()", "value() of a Result holding " + status_.to_string());
+  }
+  std::optional<T> value_;
+  Status status_;
 };
 
 }  // namespace gptoss
@@ -76,26 +83,21 @@ class [[nodiscard]] Result {
 #define GPTOSS_CONCAT(a, b) GPTOSS_CONCAT_INNER(a, b)
 
 // Returns the Status from the enclosing function when `expr` (a Status) is not ok.
-#define GPTOSS_RETURN_IF_ERROR(expr)            \
-  do {                                          \
-    ::gptoss::Status _st = (expr);              \
-    if (!_st.ok()) return _st;                  \
+#define GPTOSS_RETURN_IF_ERROR(expr) \
+  do {                               \
+    ::gptoss::Status _st = (expr);   \
+    if (!_st.ok()) return _st;       \
   } while (0)
 
 // `lhs = value of expr` (a Result<T>), or return its Status.
-#define GPTOSS_ASSIGN_OR_RETURN(lhs, expr) \
-  GPTOSS_ASSIGN_OR_RETURN_IMPL(GPTOSS_CONCAT(_res_, __LINE__), lhs, expr)
+#define GPTOSS_ASSIGN_OR_RETURN(lhs, expr) GPTOSS_ASSIGN_OR_RETURN_IMPL(GPTOSS_CONCAT(_res_, __LINE__), lhs, expr)
 #define GPTOSS_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
   auto tmp = (expr);                                 \
   if (!tmp.ok()) return tmp.status();                \
   lhs = std::move(tmp).value()
 
 // Always-on invariant check for programmer errors (never for user input).
-#define GPTOSS_CHECK(cond, ...)                                                     \
-  do {                                                                              \
+#define GPTOSS_CHECK(cond, ...)                                                               \
+  do {                                                                                        \
     if (!(cond)) ::gptoss::check_failed(__FILE__, __LINE__, #cond, fmt::format(__VA_ARGS__)); \
   } while (0)
-
-namespace gptoss {
-[[noreturn]] void check_failed(const char* file, int line, const char* cond, const std::string& msg);
-}  // namespace gptoss

@@ -1,0 +1,214 @@
+// CPU backend interface behaviour: batch validation errors, optional outputs (argmax only, router
+// statistics, memory statistics), thread-count invariance and the backend factory.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <span>
+
+#include "backend/cpu/ops.h"
+#include "test_util.h"
+
+namespace gptoss::testing {
+namespace {
+
+std::shared_ptr<const Model> tiny_model(uint64_t seed = 21) {
+  auto c = config_preset("tiny");
+  EXPECT_TRUE(c.ok());
+  auto m = Model::random(*c, seed);
+  EXPECT_TRUE(m.ok()) << m.status().to_string();
+  return m.ok() ? *m : nullptr;
+}
+
+std::vector<int32_t> random_tokens(size_t n, int64_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = static_cast<int32_t>(rng() % static_cast<uint32_t>(vocab));
+  return t;
+}
+
+class CpuBackendApi : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = tiny_model();
+    ASSERT_TRUE(model_);
+    BackendOptions o = test_options(32, 2);
+    o.max_batch_tokens = 40;
+    auto b = backend_create(model_, o);
+    ASSERT_TRUE(b.ok()) << b.status().to_string();
+    backend_ = std::move(b).value();
+    tokens_ = random_tokens(30, vocab(), 1);
+  }
+  int64_t vocab() const { return model_->config().vocab_size; }
+  // forward() of one sequence, no outputs.
+  Status step(int slot, int64_t pos, std::span<const int32_t> toks) {
+    SeqBatch s;
+    s.slot = slot;
+    s.pos = pos;
+    s.tokens = toks;
+    return backend_->forward(std::span<const SeqBatch>(&s, 1), {});
+  }
+  static void expect_error(const Status& st, ErrorCode code, const std::string& needle) {
+    EXPECT_EQ(st.code(), code) << st.to_string();
+    EXPECT_NE(st.message().find(needle), std::string::npos) << "'" << needle << "' not in: " << st.message();
+  }
+
+  std::shared_ptr<const Model> model_;
+  std::unique_ptr<Backend> backend_;
+  std::vector<int32_t> tokens_;
+};
+
+TEST_F(CpuBackendApi, RejectsBadBatchesWithClearErrors) {
+  const std::span<const int32_t> five(tokens_.data(), 5);
+  expect_error(step(2, 0, five), ErrorCode::kInvalidArgument, "slot 2");
+  expect_error(step(-1, 0, five), ErrorCode::kInvalidArgument, "slot -1");
+  const int32_t bad[] = {1, static_cast<int32_t>(vocab()), 2};
+  expect_error(step(0, 0, bad), ErrorCode::kOutOfRange, std::to_string(vocab()));
+  const int32_t negative[] = {-3};
+  expect_error(step(0, 0, negative), ErrorCode::kOutOfRange, "-3");
+  expect_error(step(0, 3, five), ErrorCode::kInvalidArgument, "pos 3");  // slot 0 is empty
+  expect_error(step(0, 0, {}), ErrorCode::kInvalidArgument, "no tokens");
+  expect_error(step(0, 28, std::span<const int32_t>(tokens_.data(), 5)), ErrorCode::kInvalidArgument, "pos 28");
+  // Context: 32 positions per slot.
+  std::vector<int32_t> long_seq(33, 1);
+  expect_error(step(0, 0, long_seq), ErrorCode::kOutOfRange, "max_context");
+  // Two sequences of 25 + 20 tokens exceed max_batch_tokens = 40.
+  SeqBatch two[2];
+  two[0].tokens = std::span<const int32_t>(tokens_.data(), 25);
+  two[1].slot = 1;
+  two[1].tokens = std::span<const int32_t>(tokens_.data(), 20);
+  expect_error(backend_->forward(two, {}), ErrorCode::kInvalidArgument, "max_batch_tokens");
+  two[1].slot = 0;
+  two[1].tokens = std::span<const int32_t>(tokens_.data(), 2);
+  expect_error(backend_->forward(two, {}), ErrorCode::kInvalidArgument, "both use slot 0");
+  expect_error(backend_->forward({}, {}), ErrorCode::kInvalidArgument, "empty batch");
+  // Nothing was written by the rejected calls.
+  EXPECT_EQ(backend_->slot_length(0), 0);
+  EXPECT_EQ(backend_->slot_length(1), 0);
+  EXPECT_TRUE(step(0, 0, five).ok());
+  EXPECT_EQ(backend_->slot_length(0), 5);
+  expect_error(step(0, 6, five), ErrorCode::kInvalidArgument, "beyond slot 0 length 5");
+}
+
+TEST_F(CpuBackendApi, ArgmaxWithoutLogitsMatchesLogits) {
+  SeqBatch s;
+  s.tokens = std::span<const int32_t>(tokens_.data(), 12);
+  s.all_logits = true;
+  std::vector<float> logits(12 * static_cast<size_t>(vocab()));
+  std::vector<int32_t> with(12), without(12, -1);
+  StepOutputs out;
+  out.logits = logits.data();
+  out.argmax = with.data();
+  ASSERT_TRUE(backend_->forward(std::span<const SeqBatch>(&s, 1), out).ok());
+  for (int i = 0; i < 12; ++i) EXPECT_EQ(with[i], cpu::argmax(logits.data() + i * vocab(), vocab()));
+  s.slot = 1;
+  StepOutputs only;
+  only.argmax = without.data();
+  ASSERT_TRUE(backend_->forward(std::span<const SeqBatch>(&s, 1), only).ok());
+  EXPECT_EQ(with, without);
+}
+
+TEST_F(CpuBackendApi, RouterStatsCountEveryTokenAndAccumulate) {
+  const Config& c = model_->config();
+  RouterStats stats;
+  StepOutputs out;
+  out.router_stats = &stats;
+  SeqBatch s;
+  s.tokens = std::span<const int32_t>(tokens_.data(), 10);
+  ASSERT_TRUE(backend_->forward(std::span<const SeqBatch>(&s, 1), out).ok());
+  s.pos = 10;
+  s.tokens = std::span<const int32_t>(tokens_.data() + 10, 3);
+  ASSERT_TRUE(backend_->forward(std::span<const SeqBatch>(&s, 1), out).ok());
+  ASSERT_EQ(stats.layers, c.num_hidden_layers);
+  ASSERT_EQ(stats.experts, c.num_local_experts);
+  ASSERT_EQ(stats.top_k, c.num_experts_per_tok);
+  const double k = static_cast<double>(c.num_experts_per_tok);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    EXPECT_EQ(stats.tokens[l], 13u);
+    uint64_t total = 0;
+    for (int64_t e = 0; e < c.num_local_experts; ++e) total += stats.counts[l * c.num_local_experts + e];
+    EXPECT_EQ(total, 13u * static_cast<uint64_t>(c.num_experts_per_tok));
+    EXPECT_GE(stats.top1_weight_sum[l], 13.0 / k - 1e-9);
+    EXPECT_LE(stats.top1_weight_sum[l], 13.0 + 1e-9);
+    EXPECT_GE(stats.entropy_sum[l], 0.0);
+    EXPECT_LE(stats.entropy_sum[l], 13.0 * std::log(k) + 1e-9);
+  }
+}
+
+TEST_F(CpuBackendApi, MemoryStatsReflectCacheAndWeights) {
+  const Config& c = model_->config();
+  MemoryStats m0 = backend_->memory_stats();
+  size_t weights = 0;
+  for (const TensorToWrite& t : model_->tensors_for_writing()) weights += t.nbytes;
+  EXPECT_EQ(m0.weight_bytes, weights);
+  // Sliding layers keep min(context, window + rollback) = min(32, 16 + 64) = 32 entries here.
+  const size_t per_entry = static_cast<size_t>(c.kv_dim()) * 2 * sizeof(float);
+  EXPECT_EQ(m0.kv_bytes_reserved, 2u * 32u * static_cast<size_t>(c.num_hidden_layers) * per_entry);
+  EXPECT_EQ(m0.kv_bytes_used, 0u);
+  ASSERT_TRUE(step(1, 0, std::span<const int32_t>(tokens_.data(), 7)).ok());
+  const MemoryStats m1 = backend_->memory_stats();
+  EXPECT_EQ(m1.kv_bytes_used, 7u * static_cast<size_t>(c.num_hidden_layers) * per_entry);
+  EXPECT_GT(m1.scratch_bytes, 0u);
+  EXPECT_EQ(m1.device_total, 0u);
+}
+
+TEST(CpuBackendThreads, ResultsDoNotDependOnThreadCount) {
+  auto model = tiny_model(22);
+  ASSERT_TRUE(model);
+  const auto tokens = random_tokens(50, model->config().vocab_size, 2);
+  const auto one = one_pass_logits(model, tokens, 1);
+  EXPECT_EQ(one_pass_logits(model, tokens, 2), one);
+  EXPECT_EQ(one_pass_logits(model, tokens, 3), one);
+}
+
+TEST(BackendFactory, CreatesKnownKindsAndRejectsOthers) {
+  auto model = tiny_model();
+  ASSERT_TRUE(model);
+  BackendOptions o = test_options(16);
+  auto cpu = backend_create(model, o);
+  ASSERT_TRUE(cpu.ok());
+  EXPECT_EQ((*cpu)->name(), "cpu");
+  EXPECT_EQ((*cpu)->options().max_context, 16);
+  const auto kinds = backend_kinds();
+  EXPECT_NE(std::find(kinds.begin(), kinds.end(), "cpu"), kinds.end());
+#ifndef GPTOSS_HAVE_CUDA
+  o.kind = "auto";
+  auto fallback = backend_create(model, o);
+  ASSERT_TRUE(fallback.ok());
+  EXPECT_EQ((*fallback)->name(), "cpu");
+  o.kind = "cuda";
+  auto cuda = backend_create(model, o);
+  ASSERT_FALSE(cuda.ok());
+  EXPECT_EQ(cuda.status().code(), ErrorCode::kUnavailable);
+  EXPECT_NE(cuda.status().message().find("cuda"), std::string::npos);
+  EXPECT_EQ(kinds.size(), 1u);
+#endif
+  o.kind = "tpu";
+  auto unknown = backend_create(model, o);
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(unknown.status().message().find("tpu"), std::string::npos);
+}
+
+TEST(BackendFactory, RejectsBadOptions) {
+  auto model = tiny_model();
+  ASSERT_TRUE(model);
+  auto bad = [&](auto mutate, const std::string& field) {
+    BackendOptions o = test_options(16);
+    mutate(o);
+    auto b = backend_create(model, o);
+    ASSERT_FALSE(b.ok()) << field;
+    EXPECT_EQ(b.status().code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(b.status().message().find(field), std::string::npos) << b.status().message();
+  };
+  bad([](BackendOptions& o) { o.max_slots = 0; }, "max_slots");
+  bad([](BackendOptions& o) { o.max_context = 0; }, "max_context");
+  bad([&](BackendOptions& o) { o.max_context = model->config().max_position_embeddings + 1; }, "max_context");
+  bad([](BackendOptions& o) { o.rollback = -1; }, "rollback");
+  bad([](BackendOptions& o) { o.max_batch_tokens = 0; }, "max_batch_tokens");
+  bad([](BackendOptions& o) { o.threads = -2; }, "threads");
+}
+
+}  // namespace
+}  // namespace gptoss::testing

@@ -314,22 +314,27 @@ void EngineImpl::step() {
     update_stats(static_cast<int64_t>(members.size()), batch_tokens);
     return;
   }
-  for (size_t i = 0; i < members.size(); ++i) {
-    Slot& slot = slots[members[i].slot];
+  // Bookkeeping and statistics before any event, so a caller woken by an event sees them current.
+  for (const auto& m : members) {
+    Slot& slot = slots[m.slot];
     Sequence& q = *slot.seq;
-    slot.cached.insert(slot.cached.end(), q.tokens.begin() + q.pos, q.tokens.begin() + q.pos + members[i].n);
-    q.pos += members[i].n;
-    if (!members[i].emits) continue;
-    int32_t tok = q.wants_logits()
-                      ? q.sampler.sample(logits.data() + i * static_cast<size_t>(vocab), vocab, q.tokens, q.n_prompt)
-                      : argmax[i];
-    emit_token(slot, tok);
+    slot.cached.insert(slot.cached.end(), q.tokens.begin() + q.pos, q.tokens.begin() + q.pos + m.n);
+    q.pos += m.n;
   }
   if (options.collect_router_stats) {
     std::lock_guard lk(stats_mu);
     stats.router.merge(step_router);
   }
   update_stats(static_cast<int64_t>(members.size()), batch_tokens);
+  for (size_t i = 0; i < members.size(); ++i) {
+    if (!members[i].emits) continue;
+    Slot& slot = slots[members[i].slot];
+    Sequence& q = *slot.seq;
+    int32_t tok = q.wants_logits()
+                      ? q.sampler.sample(logits.data() + i * static_cast<size_t>(vocab), vocab, q.tokens, q.n_prompt)
+                      : argmax[i];
+    emit_token(slot, tok);
+  }
 }
 
 void EngineImpl::emit_token(Slot& slot, int32_t token) {
@@ -368,6 +373,7 @@ void EngineImpl::finish(Slot& slot, FinishReason why, const Status& st) {
     if (why == FinishReason::kCancelled) ++stats.requests_cancelled;
     if (why == FinishReason::kError) ++stats.requests_failed;
   }
+  update_stats(0, 0);
   if (!q->req.on_event) return;
   GenerationEvent ev;
   ev.kind = GenerationEvent::Kind::kFinished;

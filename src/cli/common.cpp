@@ -140,6 +140,25 @@ bool valid_date(const std::string& d) {
   const bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
   return day <= kDays[m - 1] + (m == 2 && leap ? 1 : 0);
 }
+// SamplingParams names its fields; the user typed flags, so say which flag is wrong.
+Status sampling_error_as_flag(const Status& st) {
+  static const std::pair<const char*, const char*> kFlags[] = {{"temperature", "--temperature"},
+                                                               {"top_p", "--top-p"},
+                                                               {"top_k", "--top-k"},
+                                                               {"min_p", "--min-p"},
+                                                               {"repetition_penalty", "--repeat-penalty"},
+                                                               {"presence_penalty", "--presence-penalty"},
+                                                               {"frequency_penalty", "--frequency-penalty"}};
+  std::string msg = st.message();
+  for (const auto& [field, flag] : kFlags) {
+    const std::string f = field;
+    if (msg.compare(0, f.size(), f) == 0 && (msg.size() == f.size() || msg[f.size()] == ' ')) {
+      msg = flag + msg.substr(f.size());
+      break;
+    }
+  }
+  return Status(ErrorCode::kInvalidArgument, msg);
+}
 }  // namespace
 
 Status finalize_flags(ModelFlags& model, GenerationFlags& gen) {
@@ -164,9 +183,7 @@ Status finalize_flags(ModelFlags& model, GenerationFlags& gen) {
   }
   if (!gen.seed) gen.seed = (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
   gen.sampling.seed = *gen.seed;
-  if (Status st = gen.sampling.validate(); !st.ok()) {
-    return make_error(ErrorCode::kInvalidArgument, "invalid sampling option: {}", st.message());
-  }
+  if (Status st = gen.sampling.validate(); !st.ok()) return sampling_error_as_flag(st);
   return {};
 }
 

@@ -1,0 +1,190 @@
+// `gptoss run` driven as a real process on the demo model: determinism, summary and --stats
+// numbers checked against independent derivations, terminal behaviour, Ctrl-C, and bad input.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <numeric>
+
+#include "cli/process.h"
+#include "cli/stats_parse.h"
+#include "tokenizer/harmony.h"
+#include "tokenizer/tokenizer.h"
+
+namespace gptoss::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::vector<std::string> base_args(const std::string& prompt) {
+  return {"run",       "--model", demo_model_dir(), "--prompt",  prompt, "--backend", "cpu",
+          "--threads", "2",       "--date",         "2025-06-28"};
+}
+
+std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& more) {
+  a.insert(a.end(), more.begin(), more.end());
+  return a;
+}
+
+// A failed command must exit (not crash) with 1 or 2 and say what is wrong in one error line.
+void expect_clean_failure(const ProcResult& r, const std::string& needle) {
+  EXPECT_TRUE(r.exited) << "ended by signal " << r.term_signal << "\n" << r.err;
+  EXPECT_TRUE(r.exit_code == 1 || r.exit_code == 2) << "exit " << r.exit_code << "\n" << r.err;
+  EXPECT_NE(r.err.find("error:"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << "expected '" << needle << "' in: " << r.err;
+  EXPECT_EQ(r.err.find("Segmentation"), std::string::npos);
+}
+
+TEST(CliRun, SameSeedSameTextDifferentSeedDifferentText) {
+  const auto args = with(base_args("Hello! What is the capital of France?"),
+                         {"--max-tokens", "24", "--temperature", "0.8", "--seed", "11"});
+  const ProcResult a = run_gptoss(args);
+  const ProcResult b = run_gptoss(args);
+  ASSERT_TRUE(a.exited && a.exit_code == 0) << a.err;
+  ASSERT_TRUE(b.exited && b.exit_code == 0) << b.err;
+  EXPECT_FALSE(a.out.empty());
+  EXPECT_EQ(a.out, b.out);
+  const ProcResult c = run_gptoss(with(base_args("Hello! What is the capital of France?"),
+                                       {"--max-tokens", "24", "--temperature", "0.8", "--seed", "12"}));
+  ASSERT_TRUE(c.exited && c.exit_code == 0) << c.err;
+  EXPECT_NE(a.out, c.out) << "the seed must change the sampled text";
+  // Not a terminal: no ANSI styles and no progress bar anywhere.
+  for (const auto* s : {&a.out, &a.err}) {
+    EXPECT_EQ(s->find('\033'), std::string::npos);
+    EXPECT_EQ(s->find('\r'), std::string::npos);
+  }
+}
+
+TEST(CliRun, SummaryCountsMatchTheRenderedPrompt) {
+  const std::string prompt = "Explain MXFP4 in one sentence.";
+  const ProcResult r = run_gptoss(with(base_args(prompt), {"--max-tokens", "9", "--temperature", "0", "--system",
+                                                           "Answer briefly.", "--reasoning-effort", "high"}));
+  ASSERT_TRUE(r.exited && r.exit_code == 0) << r.err;
+  EXPECT_NE(r.err.find("loaded "), std::string::npos) << r.err;
+  const auto sums = parse_summaries(r.err);
+  ASSERT_EQ(sums.size(), 1u) << r.err;
+  // The same conversation rendered independently with the tokenizer library.
+  auto tok = Tokenizer::load(GPTOSS_TOKENIZER);
+  ASSERT_TRUE(tok.ok()) << tok.status().to_string();
+  Conversation conv;
+  conv.system.current_date = "2025-06-28";
+  conv.system.reasoning_effort = "high";
+  conv.has_developer = true;
+  conv.instructions = "Answer briefly.";
+  HarmonyMessage user;
+  user.role = "user";
+  user.content = prompt;
+  conv.messages.push_back(user);
+  auto ids = harmony_render(**tok, conv, RenderOptions{});
+  ASSERT_TRUE(ids.ok());
+  EXPECT_EQ(sums[0].prompt, static_cast<int64_t>(ids->size()));
+  EXPECT_EQ(sums[0].cached, 0);
+  EXPECT_GE(sums[0].generated, 1);
+  EXPECT_LE(sums[0].generated, 9);
+  EXPECT_TRUE(sums[0].finish == "length" || sums[0].finish == "stop") << sums[0].finish;
+  if (sums[0].finish == "length") {
+    EXPECT_EQ(sums[0].generated, 9);
+  }
+}
+
+TEST(CliRun, StatsExpertCountsSumToTokensTimesTopK) {
+  const ProcResult r =
+      run_gptoss(with(base_args("Count the experts, please."), {"--max-tokens", "13", "--seed", "3", "--stats"}));
+  ASSERT_TRUE(r.exited && r.exit_code == 0) << r.err;
+  const auto sums = parse_summaries(r.err);
+  ASSERT_EQ(sums.size(), 1u);
+  const auto rep = parse_routing(r.err);
+  ASSERT_TRUE(rep.has_value()) << r.err;
+  // demo preset: 2 layers, 4 experts, top-2.
+  EXPECT_EQ(rep->layers, 2);
+  EXPECT_EQ(rep->experts, 4);
+  EXPECT_EQ(rep->top_k, 2);
+  ASSERT_EQ(rep->per_layer.size(), 2u);
+  // Every prompt token and every generated token except the last one ran through the model.
+  const uint64_t routed = static_cast<uint64_t>(sums[0].prompt + sums[0].generated - 1);
+  for (const RoutingLayer& l : rep->per_layer) {
+    ASSERT_EQ(l.counts.size(), 4u);
+    EXPECT_EQ(l.tokens, routed) << "layer " << l.layer;
+    EXPECT_EQ(std::accumulate(l.counts.begin(), l.counts.end(), uint64_t{0}), l.tokens * 2) << "layer " << l.layer;
+    // Each expert is chosen at most once per token.
+    for (uint64_t c : l.counts) EXPECT_LE(c, l.tokens);
+    // balance = E·Σf² from the printed counts (3 decimals printed).
+    double sum_sq = 0, h = 0;
+    for (uint64_t c : l.counts) {
+      const double f = static_cast<double>(c) / static_cast<double>(2 * l.tokens);
+      sum_sq += f * f;
+      if (f > 0) h -= f * std::log2(f);
+    }
+    EXPECT_NEAR(l.balance, 4 * sum_sq, 1e-3);
+    EXPECT_NEAR(l.usage_entropy, h, 1e-3);
+    EXPECT_NEAR(l.usage_max, 2.0, 1e-3);
+    EXPECT_NEAR(l.token_max, 1.0, 1e-3);
+    EXPECT_GE(l.balance, 1.0 - 1e-3);
+    EXPECT_LE(l.balance, 2.0 + 1e-3);  // E/k: the same two experts every time
+    EXPECT_GE(l.token_entropy, 0.0);
+    EXPECT_LE(l.token_entropy, 1.0 + 1e-3);
+    EXPECT_GE(l.top1, 0.5 - 1e-3);  // the largest of two weights summing to 1
+    EXPECT_LE(l.top1, 1.0 + 1e-3);
+  }
+  for (const char* needle : {"weights", "KV cache", "scratch", "RSS", "device"}) {
+    EXPECT_NE(r.err.find(needle), std::string::npos) << needle;
+  }
+}
+
+TEST(CliRun, TerminalShowsProgressAndCtrlCStopsCleanly) {
+  std::vector<std::string> args{GPTOSS_BIN};
+  const auto rest = with(base_args("Write a very long story."),
+                         {"--max-tokens", "60000", "--context", "65536", "--seed", "1", "--show-reasoning"});
+  args.insert(args.end(), rest.begin(), rest.end());
+  PtyProcess p(args);
+  ASSERT_TRUE(p.started());
+  ASSERT_TRUE(p.wait_for("loaded ", 0, 120000)) << p.output();
+  // The progress bar was drawn on the terminal before the load line.
+  EXPECT_NE(p.output().find("loading ["), std::string::npos) << p.output();
+  const size_t after_load = p.output().find("loaded ");
+  const size_t line_end = p.output().find('\n', after_load);
+  ASSERT_NE(line_end, std::string::npos);
+  // Let some text stream, then press Ctrl-C.
+  ASSERT_TRUE(p.wait_for(" ", line_end + 40, 60000)) << p.output();
+  p.write("\x03");
+  ASSERT_TRUE(p.wait_exit(60000)) << p.output();
+  EXPECT_TRUE(p.exited()) << "signal " << p.term_signal();
+  EXPECT_EQ(p.exit_code(), 130);
+  const auto sums = parse_summaries(p.output());
+  ASSERT_EQ(sums.size(), 1u) << p.output();
+  EXPECT_TRUE(sums[0].interrupted);
+  EXPECT_EQ(sums[0].finish, "cancelled");
+  EXPECT_LT(sums[0].generated, 60000);
+}
+
+TEST(CliRun, BadInputFailsWithAClearMessage) {
+  const std::string demo = demo_model_dir();
+  expect_clean_failure(run_gptoss({"run", "--model", "/nonexistent/model", "--prompt", "hi"}), "does not exist");
+  expect_clean_failure(run_gptoss({"run", "--prompt", "hi"}), "--model");
+  expect_clean_failure(run_gptoss(with(base_args("hi"), {"--temperature=-0.5"})), "--temperature");
+  expect_clean_failure(run_gptoss(with(base_args("hi"), {"--top-p", "0"})), "--top-p");
+  expect_clean_failure(run_gptoss(with(base_args("hi"), {"--top-p", "1.5"})), "--top-p");
+  expect_clean_failure(run_gptoss(with(base_args("hi"), {"--reasoning-effort", "extreme"})), "reasoning-effort");
+  expect_clean_failure(run_gptoss(with(base_args("hi"), {"--max-tokens", "0"})), "--max-tokens");
+  expect_clean_failure(run_gptoss(with(base_args("hi"), {"--date", "2025-02-30"})), "--date");
+  expect_clean_failure(run_gptoss(with(base_args("hi"), {"--backend", "tpu"})), "--backend");
+  expect_clean_failure(run_gptoss(with(base_args("hi"), {"--no-such-flag"})), "no-such-flag");
+  expect_clean_failure(run_gptoss(with(base_args("hi"), {"--tokenizer", "/nonexistent/tokenizer.json"})),
+                       "no tokenizer");
+  // A prompt that cannot fit the context (plus room for one new token).
+  std::string long_prompt;
+  for (int i = 0; i < 300; ++i) long_prompt += "word" + std::to_string(i) + " ";
+  expect_clean_failure(run_gptoss(with(base_args(long_prompt), {"--context", "128"})), "context");
+  // A model folder without tokenizer.json: the checkpoint alone, through symlinks.
+  const std::string bare = make_temp_dir("notok");
+  for (const char* f : {"config.json", "model.safetensors"}) fs::create_symlink(fs::path(demo) / f, fs::path(bare) / f);
+  expect_clean_failure(run_gptoss({"run", "--model", bare, "--prompt", "hi"}), "no tokenizer");
+  // A tokenizer whose special ids the model has no rows for.
+  expect_clean_failure(run_gptoss({"run", "--model", std::string(GPTOSS_FIXTURES) + "/pub-a", "--tokenizer",
+                                   GPTOSS_TOKENIZER, "--prompt", "hi"}),
+                       "vocabulary");
+  fs::remove_all(bare);
+}
+
+}  // namespace
+}  // namespace gptoss::testing

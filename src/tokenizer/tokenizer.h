@@ -25,16 +25,24 @@ inline constexpr int32_t kMessage = 200008;
 inline constexpr int32_t kCall = 200012;
 }  // namespace harmony_tokens
 
+// Thread-safety: a loaded Tokenizer is immutable apart from an internal, mutex-guarded BPE cache,
+// so one instance may be shared by any number of threads.
 class Tokenizer {
  public:
   // Loads tokenizer.json (vocab, merges, added tokens, pre-tokenizer regex). Errors name the file.
   static Result<std::unique_ptr<Tokenizer>> load(const std::string& path);
   ~Tokenizer();
 
-  // Encodes UTF-8 text. With allow_special, added/special token strings in the text become their
-  // ids; without it they are encoded as ordinary text (user content is never parsed for them).
-  // Invalid UTF-8 is encoded byte-wise like HF does for the bytes it sees.
+  // Encodes UTF-8 text exactly as HF `tokenizers` does. With allow_special, added/special token
+  // strings in the text become their ids (leftmost, longest first); without it they are encoded as
+  // ordinary text (user content is never parsed for them). Invalid UTF-8 bytes are never matched by
+  // the pre-tokenizer regex; they form pieces of their own and are encoded byte-wise, so
+  // decode(encode(x)) == x holds for any bytes x.
   std::vector<int32_t> encode(std::string_view text, bool allow_special = false) const;
+
+  // The pre-tokenizer pieces of `text` (regex matches and the gaps between them, in order, covering
+  // the text), appended to *pieces as views into `text`. No special-token handling.
+  void pre_tokenize(std::string_view text, std::vector<std::string_view>* pieces) const;
 
   // Bytes of one token (special tokens give their literal text); empty for unknown ids.
   std::string_view token_bytes(int32_t id) const;
@@ -53,13 +61,17 @@ class Tokenizer {
 
 // Streaming-safe detokenizer: push ids one at a time, get the text that is complete so far;
 // an incomplete multi-byte UTF-8 sequence is held back until it completes; invalid bytes
-// become U+FFFD; flush() emits what is left (an incomplete tail becomes U+FFFD).
+// become U+FFFD; flush() emits what is left (an incomplete tail becomes U+FFFD). The
+// concatenation of all outputs equals the lossy decode of all bytes at once. An id the
+// tokenizer does not define counts as one invalid byte: it flushes the held bytes and adds U+FFFD.
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tok) : tok_(tok) {}
   std::string push(int32_t id);
   std::string push_bytes(std::string_view bytes);
   std::string flush();
+  // True while an incomplete UTF-8 sequence is held back.
+  bool has_pending() const { return !pending_.empty(); }
 
  private:
   const Tokenizer& tok_;

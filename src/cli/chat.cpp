@@ -200,7 +200,11 @@ void ChatSession::turn(const std::string& text) {
 }
 
 int chat_main(int argc, char** argv) {
-  CLI::App app{"Chat with the model: one user turn per line of stdin.", "gptoss chat"};
+  CLI::App app{
+      "Chat with the model: one user turn per line of stdin (a terminal or a pipe); the KV cache is kept across "
+      "turns. Commands: /reset, /stats, /effort low|medium|high, /help, /exit. Ctrl-C stops the current answer; at "
+      "the prompt it ends the chat (exit 130). Reasoning is shown as in `gptoss run`.",
+      "gptoss chat"};
   ModelFlags mflags;
   GenerationFlags gflags;
   add_model_flags(app, mflags);

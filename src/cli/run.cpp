@@ -23,7 +23,12 @@ Result<std::vector<int32_t>> render_prompt(const Tokenizer& tok, const Conversat
 }
 
 int run_main(int argc, char** argv) {
-  CLI::App app{"Generate an answer to one prompt, streamed as it is produced.", "gptoss run"};
+  CLI::App app{
+      "Generate an answer to one prompt, streamed to stdout as it is produced; a summary line (tokens, TTFT, "
+      "tok/s) goes to stderr. With --show-reasoning the analysis channel is shown dim before the answer on a "
+      "terminal, or, when stdout is not a terminal, on stderr with each line prefixed \"[reasoning] \". Ctrl-C stops "
+      "generation (exit 130).",
+      "gptoss run"};
   ModelFlags mflags;
   GenerationFlags gflags;
   add_model_flags(app, mflags);

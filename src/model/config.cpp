@@ -1,6 +1,7 @@
 // Config parsing (HF and original/ names), validation, serialisation and loading from a folder.
 #include "model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -120,22 +121,22 @@ Status parse_layer_types(const json& j, const std::string& source, Config* c) {
   return {};
 }
 
-// Reads an eos id field: an integer or a list of integers. Appends to `out`.
+void add_unique(std::vector<int32_t>* ids, int32_t id) {
+  if (std::find(ids->begin(), ids->end(), id) == ids->end()) ids->push_back(id);
+}
+
+// Reads a token id field: an integer or a list of integers. Appends the ids not yet in `out`.
 Status parse_eos(const json& v, const std::string& source, const char* field, std::vector<int32_t>* out) {
   auto one = [&](const json& e) -> Status {
     if (!e.is_number_integer() || e.get<int64_t>() < 0 || e.get<int64_t>() > INT32_MAX)
       return make_error(ErrorCode::kFormat, "{}: field '{}' has an invalid token id {}", source, field, e.dump());
-    out->push_back(static_cast<int32_t>(e.get<int64_t>()));
+    add_unique(out, static_cast<int32_t>(e.get<int64_t>()));
     return {};
   };
   if (v.is_null()) return {};
   if (!v.is_array()) return one(v);
   for (const json& e : v) GPTOSS_RETURN_IF_ERROR(one(e));
   return {};
-}
-
-void add_unique(std::vector<int32_t>* ids, int32_t id) {
-  if (std::find(ids->begin(), ids->end(), id) == ids->end()) ids->push_back(id);
 }
 
 void add_harmony_stops(Config* c) {

@@ -1,0 +1,361 @@
+// Attention on the device: qkv bias + YaRN RoPE + KV-cache store, a flash-style kernel with
+// sinks and sliding windows on tensor cores (prefill and decode, optionally split over the keys),
+// and the merge of key-split partials.
+#include <cmath>
+
+#include "backend/cuda/device_util.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace gptoss::cuda {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  const int n = valid ? 16 : 0;  // 0 source bytes: the 16 destination bytes are zero-filled
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t& r0, uint32_t& r1, const void* p) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(s));
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+__global__ void qkv_rope_kernel(const QkvRopeArgs a, const AttnShape s, const KvLayer kv) {
+  extern __shared__ float cs[];  // cos [D/2], sin [D/2]
+  const int t = blockIdx.x, d = s.head_dim, half = d / 2;
+  const int p = a.pos[t];
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    const float angle = static_cast<float>(p) * a.inv_freq[i];
+    cs[i] = cosf(angle) * a.concentration;
+    cs[half + i] = sinf(angle) * a.concentration;
+  }
+  __syncthreads();
+  const float* row = a.parts + static_cast<int64_t>(t) * a.stride;
+  auto value = [&](int col) {
+    float v = row[col];
+    for (int sp = 1; sp < a.nparts; ++sp) v += row[sp * a.part_stride + col];
+    return v + a.bias[col];
+  };
+  const int qdim = s.n_heads * d, kvdim = s.n_kv_heads * d;
+  const int64_t cache_row = static_cast<int64_t>(p % kv.cap);
+  auto cache_at = [&](uint16_t* base, int kvh) {
+    return reinterpret_cast<__half*>(base) +
+           ((static_cast<int64_t>(a.slot[t]) * s.n_kv_heads + kvh) * kv.cap + cache_row) * s.dp;
+  };
+  // Rotated pairs (i, i + D/2) of every q and k head.
+  for (int idx = threadIdx.x; idx < (s.n_heads + s.n_kv_heads) * half; idx += blockDim.x) {
+    const int head = idx / half, i = idx - head * half;
+    const int col = head * d;  // k heads follow the q heads in the fused projection
+    const float x0 = value(col + i), x1 = value(col + i + half);
+    const float c = cs[i], sn = cs[half + i];
+    const float r0 = x0 * c - x1 * sn, r1 = x1 * c + x0 * sn;
+    __half* dst = head < s.n_heads
+                      ? reinterpret_cast<__half*>(a.q16) + (static_cast<int64_t>(t) * s.n_heads + head) * s.dp
+                      : cache_at(kv.k, head - s.n_heads);
+    dst[i] = __float2half_rn(r0);
+    dst[i + half] = __float2half_rn(r1);
+  }
+  for (int idx = threadIdx.x; idx < kvdim; idx += blockDim.x) {
+    const int kvh = idx / d, i = idx - kvh * d;
+    cache_at(kv.v, kvh)[i] = __float2half_rn(value(qdim + kvdim + idx));
+  }
+  // Zero padding up to dp keeps the padded dot products exact.
+  const int pad = s.dp - d;
+  if (pad > 0) {
+    for (int idx = threadIdx.x; idx < (s.n_heads + 2 * s.n_kv_heads) * pad; idx += blockDim.x) {
+      const int head = idx / pad, i = d + idx - head * pad;
+      __half* dst = head < s.n_heads
+                        ? reinterpret_cast<__half*>(a.q16) + (static_cast<int64_t>(t) * s.n_heads + head) * s.dp
+                    : head < s.n_heads + s.n_kv_heads ? cache_at(kv.k, head - s.n_heads)
+                                                      : cache_at(kv.v, head - s.n_heads - s.n_kv_heads);
+      dst[i] = __float2half_rn(0.0f);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared-memory row strides (halfs): K rows are read as 8-byte pieces (stride ≡ 32 bytes mod 128
+// spreads a half-warp over all banks), V rows by ldmatrix (stride ≡ 16 bytes mod 128).
+template <int DP>
+struct AttnLayout {
+  static constexpr int kK = DP + (((32 - DP * 2) % 128 + 128) % 128) / 2;
+  static constexpr int kV = DP + (((16 - DP * 2) % 128 + 128) % 128) / 2;
+  static constexpr int kBufHalfs = kAttnKeyTile * (kK + kV);
+  static constexpr size_t kSmemBytes = 2 * kBufHalfs * sizeof(uint16_t);
+};
+
+struct RowInfo {
+  bool valid;
+  int token, head, pos, lo;
+};
+
+template <int DP>
+__device__ __forceinline__ void attn_issue_tile(const uint16_t* kbase, const uint16_t* vbase, int64_t cap, int kt,
+                                                int ke, uint16_t* buf) {
+  using L = AttnLayout<DP>;
+  constexpr int kPieces = DP / 8;
+  for (int i = threadIdx.x; i < kAttnKeyTile * kPieces; i += blockDim.x) {
+    const int key = i / kPieces, c = i - key * kPieces;
+    const int j = kt + key;
+    const bool valid = j <= ke;
+    const int64_t off = valid ? (j % cap) * DP + c * 8 : 0;
+    cp_async16(buf + key * L::kK + c * 8, kbase + off, valid);
+    cp_async16(buf + kAttnKeyTile * L::kK + key * L::kV + c * 8, vbase + off, valid);
+  }
+  cp_async_commit();
+}
+
+// Scores of one 64-key tile for the warp's 16 rows, masked, folded into the running softmax
+// state, and accumulated into acc (P·V).
+template <int DP>
+__device__ __forceinline__ void attn_tile(const uint32_t (&qf)[DP / 16][4], const uint16_t* buf, int kt, int ks, int ke,
+                                          const RowInfo (&ri)[2], float scale_log2, float (&m)[2], float (&l)[2],
+                                          float (&acc)[DP / 8][4], int lane) {
+  using L = AttnLayout<DP>;
+  const int g = lane >> 2, t = lane & 3;
+  float sc[8][4];
+#pragma unroll
+  for (int ns = 0; ns < 8; ++ns) {
+    sc[ns][0] = sc[ns][1] = sc[ns][2] = sc[ns][3] = 0.0f;
+#pragma unroll
+    for (int s = 0; s < DP / 16; ++s) {
+      const uint2 kf = *reinterpret_cast<const uint2*>(buf + (ns * 8 + g) * L::kK + s * 16 + t * 4);
+      mma_f16(sc[ns], qf[s][0], qf[s][1], qf[s][2], qf[s][3], kf.x, kf.y);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int ns = 0; ns < 8; ++ns)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int j = kt + ns * 8 + 2 * t + c;
+        const bool ok = ri[r].valid && j >= ks && j <= ke && j >= ri[r].lo && j <= ri[r].pos;
+        const float v = ok ? sc[ns][2 * r + c] * scale_log2 : -INFINITY;
+        sc[ns][2 * r + c] = v;
+        mx = fmaxf(mx, v);
+      }
+    mx = quad_max(mx);
+    const float m_new = fmaxf(m[r], mx);
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+    const float corr = exp2f(m[r] - m_use);
+    m[r] = m_new;
+    l[r] *= corr;
+#pragma unroll
+    for (int nd = 0; nd < DP / 8; ++nd) acc[nd][2 * r] *= corr, acc[nd][2 * r + 1] *= corr;
+#pragma unroll
+    for (int ns = 0; ns < 8; ++ns)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const float p = exp2f(sc[ns][2 * r + c] - m_use);
+        sc[ns][2 * r + c] = p;
+        l[r] += p;
+      }
+  }
+  const uint16_t* vbuf = buf + kAttnKeyTile * L::kK;
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    const uint32_t a0 = pack_half2(sc[2 * kk][0], sc[2 * kk][1]);
+    const uint32_t a1 = pack_half2(sc[2 * kk][2], sc[2 * kk][3]);
+    const uint32_t a2 = pack_half2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+    const uint32_t a3 = pack_half2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+    for (int nd = 0; nd < DP / 8; ++nd) {
+      uint32_t b0, b1;
+      ldmatrix_x2_trans(b0, b1, vbuf + (kk * 16 + (lane & 15)) * L::kV + nd * 8);
+      mma_f16(acc[nd], a0, a1, a2, a3, b0, b1);
+    }
+  }
+}
+
+template <int DP>
+__device__ __forceinline__ void attn_epilogue(const AttnArgs& a, const AttnShape& s, const RowInfo (&ri)[2],
+                                              float (&m)[2], float (&l)[2], float (&acc)[DP / 8][4], int t) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float lsum = quad_sum(l[r]);
+    if (!ri[r].valid) continue;
+    if (a.splits == 1) {
+      const float sink = a.sinks[ri[r].head] * kLog2e;
+      const float mm = fmaxf(m[r], sink);
+      const float f = exp2f(m[r] - mm);
+      const float inv = f / (lsum * f + exp2f(sink - mm));
+      __half* o =
+          reinterpret_cast<__half*>(a.o16) + static_cast<int64_t>(ri[r].token) * a.o_stride + ri[r].head * s.head_dim;
+#pragma unroll
+      for (int nd = 0; nd < DP / 8; ++nd) {
+        const int d = nd * 8 + 2 * t;
+        if (d < s.head_dim)
+          *reinterpret_cast<uint32_t*>(o + d) = pack_half2(acc[nd][2 * r] * inv, acc[nd][2 * r + 1] * inv);
+      }
+    } else {
+      const int64_t row = (static_cast<int64_t>(blockIdx.z) * a.n_tokens + ri[r].token) * s.n_heads + ri[r].head;
+      float* po = a.part_o + row * DP;
+#pragma unroll
+      for (int nd = 0; nd < DP / 8; ++nd)
+        *reinterpret_cast<float2*>(po + nd * 8 + 2 * t) = make_float2(acc[nd][2 * r], acc[nd][2 * r + 1]);
+      if (t == 0) *reinterpret_cast<float2*>(a.part_ml + row * 2) = make_float2(m[r], lsum);
+    }
+  }
+}
+
+// grid: (item, kv head × head chunk, key split); block: 1..4 warps of 16 (token, head) rows.
+template <int DP>
+__global__ void attention_kernel(const AttnArgs a, const AttnShape s, const KvLayer kv, int n_chunks, int hc) {
+  using L = AttnLayout<DP>;
+  extern __shared__ uint4 attn_smem[];
+  uint16_t* bufs = reinterpret_cast<uint16_t*>(attn_smem);
+  const AttnItem item = a.items[blockIdx.x];
+  const int chunk = blockIdx.y % n_chunks, kvh = blockIdx.y / n_chunks;
+  const int group = s.n_heads / s.n_kv_heads;
+  const int head0 = kvh * group + chunk * hc, heads_here = min(hc, group - chunk * hc);
+  const int p0 = a.pos[item.first];
+  const int hi = p0 + item.count - 1;
+  const int lo = kv.window > 0 ? max(0, p0 - kv.window + 1) : 0;
+  const int per_split = ((hi - lo + a.splits) / a.splits + kAttnKeyTile - 1) / kAttnKeyTile * kAttnKeyTile;
+  const int ks = lo + static_cast<int>(blockIdx.z) * per_split;
+  const int ke = min(hi, ks + per_split - 1);
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  RowInfo ri[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int rr = warp * 16 + g + 8 * r, i = rr / hc, hh = rr - i * hc;
+    ri[r].valid = i < item.count && hh < heads_here;
+    ri[r].token = item.first + i;
+    ri[r].head = head0 + hh;
+    ri[r].pos = p0 + i;
+    ri[r].lo = kv.window > 0 ? ri[r].pos - kv.window + 1 : 0;
+  }
+  uint32_t qf[DP / 16][4];
+#pragma unroll
+  for (int sidx = 0; sidx < DP / 16; ++sidx)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      uint2 q = make_uint2(0, 0);
+      if (ri[r].valid)
+        q = *reinterpret_cast<const uint2*>(a.q16 + (static_cast<int64_t>(ri[r].token) * s.n_heads + ri[r].head) * DP +
+                                            sidx * 16 + t * 4);
+      qf[sidx][r] = q.x;      // a0 (row g) / a1 (row g+8): dims 4t, 4t+1 of the 16-dim step
+      qf[sidx][2 + r] = q.y;  // a2 / a3: dims 4t+2, 4t+3
+    }
+  float acc[DP / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < DP / 8; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  const int64_t head_off = (static_cast<int64_t>(item.slot) * s.n_kv_heads + kvh) * kv.cap * DP;
+  const uint16_t* kbase = kv.k + head_off;
+  const uint16_t* vbase = kv.v + head_off;
+  const float scale_log2 = a.scale * kLog2e;
+  const int n_tiles = ks <= ke ? (ke - ks) / kAttnKeyTile + 1 : 0;
+  if (n_tiles > 0) attn_issue_tile<DP>(kbase, vbase, kv.cap, ks, ke, bufs);
+  for (int it = 0; it < n_tiles; ++it) {
+    if (it + 1 < n_tiles) {
+      attn_issue_tile<DP>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke, bufs + ((it + 1) & 1) * L::kBufHalfs);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    attn_tile<DP>(qf, bufs + (it & 1) * L::kBufHalfs, ks + it * kAttnKeyTile, ks, ke, ri, scale_log2, m, l, acc, lane);
+    __syncthreads();
+  }
+  attn_epilogue<DP>(a, s, ri, m, l, acc, t);
+}
+
+template <int DP>
+cudaError_t attention_launch_dp(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, dim3 grid, int warps,
+                                int n_chunks, int hc, cudaStream_t stream) {
+  const size_t smem = AttnLayout<DP>::kSmemBytes;
+  if (smem > 48 * 1024) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(attention_kernel<DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+  }
+  attention_kernel<DP><<<grid, warps * 32, smem, stream>>>(a, s, kv, n_chunks, hc);
+  return cudaGetLastError();
+}
+
+__global__ void attention_combine_kernel(const AttnArgs a, const AttnShape s) {
+  const int row = blockIdx.x;  // token · n_heads + head
+  const int head = row % s.n_heads, token = row / s.n_heads;
+  const float sink = a.sinks[head] * kLog2e;
+  float mm = sink;
+  for (int z = 0; z < a.splits; ++z)
+    mm = fmaxf(mm, a.part_ml[(static_cast<int64_t>(z) * a.n_tokens * s.n_heads + row) * 2]);
+  float lsum = exp2f(sink - mm);
+  for (int z = 0; z < a.splits; ++z) {
+    const float2 ml =
+        *reinterpret_cast<const float2*>(a.part_ml + (static_cast<int64_t>(z) * a.n_tokens * s.n_heads + row) * 2);
+    lsum += ml.y * exp2f(ml.x - mm);
+  }
+  for (int d = threadIdx.x; d < s.head_dim; d += blockDim.x) {
+    float o = 0.0f;
+    for (int z = 0; z < a.splits; ++z) {
+      const int64_t pr = static_cast<int64_t>(z) * a.n_tokens * s.n_heads + row;
+      o += a.part_o[pr * s.dp + d] * exp2f(a.part_ml[pr * 2] - mm);
+    }
+    reinterpret_cast<__half*>(a.o16)[static_cast<int64_t>(token) * a.o_stride + head * s.head_dim + d] =
+        f32_to_f16_sat(o / lsum);
+  }
+}
+
+}  // namespace
+
+int attention_heads_per_chunk(const AttnShape& s) {
+  const int group = s.n_heads / s.n_kv_heads;
+  return group < 64 ? group : 64;
+}
+
+cudaError_t qkv_rope_launch(const QkvRopeArgs& a, int n, const AttnShape& s, const KvLayer& kv, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (s.head_dim % 2 != 0 || s.dp < s.head_dim || s.dp % 16 != 0 || kv.cap <= 0) return cudaErrorInvalidValue;
+  qkv_rope_kernel<<<n, 128, s.head_dim * sizeof(float), stream>>>(a, s, kv);
+  return cudaGetLastError();
+}
+
+cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, cudaStream_t stream) {
+  if (a.n_items <= 0) return cudaSuccess;
+  if (s.n_kv_heads <= 0 || s.n_heads % s.n_kv_heads != 0 || a.splits < 1) return cudaErrorInvalidValue;
+  const int hc = attention_heads_per_chunk(s);
+  const int n_chunks = (s.n_heads / s.n_kv_heads + hc - 1) / hc;
+  const int rows = a.tokens_per_item * hc;
+  if (rows <= 0 || rows > 4 * kAttnRowsPerWarp) return cudaErrorInvalidValue;
+  const int warps = (rows + kAttnRowsPerWarp - 1) / kAttnRowsPerWarp;
+  const dim3 grid(a.n_items, s.n_kv_heads * n_chunks, a.splits);
+  switch (s.dp) {
+    case 16: return attention_launch_dp<16>(a, s, kv, grid, warps, n_chunks, hc, stream);
+    case 32: return attention_launch_dp<32>(a, s, kv, grid, warps, n_chunks, hc, stream);
+    case 64: return attention_launch_dp<64>(a, s, kv, grid, warps, n_chunks, hc, stream);
+    case 128: return attention_launch_dp<128>(a, s, kv, grid, warps, n_chunks, hc, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t attention_combine_launch(const AttnArgs& a, const AttnShape& s, cudaStream_t stream) {
+  if (a.n_tokens <= 0 || a.splits <= 1) return cudaSuccess;
+  attention_combine_kernel<<<a.n_tokens * s.n_heads, 64, 0, stream>>>(a, s);
+  return cudaGetLastError();
+}
+
+}  // namespace gptoss::cuda

@@ -1,0 +1,373 @@
+// CUDA backend: creation (device checks, upload, KV cache, scratch), batch validation, per-step
+// planning and the forward driver (metadata upload, decode graphs, outputs, one sync per step).
+#include "backend/cuda/cuda_backend.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "backend/cuda/cuda_backend_impl.h"
+#include "core/log.h"
+
+namespace gptoss::cuda {
+namespace {
+
+int head_dim_padded(int d) {
+  for (int dp : {16, 32, 64, 128})
+    if (d <= dp) return dp;
+  return 0;
+}
+
+// Lays buffers out in one allocation (256-byte aligned); the first pass only measures.
+class Carver {
+ public:
+  explicit Carver(uint8_t* base) : base_(base) {}
+  template <typename T>
+  T* take(size_t count) {
+    T* p = base_ ? reinterpret_cast<T*>(base_ + off_) : nullptr;
+    off_ += (count * sizeof(T) + 255) / 256 * 256;
+    return p;
+  }
+  size_t size() const { return off_; }
+
+ private:
+  uint8_t* base_;
+  size_t off_ = 0;
+};
+
+}  // namespace
+
+CudaBackend::CudaBackend(std::shared_ptr<const Model> model, const BackendOptions& opts, int sm_count,
+                         std::string device_name)
+    : model_(std::move(model)),
+      cfg_(model_->config()),
+      opts_(opts),
+      sm_count_(sm_count),
+      device_name_(std::move(device_name)),
+      pool_(opts.threads) {
+  shape_.n_heads = static_cast<int>(cfg_.num_attention_heads);
+  shape_.n_kv_heads = static_cast<int>(cfg_.num_key_value_heads);
+  shape_.head_dim = static_cast<int>(cfg_.head_dim);
+  shape_.dp = head_dim_padded(shape_.head_dim);
+  hp_ = static_cast<int>(round_up(cfg_.hidden_size, kKPad));
+  qp_ = static_cast<int>(round_up(cfg_.q_dim(), kKPad));
+  ip_ = static_cast<int>(round_up(cfg_.intermediate_size, kKPad));
+  lengths_.assign(static_cast<size_t>(opts_.max_slots), 0);
+}
+
+CudaBackend::~CudaBackend() {
+  for (auto& [t, exec] : graphs_) cudaGraphExecDestroy(exec);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+Status CudaBackend::init() {
+  GPTOSS_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating a CUDA stream");
+  GPTOSS_ASSIGN_OR_RETURN(dev_, model_upload(*model_, stream_, &pool_));
+  // KV cache: sliding layers keep a ring large enough for a rewind of `rollback` tokens and for a
+  // whole batch of new tokens (so a chunk never overwrites keys its own queries still need).
+  const int64_t L = cfg_.num_hidden_layers;
+  const int64_t ring = cfg_.sliding_window + std::max(opts_.rollback, opts_.max_batch_tokens);
+  kv_.resize(static_cast<size_t>(L));
+  size_t kv_bytes = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    KvLayer& kv = kv_[static_cast<size_t>(l)];
+    kv.window = cfg_.is_sliding(l) ? static_cast<int>(cfg_.sliding_window) : 0;
+    kv.cap = cfg_.is_sliding(l) ? std::min(opts_.max_context, ring) : opts_.max_context;
+    if (kv.cap < opts_.max_context) ring_limits_resume_ = true;
+    kv_bytes += static_cast<size_t>(opts_.max_slots) * shape_.n_kv_heads * kv.cap * shape_.dp * 2 * 2;
+  }
+  GPTOSS_ASSIGN_OR_RETURN(kv_mem_, DeviceBuffer::alloc(kv_bytes, "the KV cache"));
+  uint8_t* p = kv_mem_.data();
+  for (KvLayer& kv : kv_) {
+    const size_t half = static_cast<size_t>(opts_.max_slots) * shape_.n_kv_heads * kv.cap * shape_.dp * 2;
+    kv.k = reinterpret_cast<uint16_t*>(p);
+    kv.v = reinterpret_cast<uint16_t*>(p + half);
+    p += 2 * half;
+  }
+  return alloc_scratch();
+}
+
+Status CudaBackend::alloc_scratch() {
+  const int64_t Tm = opts_.max_batch_tokens, H = cfg_.hidden_size, K = cfg_.num_experts_per_tok;
+  const int E = static_cast<int>(cfg_.num_local_experts);
+  const LayerDev& L0 = dev_->layers.front();
+  const int hc = attention_heads_per_chunk(shape_), chunks = (shape_.n_heads / shape_.n_kv_heads + hc - 1) / hc;
+  const int tpi = std::max(1, 4 * kAttnRowsPerWarp / hc);
+  size_t qkv = 0, attn = 0, proj = 0, mlp1 = 0, y = 0, tiles = 0;
+  for (int T = 1; T <= Tm; ++T) {
+    const int P = static_cast<int>(T * K);
+    qkv = std::max(qkv, static_cast<size_t>(gemm_plan_dense(L0.qkv.rows, L0.qkv.kblocks, T, sm_count_).nparts()) * T *
+                            L0.qkv.rows);
+    const int splits = attention_splits((T + tpi - 1) / tpi, shape_.n_kv_heads, chunks, sm_count_);
+    if (splits > 1) attn = std::max(attn, static_cast<size_t>(splits) * T);
+    proj = std::max(proj, static_cast<size_t>(gemm_plan_dense(L0.o.rows, L0.o.kblocks, T, sm_count_).nparts()) * T * H);
+    const GemmPlan g1 = gemm_plan_moe(L0.mlp1.rows, L0.mlp1.kblocks, P, E, sm_count_);
+    if (g1.split) mlp1 = std::max(mlp1, static_cast<size_t>(g1.nseg) * P * L0.mlp1.rows);
+    const GemmPlan g2 = gemm_plan_moe(L0.mlp2.rows, L0.mlp2.kblocks, P, E, sm_count_);
+    y = std::max(y, static_cast<size_t>(g2.nparts()) * P * H);
+    tiles = std::max(tiles, static_cast<size_t>(g1.max_tiles));
+  }
+  Scratch& s = scratch_;
+  s.logit_rows = static_cast<int>(std::min<int64_t>(Tm, 256));
+  const size_t P = static_cast<size_t>(Tm * K), V = static_cast<size_t>(cfg_.vocab_size);
+  const size_t nl = static_cast<size_t>(cfg_.num_hidden_layers);
+  for (int pass = 0; pass < 2; ++pass) {
+    Carver c(pass == 0 ? nullptr : s.mem.data());
+    s.h = c.take<float>(Tm * H);
+    s.x16 = c.take<uint16_t>(Tm * hp_);
+    s.x32 = c.take<float>(Tm * H);
+    s.qkv = c.take<float>(qkv);
+    s.q16 = c.take<uint16_t>(Tm * shape_.n_heads * shape_.dp);
+    s.attn_o = c.take<float>(attn * shape_.n_heads * shape_.dp);
+    s.attn_ml = c.take<float>(attn * shape_.n_heads * 2);
+    s.o16 = c.take<uint16_t>(Tm * qp_);
+    s.proj = c.take<float>(proj);
+    s.topk_idx = c.take<int32_t>(P);
+    s.topk_w = c.take<float>(P);
+    s.sorted_token = c.take<int32_t>(P);
+    s.sorted_pair = c.take<int32_t>(P);
+    s.tiles = c.take<int32_t>(tiles * 4);
+    s.n_tiles = c.take<int32_t>(1);
+    s.mlp1 = c.take<float>(mlp1);
+    s.a16 = c.take<uint16_t>(P * ip_);
+    s.y = c.take<float>(y);
+    s.logits = c.take<float>(static_cast<size_t>(s.logit_rows) * V);
+    s.argmax = c.take<int32_t>(s.logit_rows);
+    s.meta = c.take<int32_t>(8 * Tm);
+    s.stat_counts = c.take<unsigned long long>(nl * E);
+    s.stat_tokens = c.take<unsigned long long>(nl);
+    s.stat_top1 = c.take<double>(nl);
+    s.stat_entropy = c.take<double>(nl);
+    if (pass == 0) {
+      GPTOSS_ASSIGN_OR_RETURN(s.mem, DeviceBuffer::alloc(c.size(), "activation scratch"));
+    }
+  }
+  GPTOSS_ASSIGN_OR_RETURN(host_meta_, PinnedBuffer::alloc(static_cast<size_t>(8 * Tm) * 4, "step metadata"));
+  GPTOSS_ASSIGN_OR_RETURN(host_argmax_, PinnedBuffer::alloc(static_cast<size_t>(Tm) * 4, "argmax results"));
+  return Status::ok_status();
+}
+
+int64_t CudaBackend::slot_length(int slot) const {
+  if (slot < 0 || slot >= opts_.max_slots) return 0;
+  return lengths_[static_cast<size_t>(slot)];
+}
+
+int64_t CudaBackend::slot_min_resume(int slot) const {
+  if (!ring_limits_resume_) return 0;
+  return std::max<int64_t>(0, slot_length(slot) - opts_.rollback);
+}
+
+void CudaBackend::slot_reset(int slot) {
+  if (slot >= 0 && slot < opts_.max_slots) lengths_[static_cast<size_t>(slot)] = 0;
+}
+
+MemoryStats CudaBackend::memory_stats() const {
+  MemoryStats m;
+  m.weight_bytes = dev_ ? dev_->arena.size() : 0;
+  m.kv_bytes_reserved = kv_mem_.size();
+  const size_t entry = static_cast<size_t>(shape_.n_kv_heads) * shape_.dp * 2 * 2;
+  for (const KvLayer& kv : kv_)
+    for (int64_t len : lengths_) m.kv_bytes_used += static_cast<size_t>(std::min(len, kv.cap)) * entry;
+  m.scratch_bytes = scratch_.mem.size();
+  size_t free_b = 0, total_b = 0;
+  if (cudaSetDevice(opts_.device) == cudaSuccess && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) {
+    m.device_total = total_b;
+    m.device_used = total_b - free_b;
+  }
+  return m;
+}
+
+Status CudaBackend::validate(std::span<const SeqBatch> batch) const {
+  if (batch.empty()) return make_error(ErrorCode::kInvalidArgument, "forward: empty batch");
+  int64_t total = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const SeqBatch& s = batch[i];
+    if (s.slot < 0 || s.slot >= opts_.max_slots)
+      return make_error(ErrorCode::kInvalidArgument, "forward: batch[{}]: slot {} out of range [0, {})", i, s.slot,
+                        opts_.max_slots);
+    for (size_t j = 0; j < i; ++j)
+      if (batch[j].slot == s.slot)
+        return make_error(ErrorCode::kInvalidArgument, "forward: batch[{}] and batch[{}] both use slot {}", j, i,
+                          s.slot);
+    const int64_t n = static_cast<int64_t>(s.tokens.size());
+    if (n == 0) return make_error(ErrorCode::kInvalidArgument, "forward: batch[{}] (slot {}) has no tokens", i, s.slot);
+    const int64_t len = slot_length(s.slot), min_pos = slot_min_resume(s.slot);
+    if (s.pos < 0 || s.pos > len)
+      return make_error(ErrorCode::kInvalidArgument, "forward: batch[{}]: pos {} is beyond slot {} length {}", i, s.pos,
+                        s.slot, len);
+    if (s.pos != 0 && s.pos < min_pos)
+      return make_error(ErrorCode::kInvalidArgument,
+                        "forward: batch[{}]: pos {} is before slot {}'s earliest resume position {} (rollback {})", i,
+                        s.pos, s.slot, min_pos, opts_.rollback);
+    if (s.pos + n > opts_.max_context)
+      return make_error(ErrorCode::kOutOfRange,
+                        "forward: batch[{}]: pos {} + {} tokens exceeds max_context {} (slot {})", i, s.pos, n,
+                        opts_.max_context, s.slot);
+    for (int64_t t = 0; t < n; ++t) {
+      const int32_t id = s.tokens[static_cast<size_t>(t)];
+      if (id < 0 || id >= cfg_.vocab_size)
+        return make_error(ErrorCode::kOutOfRange,
+                          "forward: batch[{}] (slot {}): token {} at index {} is outside the vocabulary [0, {})", i,
+                          s.slot, id, t, cfg_.vocab_size);
+    }
+    total += n;
+  }
+  if (total > opts_.max_batch_tokens)
+    return make_error(ErrorCode::kInvalidArgument, "forward: {} tokens in one batch exceed max_batch_tokens {}", total,
+                      opts_.max_batch_tokens);
+  return Status::ok_status();
+}
+
+StepPlan CudaBackend::plan_step(std::span<const SeqBatch> batch, const StepOutputs& out) {
+  StepPlan p;
+  for (const SeqBatch& s : batch) p.T += static_cast<int>(s.tokens.size());
+  p.decode_only = p.T == static_cast<int>(batch.size());
+  p.stats = out.router_stats != nullptr;
+  const int hc = attention_heads_per_chunk(shape_);
+  const int tpi = p.decode_only ? 1 : std::max(1, 4 * kAttnRowsPerWarp / hc);
+  int32_t* m = reinterpret_cast<int32_t*>(host_meta_.data());
+  int32_t *tokens = m, *pos = m + p.T, *slot = m + 2 * p.T, *out_rows = m + 3 * p.T;
+  AttnItem* items = reinterpret_cast<AttnItem*>(m + 4 * p.T);
+  int row = 0;
+  for (const SeqBatch& s : batch) {
+    const int n = static_cast<int>(s.tokens.size());
+    for (int i = 0; i < n; i += tpi) {
+      const int count = std::min(tpi, n - i);
+      items[p.items++] = AttnItem{row + i, count, s.slot, 0};
+      p.tokens_per_item = std::max(p.tokens_per_item, count);
+    }
+    for (int i = 0; i < n; ++i, ++row) {
+      tokens[row] = s.tokens[static_cast<size_t>(i)];
+      pos[row] = static_cast<int32_t>(s.pos + i);
+      slot[row] = s.slot;
+      if (s.all_logits || i + 1 == n) out_rows[p.R++] = row;
+    }
+  }
+  const int chunks = (shape_.n_heads / shape_.n_kv_heads + hc - 1) / hc;
+  p.attn_splits = attention_splits(p.items, shape_.n_kv_heads, chunks, sm_count_);
+  return p;
+}
+
+Status CudaBackend::run_layers(const StepPlan& p) {
+  if (!p.decode_only || p.stats) return enqueue_layers(p);
+  auto it = graphs_.find(p.T);
+  if (it == graphs_.end()) {
+    // The first step of a batch size runs eagerly; the second captures it for every later step.
+    if (seen_decode_.insert(p.T).second) return enqueue_layers(p);
+    cudaGraph_t graph = nullptr;
+    GPTOSS_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "capturing a decode graph");
+    const Status st = enqueue_layers(p);
+    const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+    if (!st.ok()) {
+      if (graph) cudaGraphDestroy(graph);
+      return st;
+    }
+    GPTOSS_CUDA_TRY(end, "capturing a decode graph");
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    GPTOSS_CUDA_TRY(inst, "instantiating a decode graph");
+    it = graphs_.emplace(p.T, exec).first;
+  }
+  GPTOSS_CUDA_TRY(cudaGraphLaunch(it->second, stream_), "launching a decode graph");
+  return Status::ok_status();
+}
+
+Status CudaBackend::forward(std::span<const SeqBatch> batch, const StepOutputs& out) {
+  GPTOSS_RETURN_IF_ERROR(validate(batch));
+  GPTOSS_CUDA_TRY(cudaSetDevice(opts_.device), "selecting the CUDA device");
+  const StepPlan p = plan_step(batch, out);
+  GPTOSS_CUDA_TRY(cudaMemcpyAsync(scratch_.meta, host_meta_.data(), static_cast<size_t>(8) * p.T * 4,
+                                  cudaMemcpyHostToDevice, stream_),
+                  "uploading step metadata");
+  const size_t nl = static_cast<size_t>(cfg_.num_hidden_layers), ne = static_cast<size_t>(cfg_.num_local_experts);
+  if (p.stats) {
+    // The four statistics arrays are adjacent in the scratch allocation.
+    const size_t bytes =
+        reinterpret_cast<uint8_t*>(scratch_.stat_entropy + nl) - reinterpret_cast<uint8_t*>(scratch_.stat_counts);
+    GPTOSS_CUDA_TRY(cudaMemsetAsync(scratch_.stat_counts, 0, bytes, stream_), "clearing router statistics");
+  }
+  GPTOSS_RETURN_IF_ERROR(run_layers(p));
+  GPTOSS_RETURN_IF_ERROR(enqueue_outputs(p, out));
+  RouterStats rs;
+  if (p.stats) {
+    rs.reset(cfg_.num_hidden_layers, cfg_.num_local_experts, cfg_.num_experts_per_tok);
+    GPTOSS_CUDA_TRY(
+        cudaMemcpyAsync(rs.counts.data(), scratch_.stat_counts, nl * ne * 8, cudaMemcpyDeviceToHost, stream_),
+        "router statistics");
+    GPTOSS_CUDA_TRY(cudaMemcpyAsync(rs.tokens.data(), scratch_.stat_tokens, nl * 8, cudaMemcpyDeviceToHost, stream_),
+                    "router statistics");
+    GPTOSS_CUDA_TRY(
+        cudaMemcpyAsync(rs.top1_weight_sum.data(), scratch_.stat_top1, nl * 8, cudaMemcpyDeviceToHost, stream_),
+        "router statistics");
+    GPTOSS_CUDA_TRY(
+        cudaMemcpyAsync(rs.entropy_sum.data(), scratch_.stat_entropy, nl * 8, cudaMemcpyDeviceToHost, stream_),
+        "router statistics");
+  }
+  GPTOSS_CUDA_TRY(cudaStreamSynchronize(stream_), "running a forward step");
+  if (out.argmax) std::memcpy(out.argmax, host_argmax_.data(), static_cast<size_t>(p.R) * 4);
+  if (p.stats) out.router_stats->merge(rs);
+  for (const SeqBatch& s : batch) lengths_[static_cast<size_t>(s.slot)] = s.pos + static_cast<int64_t>(s.tokens.size());
+  return Status::ok_status();
+}
+
+}  // namespace gptoss::cuda
+
+namespace gptoss {
+
+Result<std::unique_ptr<Backend>> cuda_backend_create(std::shared_ptr<const Model> model, const BackendOptions& opts) {
+  if (!model) return make_error(ErrorCode::kInvalidArgument, "cuda backend: no model");
+  const Config& c = model->config();
+  if (opts.max_slots < 1)
+    return make_error(ErrorCode::kInvalidArgument, "cuda backend: max_slots {} must be >= 1", opts.max_slots);
+  if (opts.max_context < 1 || opts.max_context > c.max_position_embeddings)
+    return make_error(ErrorCode::kInvalidArgument, "cuda backend: max_context {} must be in [1, {}]", opts.max_context,
+                      c.max_position_embeddings);
+  if (opts.rollback < 0)
+    return make_error(ErrorCode::kInvalidArgument, "cuda backend: rollback {} must be >= 0", opts.rollback);
+  if (opts.max_batch_tokens < 1)
+    return make_error(ErrorCode::kInvalidArgument, "cuda backend: max_batch_tokens {} must be >= 1",
+                      opts.max_batch_tokens);
+  if (opts.threads < 0)
+    return make_error(ErrorCode::kInvalidArgument, "cuda backend: threads {} must be >= 0", opts.threads);
+  if (c.head_dim % 2 != 0 || c.head_dim > 128)
+    return make_error(ErrorCode::kUnavailable, "cuda backend: head_dim {} is not supported (even and <= 128 only)",
+                      c.head_dim);
+  if (c.num_local_experts > 256 || c.num_experts_per_tok > 8)
+    return make_error(ErrorCode::kUnavailable,
+                      "cuda backend: {} experts with top-{} is not supported (<= 256, top-k <= 8)", c.num_local_experts,
+                      c.num_experts_per_tok);
+  if (c.hidden_size * 4 > 40 * 1024)
+    return make_error(ErrorCode::kUnavailable, "cuda backend: hidden_size {} is not supported (<= 10240)",
+                      c.hidden_size);
+
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return make_error(ErrorCode::kUnavailable, "no usable CUDA device ({})",
+                      e != cudaSuccess ? cudaGetErrorString(e) : "no device found");
+  }
+  if (opts.device < 0 || opts.device >= count)
+    return make_error(ErrorCode::kUnavailable, "CUDA device {} does not exist ({} device(s) present)", opts.device,
+                      count);
+  cudaDeviceProp prop{};
+  GPTOSS_CUDA_TRY(cudaGetDeviceProperties(&prop, opts.device), "reading CUDA device properties");
+  GPTOSS_CUDA_TRY(cudaSetDevice(opts.device), "selecting the CUDA device");
+  if (cuda::kernels_available() != cudaSuccess) {
+    cudaGetLastError();
+    return make_error(ErrorCode::kUnavailable, "GPU '{}' (sm_{}{}) is not supported by this build's CUDA kernels",
+                      prop.name, prop.major, prop.minor);
+  }
+  BackendOptions o = opts;
+  o.kind = "cuda";
+  auto backend = std::make_unique<cuda::CudaBackend>(std::move(model), o, prop.multiProcessorCount, prop.name);
+  GPTOSS_RETURN_IF_ERROR(backend->init());
+  log_info("cuda backend: {} ({} SMs), weights {:.2f} GiB", prop.name, prop.multiProcessorCount,
+           static_cast<double>(backend->memory_stats().weight_bytes) / (1 << 30));
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+}  // namespace gptoss

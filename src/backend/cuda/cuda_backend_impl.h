@@ -1,0 +1,104 @@
+// The CUDA backend object: options, device weights, KV cache, scratch buffers, decode graphs. The
+// forward driver lives in cuda_backend.cpp, the per-layer launch sequence in cuda_step.cpp.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <map>
+#include <set>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cuda/cuda_internal.h"
+
+namespace gptoss::cuda {
+
+// Device scratch for one step, sized for max_batch_tokens (one allocation).
+struct Scratch {
+  DeviceBuffer mem;
+  float* h = nullptr;           // residual [T][H]
+  uint16_t* x16 = nullptr;      // normed activations, fp16 [T][hp]
+  float* x32 = nullptr;         // normed activations, f32 [T][H] (router input)
+  float* qkv = nullptr;         // [nparts][T][qkv rows]
+  uint16_t* q16 = nullptr;      // [T][Hq][dp]
+  float* attn_o = nullptr;      // [splits][T][Hq][dp]
+  float* attn_ml = nullptr;     // [splits][T][Hq][2]
+  uint16_t* o16 = nullptr;      // [T][qp]
+  float* proj = nullptr;        // o-proj output [nparts][T][H]
+  int32_t* topk_idx = nullptr;  // [T·K]
+  float* topk_w = nullptr;
+  int32_t *sorted_token = nullptr, *sorted_pair = nullptr, *tiles = nullptr, *n_tiles = nullptr;
+  float* mlp1 = nullptr;      // split-mode gate/up partials [nseg][P][2I]
+  uint16_t* a16 = nullptr;    // SwiGLU output [P][ip]
+  float* y = nullptr;         // expert outputs [nparts][P][H]
+  float* logits = nullptr;    // [logit_rows][V]
+  int32_t* argmax = nullptr;  // [logit_rows]
+  int32_t* meta = nullptr;    // per step: tokens, pos, slot, out_rows [T] each, then items (int4) [T]
+  unsigned long long *stat_counts = nullptr, *stat_tokens = nullptr;  // [L][E], [L]
+  double *stat_top1 = nullptr, *stat_entropy = nullptr;               // [L]
+  int logit_rows = 0;
+};
+
+// What the host decided for one forward() call.
+struct StepPlan {
+  int T = 0, R = 0;
+  int items = 0, tokens_per_item = 1, attn_splits = 1;
+  bool decode_only = false;  // every sequence contributes one token (graph-capturable)
+  bool stats = false;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(std::shared_ptr<const Model> model, const BackendOptions& opts, int sm_count, std::string device_name);
+  ~CudaBackend() override;
+  Status init();  // uploads weights, allocates KV cache and scratch
+
+  std::string name() const override { return "cuda:" + device_name_; }
+  const BackendOptions& options() const override { return opts_; }
+  Status forward(std::span<const SeqBatch> batch, const StepOutputs& out) override;
+  int64_t slot_length(int slot) const override;
+  int64_t slot_min_resume(int slot) const override;
+  void slot_reset(int slot) override;
+  MemoryStats memory_stats() const override;
+
+ private:
+  Status validate(std::span<const SeqBatch> batch) const;
+  StepPlan plan_step(std::span<const SeqBatch> batch, const StepOutputs& out);
+  Status alloc_scratch();
+  // cuda_step.cpp: the kernels of one step up to the final norm, then the lm_head and outputs.
+  Status enqueue_layers(const StepPlan& p);
+  Status attention_block(const StepPlan& p, int layer);
+  Status moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out);
+  Status enqueue_outputs(const StepPlan& p, const StepOutputs& out);
+  Status run_layers(const StepPlan& p);  // eager or through the decode graph for p.T
+  int32_t* meta_tokens(const StepPlan& p) const { return scratch_.meta; }
+  int32_t* meta_pos(const StepPlan& p) const { return scratch_.meta + p.T; }
+  int32_t* meta_slot(const StepPlan& p) const { return scratch_.meta + 2 * p.T; }
+  int32_t* meta_out_rows(const StepPlan& p) const { return scratch_.meta + 3 * p.T; }
+  const AttnItem* meta_items(const StepPlan& p) const {
+    return reinterpret_cast<const AttnItem*>(scratch_.meta + 4 * p.T);
+  }
+
+  std::shared_ptr<const Model> model_;
+  const Config& cfg_;
+  BackendOptions opts_;
+  int sm_count_ = 0;
+  std::string device_name_;
+  cudaStream_t stream_ = nullptr;
+  ThreadPool pool_;
+  std::unique_ptr<ModelDev> dev_;
+  DeviceBuffer kv_mem_;
+  std::vector<KvLayer> kv_;
+  Scratch scratch_;
+  PinnedBuffer host_meta_, host_argmax_;
+  AttnShape shape_;
+  int hp_ = 0, qp_ = 0, ip_ = 0;  // fp16 activation strides (hidden, q, intermediate)
+  std::vector<int64_t> lengths_;
+  bool ring_limits_resume_ = false;
+  std::map<int, cudaGraphExec_t> graphs_;  // decode graphs by batch size
+  std::set<int> seen_decode_;              // batch sizes run once eagerly (captured on the next use)
+};
+
+}  // namespace gptoss::cuda

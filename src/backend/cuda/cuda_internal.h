@@ -1,0 +1,121 @@
+// Internals of the CUDA backend shared by its host files: device memory ownership, the uploaded
+// weights, and the per-step planning of GEMM and attention launches.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/kernels.h"
+#include "core/status.h"
+#include "core/threads.h"
+#include "model/weights.h"
+
+namespace gptoss::cuda {
+
+// Status for a failed CUDA call: "<what>: <cuda error string>" (kResourceExhausted for OOM).
+Status cuda_error(cudaError_t e, const std::string& what);
+
+#define GPTOSS_CUDA_TRY(expr, what)                                       \
+  do {                                                                    \
+    const cudaError_t _e = (expr);                                        \
+    if (_e != cudaSuccess) return ::gptoss::cuda::cuda_error(_e, (what)); \
+  } while (0)
+
+// One cudaMalloc'd region, freed on destruction.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) { o.ptr_ = nullptr, o.bytes_ = 0; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  // Allocates `bytes` (zeroed); `what` names the buffer in errors.
+  static Result<DeviceBuffer> alloc(size_t bytes, const std::string& what);
+  uint8_t* data() const { return static_cast<uint8_t*>(ptr_); }
+  size_t size() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Page-locked host memory, freed on destruction.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  ~PinnedBuffer();
+  PinnedBuffer(PinnedBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) { o.ptr_ = nullptr, o.bytes_ = 0; }
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  static Result<PinnedBuffer> alloc(size_t bytes, const std::string& what);
+  uint8_t* data() const { return static_cast<uint8_t*>(ptr_); }
+  size_t size() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// A dense weight on the device: fp16 [rows_p][kblocks·32], zero padded.
+struct DenseDev {
+  const uint16_t* w = nullptr;
+  int rows = 0, rows_p = 0, kblocks = 0;
+};
+
+// One layer's experts: MXFP4 blocks [E][rows_p][kblocks][16], scales [E][rows_p][kblocks], f32 bias
+// [E][rows_p].
+struct ExpertsDev {
+  const uint8_t* blocks = nullptr;
+  const uint8_t* scales = nullptr;
+  const float* bias = nullptr;
+  int rows = 0, rows_p = 0, kblocks = 0;
+};
+
+struct LayerDev {
+  const float* attn_norm = nullptr;
+  DenseDev qkv;  // q rows, then k rows, then v rows
+  const float* qkv_b = nullptr;
+  DenseDev o;
+  const float* o_b = nullptr;
+  const float* sinks = nullptr;
+  const float* mlp_norm = nullptr;
+  const uint16_t* router_w = nullptr;  // bf16 [E][H] (the router runs in f32 like the reference)
+  const float* router_b = nullptr;
+  ExpertsDev mlp1, mlp2;
+};
+
+struct ModelDev {
+  DeviceBuffer arena;               // every weight below points into it
+  const uint16_t* embed = nullptr;  // bf16 [V][H]
+  const float* final_norm = nullptr;
+  DenseDev lm_head;
+  std::vector<LayerDev> layers;
+  const float* inv_freq = nullptr;  // YaRN frequencies [head_dim/2]
+  float concentration = 1.0f;
+};
+
+// Uploads every weight of `model` once (pinned staging, async copies): dense matrices as fp16
+// (checked to fit fp16), experts kept MXFP4, norms/biases/sinks as f32.
+Result<std::unique_ptr<ModelDev>> model_upload(const Model& model, cudaStream_t stream, ThreadPool* pool);
+
+// Launch configuration of one GEMM for a given number of columns.
+struct GemmPlan {
+  int nt = 8;  // column tile
+  int seg_blocks = 0, nseg = 1;
+  bool split = false;  // segments in separate blocks (kPartial)
+  int max_tiles = 0;   // MoE grid bound
+  int nparts() const { return split ? nseg : 1; }
+};
+GemmPlan gemm_plan_dense(int rows, int kblocks, int n, int sm_count);
+GemmPlan gemm_plan_moe(int rows, int kblocks, int pairs, int experts, int sm_count);
+
+// Key splits of the attention kernel for `items` work items.
+int attention_splits(int items, int kv_heads, int head_chunks, int sm_count);
+
+}  // namespace gptoss::cuda

@@ -1,0 +1,215 @@
+// The launch sequence of one forward step on the CUDA backend, block by block in the order of the
+// reference model: embed → per layer (norm, qkv, RoPE + KV store, attention, o-proj, residual + norm,
+// router, experts) → final norm → lm_head → argmax.
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "backend/cuda/cuda_backend_impl.h"
+
+namespace gptoss::cuda {
+namespace {
+
+GemmArgs dense_args(const DenseDev& w, const GemmPlan& g, const uint16_t* x, int64_t x_stride, int n, float* out,
+                    int64_t out_stride) {
+  GemmArgs a;
+  a.weights = GemmWeights::kF16;
+  a.w = w.w;
+  a.rows = w.rows;
+  a.kblocks = w.kblocks;
+  a.seg_blocks = g.seg_blocks;
+  a.nseg = g.nseg;
+  a.x = x;
+  a.x_stride = x_stride;
+  a.n = n;
+  a.mode = g.split ? GemmOut::kPartial : GemmOut::kStore;
+  a.out = out;
+  a.out_stride = out_stride;
+  a.part_stride = static_cast<int64_t>(n) * out_stride;
+  return a;
+}
+
+GemmArgs expert_args(const ExpertsDev& w, const GemmPlan& g, const Scratch& s) {
+  GemmArgs a;
+  a.weights = GemmWeights::kMxfp4;
+  a.w = w.blocks;
+  a.scales = w.scales;
+  a.w_expert_bytes = static_cast<int64_t>(w.rows_p) * w.kblocks * 16;
+  a.s_expert_bytes = static_cast<int64_t>(w.rows_p) * w.kblocks;
+  a.rows = w.rows;
+  a.kblocks = w.kblocks;
+  a.seg_blocks = g.seg_blocks;
+  a.nseg = g.nseg;
+  a.tiles = s.tiles;
+  a.n_tiles = s.n_tiles;
+  a.max_tiles = g.max_tiles;
+  return a;
+}
+
+}  // namespace
+
+Status CudaBackend::attention_block(const StepPlan& p, int layer) {
+  const LayerDev& L = dev_->layers[static_cast<size_t>(layer)];
+  const KvLayer& kv = kv_[static_cast<size_t>(layer)];
+  Scratch& s = scratch_;
+  const int H = static_cast<int>(cfg_.hidden_size);
+  const GemmPlan gq = gemm_plan_dense(L.qkv.rows, L.qkv.kblocks, p.T, sm_count_);
+  GPTOSS_CUDA_TRY(gemm_launch(dense_args(L.qkv, gq, s.x16, hp_, p.T, s.qkv, L.qkv.rows), gq.nt, stream_),
+                  "qkv projection");
+
+  QkvRopeArgs r;
+  r.parts = s.qkv;
+  r.nparts = gq.nparts();
+  r.part_stride = static_cast<int64_t>(p.T) * L.qkv.rows;
+  r.stride = L.qkv.rows;
+  r.bias = L.qkv_b;
+  r.pos = meta_pos(p);
+  r.slot = meta_slot(p);
+  r.inv_freq = dev_->inv_freq;
+  r.concentration = dev_->concentration;
+  r.q16 = s.q16;
+  GPTOSS_CUDA_TRY(qkv_rope_launch(r, p.T, shape_, kv, stream_), "qkv bias + RoPE");
+
+  AttnArgs at;
+  at.q16 = s.q16;
+  at.pos = meta_pos(p);
+  at.items = meta_items(p);
+  at.n_items = p.items;
+  at.tokens_per_item = p.tokens_per_item;
+  at.sinks = L.sinks;
+  at.scale = 1.0f / std::sqrt(static_cast<float>(cfg_.head_dim));
+  at.splits = p.attn_splits;
+  at.o16 = s.o16;
+  at.o_stride = qp_;
+  at.part_o = s.attn_o;
+  at.part_ml = s.attn_ml;
+  at.n_tokens = p.T;
+  GPTOSS_CUDA_TRY(attention_launch(at, shape_, kv, stream_), "attention");
+  GPTOSS_CUDA_TRY(attention_combine_launch(at, shape_, stream_), "attention split merge");
+
+  const GemmPlan go = gemm_plan_dense(L.o.rows, L.o.kblocks, p.T, sm_count_);
+  GPTOSS_CUDA_TRY(gemm_launch(dense_args(L.o, go, s.o16, qp_, p.T, s.proj, H), go.nt, stream_),
+                  "attention output projection");
+  ResidualAdd add;
+  add.parts = s.proj;
+  add.nparts = go.nparts();
+  add.part_stride = static_cast<int64_t>(p.T) * H;
+  add.stride = H;
+  add.bias = L.o_b;
+  GPTOSS_CUDA_TRY(add_rmsnorm_launch(s.h, p.T, H, add, L.mlp_norm, static_cast<float>(cfg_.rms_norm_eps), s.x16, hp_,
+                                     s.x32, stream_),
+                  "residual add + MoE norm");
+  return Status::ok_status();
+}
+
+Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out) {
+  const LayerDev& L = dev_->layers[static_cast<size_t>(layer)];
+  Scratch& s = scratch_;
+  const int H = static_cast<int>(cfg_.hidden_size), E = static_cast<int>(cfg_.num_local_experts);
+  const int K = static_cast<int>(cfg_.num_experts_per_tok), I = static_cast<int>(cfg_.intermediate_size);
+  const int P = p.T * K;
+  RouterStatsDev st;
+  if (p.stats) {
+    st.counts = s.stat_counts + static_cast<size_t>(layer) * E;
+    st.top1 = s.stat_top1 + layer;
+    st.entropy = s.stat_entropy + layer;
+    st.tokens = s.stat_tokens + layer;
+  }
+  GPTOSS_CUDA_TRY(router_launch(s.x32, p.T, H, L.router_w, L.router_b, E, K, s.topk_idx, s.topk_w, st, stream_),
+                  "router");
+  const GemmPlan g1 = gemm_plan_moe(L.mlp1.rows, L.mlp1.kblocks, P, E, sm_count_);
+  GPTOSS_CUDA_TRY(moe_group_launch(s.topk_idx, p.T, K, E, g1.nt, s.sorted_token, s.sorted_pair, s.tiles, s.n_tiles,
+                                   g1.max_tiles, stream_),
+                  "expert grouping");
+  const float alpha = static_cast<float>(cfg_.swiglu_alpha), limit = static_cast<float>(cfg_.swiglu_limit);
+
+  GemmArgs a1 = expert_args(L.mlp1, g1, s);
+  a1.x = s.x16;
+  a1.x_stride = hp_;
+  a1.x_gather = s.sorted_token;
+  if (g1.split) {
+    a1.mode = GemmOut::kPartial;
+    a1.out = s.mlp1;
+    a1.out_stride = L.mlp1.rows;
+    a1.part_stride = static_cast<int64_t>(P) * L.mlp1.rows;
+  } else {
+    a1.mode = GemmOut::kSwiglu;
+    a1.out16 = s.a16;
+    a1.out16_stride = ip_;
+    a1.bias = L.mlp1.bias;
+    a1.bias_expert_stride = L.mlp1.rows_p;
+    a1.swiglu_alpha = alpha;
+    a1.swiglu_limit = limit;
+  }
+  GPTOSS_CUDA_TRY(gemm_launch(a1, g1.nt, stream_), "expert gate/up projection");
+  if (g1.split)
+    GPTOSS_CUDA_TRY(swiglu_parts_launch(s.mlp1, g1.nseg, a1.part_stride, L.mlp1.rows, I, s.tiles, s.n_tiles,
+                                        g1.max_tiles, L.mlp1.bias, L.mlp1.rows_p, alpha, limit, s.a16, ip_, stream_),
+                    "expert SwiGLU");
+
+  const GemmPlan g2 = gemm_plan_moe(L.mlp2.rows, L.mlp2.kblocks, P, E, sm_count_);
+  GemmArgs a2 = expert_args(L.mlp2, g2, s);
+  a2.max_tiles = g1.max_tiles;  // the tiles were built with g1's column tile (same for both)
+  a2.x = s.a16;
+  a2.x_stride = ip_;
+  a2.out_scatter = s.sorted_pair;
+  a2.mode = g2.split ? GemmOut::kPartial : GemmOut::kStore;
+  a2.out = s.y;
+  a2.out_stride = H;
+  a2.part_stride = static_cast<int64_t>(P) * H;
+  GPTOSS_CUDA_TRY(gemm_launch(a2, g1.nt, stream_), "expert down projection");
+
+  *moe_out = ResidualAdd{};
+  moe_out->parts = s.y;
+  moe_out->nparts = g2.nparts();
+  moe_out->part_stride = a2.part_stride;
+  moe_out->stride = H;
+  moe_out->top_k = K;
+  moe_out->experts = s.topk_idx;
+  moe_out->weights = s.topk_w;
+  moe_out->expert_bias = L.mlp2.bias;
+  moe_out->expert_bias_stride = L.mlp2.rows_p;
+  return Status::ok_status();
+}
+
+Status CudaBackend::enqueue_layers(const StepPlan& p) {
+  Scratch& s = scratch_;
+  const int H = static_cast<int>(cfg_.hidden_size);
+  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  GPTOSS_CUDA_TRY(embed_launch(dev_->embed, H, meta_tokens(p), p.T, s.h, stream_), "embedding");
+  ResidualAdd pending;  // the previous layer's expert outputs, added by the next norm
+  for (int l = 0; l < static_cast<int>(dev_->layers.size()); ++l) {
+    GPTOSS_CUDA_TRY(add_rmsnorm_launch(s.h, p.T, H, pending, dev_->layers[static_cast<size_t>(l)].attn_norm, eps, s.x16,
+                                       hp_, nullptr, stream_),
+                    "residual add + attention norm");
+    GPTOSS_RETURN_IF_ERROR(attention_block(p, l));
+    GPTOSS_RETURN_IF_ERROR(moe_block(p, l, &pending));
+  }
+  GPTOSS_CUDA_TRY(add_rmsnorm_launch(s.h, p.T, H, pending, dev_->final_norm, eps, s.x16, hp_, nullptr, stream_),
+                  "residual add + final norm");
+  return Status::ok_status();
+}
+
+Status CudaBackend::enqueue_outputs(const StepPlan& p, const StepOutputs& out) {
+  Scratch& s = scratch_;
+  const int64_t V = cfg_.vocab_size;
+  for (int r0 = 0; r0 < p.R; r0 += s.logit_rows) {
+    const int n = std::min(s.logit_rows, p.R - r0);
+    GemmPlan g = gemm_plan_dense(dev_->lm_head.rows, dev_->lm_head.kblocks, n, sm_count_);
+    g.split = false;  // plain stores: the logits buffer holds one partial per row only
+    GemmArgs a = dense_args(dev_->lm_head, g, s.x16, hp_, n, s.logits, V);
+    a.x_gather = meta_out_rows(p) + r0;
+    GPTOSS_CUDA_TRY(gemm_launch(a, g.nt, stream_), "lm_head");
+    GPTOSS_CUDA_TRY(argmax_launch(s.logits, n, V, s.argmax, stream_), "argmax");
+    GPTOSS_CUDA_TRY(cudaMemcpyAsync(host_argmax_.data() + static_cast<size_t>(r0) * 4, s.argmax,
+                                    static_cast<size_t>(n) * 4, cudaMemcpyDeviceToHost, stream_),
+                    "copying argmax");
+    if (out.logits)
+      GPTOSS_CUDA_TRY(cudaMemcpyAsync(out.logits + static_cast<size_t>(r0) * V, s.logits,
+                                      static_cast<size_t>(n * V) * 4, cudaMemcpyDeviceToHost, stream_),
+                      "copying logits");
+  }
+  return Status::ok_status();
+}
+
+}  // namespace gptoss::cuda

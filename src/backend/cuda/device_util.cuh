@@ -1,0 +1,95 @@
+// Small device helpers shared by the CUDA kernels: fp16 packing, MXFP4 decoding, the mma.sync
+// wrapper and warp/block reductions.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace gptoss::cuda {
+
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+  __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
+__device__ __forceinline__ float2 unpack_half2(uint32_t u) {
+  __half2 h = *reinterpret_cast<__half2*>(&u);
+  return __half22float2(h);
+}
+
+// fp16 of a float, saturated to ±65504 (activations beyond the fp16 range are clamped rather than
+// turned into inf; none of gpt-oss's GEMM inputs come near it).
+__device__ __forceinline__ __half f32_to_f16_sat(float v) {
+  return __float2half_rn(fminf(fmaxf(v, -65504.0f), 65504.0f));
+}
+
+__device__ __forceinline__ float bf16_bits_to_f32(uint16_t v) {
+  return __uint_as_float(static_cast<uint32_t>(v) << 16);
+}
+
+// Two E2M1 codes (one byte: low nibble = even element) → half2 of their exact values. The high
+// bytes of the fp16 values of 0, 0.5, 1, 1.5, 2, 3, 4, 6 form an 8-entry table that one byte
+// permute indexes (low bytes are all zero); the sign bits are copied separately.
+__device__ __forceinline__ uint32_t fp4x2_to_half2(uint32_t byte) {
+  const uint32_t sel = ((byte & 0x7u) << 4) | ((byte & 0x70u) << 8);
+  const uint32_t mag = __byte_perm(0x3E3C3800u, 0x46444240u, sel);
+  return mag | ((byte & 0x8u) << 12) | ((byte & 0x80u) << 24);
+}
+
+// E8M0 scale byte → half2 of 2^(s−127): exact for 2^−24..2^15, 0 below (weights under 2^−24
+// contribute nothing measurable); the upload rejects scales that would overflow fp16.
+__device__ __forceinline__ uint32_t e8m0_to_half2(uint32_t s) {
+  const int e = static_cast<int>(s) - 127;
+  uint32_t h;
+  if (e >= -14) {
+    h = static_cast<uint32_t>(min(e, 16) + 15) << 10;
+  } else if (e >= -24) {
+    h = 1u << (e + 24);
+  } else {
+    h = 0u;
+  }
+  return h | (h << 16);
+}
+
+__device__ __forceinline__ uint32_t hmul2_bits(uint32_t a, uint32_t b) {
+  __half2 r = __hmul2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+
+// D = A·B + D for one m16n8k16 tile (fp16 operands, f32 accumulators).
+__device__ __forceinline__ void mma_f16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                        uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, ≤ 1024); every thread gets the result. The
+// order is fixed by blockDim, so the result is deterministic. `scratch` holds ≥ 32 floats.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float r = lane < nw ? scratch[lane] : 0.0f;
+  return warp_sum(r);
+}
+
+}  // namespace gptoss::cuda

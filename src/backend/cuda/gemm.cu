@@ -1,0 +1,277 @@
+// Tensor-core GEMM for every weight product of the model: dense fp16 weights (attention, lm_head)
+// and MXFP4 experts (dequantized in registers), with a fixed segmented reduction order so results
+// are batch-invariant, and epilogues for plain stores, split-K partials and the fused SwiGLU.
+#include <algorithm>
+
+#include "backend/cuda/device_util.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace gptoss::cuda {
+namespace {
+
+constexpr int kChunkBlocks = 8;                        // 32-blocks of B staged in shared memory at once
+constexpr int kSmemRowHalfs = kChunkBlocks * 32 + 32;  // + 64 bytes: conflict-free 16-byte reads
+
+// A fragments of one 32-block for rows g and g+8 of the warp's 16-row tile, as 4 half2 per row:
+// [0],[1] feed k-step 0 (a0/a2), [2],[3] k-step 1. Lane t owns the block's elements 8t..8t+7 (the
+// same k permutation is applied to B, so the dot products are unchanged).
+struct AFrag {
+  uint32_t lo[4], hi[4];
+};
+
+struct ARaw {
+  uint4 f16_lo, f16_hi;  // dense
+  uint32_t q_lo, q_hi;   // MXFP4 codes (8 per row)
+  uint32_t s_lo, s_hi;   // MXFP4 scale bytes
+};
+
+template <GemmWeights WT>
+__device__ __forceinline__ ARaw load_a(const GemmArgs& a, const uint8_t* wbase, const uint8_t* sbase, int row, int kb,
+                                       int t) {
+  ARaw r;
+  if constexpr (WT == GemmWeights::kF16) {
+    const int64_t rs = static_cast<int64_t>(a.kblocks) * 64;  // bytes per row
+    const uint8_t* p = wbase + row * rs + kb * 64 + t * 16;
+    r.f16_lo = __ldg(reinterpret_cast<const uint4*>(p));
+    r.f16_hi = __ldg(reinterpret_cast<const uint4*>(p + 8 * rs));
+  } else {
+    const int64_t rs = static_cast<int64_t>(a.kblocks) * 16;
+    const uint8_t* p = wbase + row * rs + kb * 16 + t * 4;
+    r.q_lo = __ldg(reinterpret_cast<const uint32_t*>(p));
+    r.q_hi = __ldg(reinterpret_cast<const uint32_t*>(p + 8 * rs));
+    const uint8_t* s = sbase + static_cast<int64_t>(row) * a.kblocks + kb;
+    r.s_lo = __ldg(s);
+    r.s_hi = __ldg(s + 8 * static_cast<int64_t>(a.kblocks));
+  }
+  return r;
+}
+
+template <GemmWeights WT>
+__device__ __forceinline__ AFrag decode_a(const ARaw& r) {
+  AFrag f;
+  if constexpr (WT == GemmWeights::kF16) {
+    f.lo[0] = r.f16_lo.x, f.lo[1] = r.f16_lo.y, f.lo[2] = r.f16_lo.z, f.lo[3] = r.f16_lo.w;
+    f.hi[0] = r.f16_hi.x, f.hi[1] = r.f16_hi.y, f.hi[2] = r.f16_hi.z, f.hi[3] = r.f16_hi.w;
+  } else {
+    const uint32_t sl = e8m0_to_half2(r.s_lo), sh = e8m0_to_half2(r.s_hi);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      f.lo[i] = hmul2_bits(fp4x2_to_half2((r.q_lo >> (8 * i)) & 0xffu), sl);
+      f.hi[i] = hmul2_bits(fp4x2_to_half2((r.q_hi >> (8 * i)) & 0xffu), sh);
+    }
+  }
+  return f;
+}
+
+// Stages B columns [0, NT) × blocks [kb0, kb0 + cb) into shared memory (zeros past `count`).
+template <int NT>
+__device__ __forceinline__ void stage_b(const GemmArgs& a, const int* xrow, int count, int kb0, int cb,
+                                        uint16_t* smem) {
+  const int quads = cb * 4;  // 16-byte pieces per column
+  for (int i = threadIdx.x; i < NT * quads; i += blockDim.x) {
+    const int j = i / quads, q = i - j * quads;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (j < count) {
+      const uint16_t* src = a.x + static_cast<int64_t>(xrow[j]) * a.x_stride + kb0 * 32 + q * 8;
+      v = *reinterpret_cast<const uint4*>(src);
+    }
+    *reinterpret_cast<uint4*>(smem + j * kSmemRowHalfs + q * 8) = v;
+  }
+}
+
+template <int NS>
+__device__ __forceinline__ void mma_block(float (&acc)[NS][4], const AFrag& f, const uint16_t* smem, int kbl, int g,
+                                          int t) {
+#pragma unroll
+  for (int ns = 0; ns < NS; ++ns) {
+    const uint4 b = *reinterpret_cast<const uint4*>(smem + (ns * 8 + g) * kSmemRowHalfs + kbl * 32 + t * 8);
+    mma_f16(acc[ns], f.lo[0], f.hi[0], f.lo[1], f.hi[1], b.x, b.y);
+    mma_f16(acc[ns], f.lo[2], f.hi[2], f.lo[3], f.hi[3], b.z, b.w);
+  }
+}
+
+__device__ __forceinline__ float swiglu(float gate, float up, float alpha, float limit) {
+  const float g = fminf(gate, limit);
+  const float l = fminf(fmaxf(up, -limit), limit);
+  return g / (1.0f + expf(-alpha * g)) * (l + 1.0f);
+}
+
+// Gate/up rows are interleaved (row 2j = gate j, 2j+1 = up j): lanes with even g hold gates and
+// fetch the matching ups from the lane of row g+1 (lane ^ 4).
+template <int NS>
+__device__ __forceinline__ void store_swiglu(const GemmArgs& a, const float (&acc)[NS][4], int expert, int start,
+                                             int count, int row0, int g, int t) {
+  const float* bias = a.bias + expert * a.bias_expert_stride;
+#pragma unroll
+  for (int ns = 0; ns < NS; ++ns) {
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const float up_lo = __shfl_xor_sync(0xffffffffu, acc[ns][c], 4);
+      const float up_hi = __shfl_xor_sync(0xffffffffu, acc[ns][2 + c], 4);
+      const int j = ns * 8 + 2 * t + c;
+      if ((g & 1) || j >= count) continue;
+      const int64_t orow = a.out_scatter ? a.out_scatter[start + j] : start + j;
+      __half* out = reinterpret_cast<__half*>(a.out16) + orow * a.out16_stride;
+      const int r_lo = row0 + g, r_hi = row0 + g + 8;
+      if (r_lo < a.rows)
+        out[r_lo / 2] =
+            __float2half_rn(swiglu(acc[ns][c] + bias[r_lo], up_lo + bias[r_lo + 1], a.swiglu_alpha, a.swiglu_limit));
+      if (r_hi < a.rows)
+        out[r_hi / 2] = __float2half_rn(
+            swiglu(acc[ns][2 + c] + bias[r_hi], up_hi + bias[r_hi + 1], a.swiglu_alpha, a.swiglu_limit));
+    }
+  }
+}
+
+template <int NS>
+__device__ __forceinline__ void store_f32(const GemmArgs& a, const float (&acc)[NS][4], int start, int count, int row0,
+                                          float* out_base, int g, int t) {
+#pragma unroll
+  for (int ns = 0; ns < NS; ++ns) {
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const int j = ns * 8 + 2 * t + c;
+      if (j >= count) continue;
+      const int64_t orow = a.out_scatter ? a.out_scatter[start + j] : start + j;
+      float* out = out_base + orow * a.out_stride;
+      if (row0 + g < a.rows) out[row0 + g] = acc[ns][c];
+      if (row0 + g + 8 < a.rows) out[row0 + g + 8] = acc[ns][2 + c];
+    }
+  }
+}
+
+template <GemmWeights WT, int NT, GemmOut MODE>
+__global__ void __launch_bounds__(kGemmWarps * 32) gemm_kernel(const GemmArgs a) {
+  constexpr int NS = NT / 8;
+  extern __shared__ uint4 smem_raw[];
+  uint16_t* smem = reinterpret_cast<uint16_t*>(smem_raw);
+  __shared__ int xrow[NT];
+
+  int expert = 0, start, count;
+  if (a.tiles) {
+    if (static_cast<int>(blockIdx.y) >= *a.n_tiles) return;
+    const int4 tl = reinterpret_cast<const int4*>(a.tiles)[blockIdx.y];
+    expert = tl.x, start = tl.y, count = tl.z;
+  } else {
+    start = blockIdx.y * NT;
+    count = min(NT, a.n - start);
+  }
+  for (int j = threadIdx.x; j < NT; j += blockDim.x)
+    xrow[j] = j < count ? (a.x_gather ? a.x_gather[start + j] : start + j) : 0;
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int row0 = blockIdx.x * (kGemmWarps * 16) + warp * 16;
+  const uint8_t* wbase = static_cast<const uint8_t*>(a.w) + expert * a.w_expert_bytes;
+  const uint8_t* sbase = a.scales ? a.scales + expert * a.s_expert_bytes : nullptr;
+  const int kb_begin = MODE == GemmOut::kPartial ? blockIdx.z * a.seg_blocks : 0;
+  const int kb_end = MODE == GemmOut::kPartial ? min(a.kblocks, kb_begin + a.seg_blocks) : a.kblocks;
+
+  float part[NS][4], total[NS][4];
+#pragma unroll
+  for (int ns = 0; ns < NS; ++ns)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) part[ns][i] = 0.0f, total[ns][i] = 0.0f;
+
+  for (int kb0 = kb_begin; kb0 < kb_end; kb0 += kChunkBlocks) {
+    const int cb = min(kChunkBlocks, kb_end - kb0);
+    // Issue every A load of the chunk first so they are in flight while B is staged.
+    ARaw raw[kChunkBlocks];
+#pragma unroll
+    for (int i = 0; i < kChunkBlocks; ++i)
+      if (i < cb) raw[i] = load_a<WT>(a, wbase, sbase, row0 + g, kb0 + i, t);
+    __syncthreads();
+    stage_b<NT>(a, xrow, count, kb0, cb, smem);
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kChunkBlocks; ++i) {
+      if (i >= cb) break;
+      mma_block<NS>(part, decode_a<WT>(raw[i]), smem, i, g, t);
+      const int kb = kb0 + i;
+      if (MODE != GemmOut::kPartial && ((kb + 1) % a.seg_blocks == 0 || kb + 1 == a.kblocks)) {
+#pragma unroll
+        for (int ns = 0; ns < NS; ++ns)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) total[ns][c] += part[ns][c], part[ns][c] = 0.0f;
+      }
+    }
+  }
+  if constexpr (MODE == GemmOut::kPartial) {
+    store_f32<NS>(a, part, start, count, row0, a.out + blockIdx.z * a.part_stride, g, t);
+  } else if constexpr (MODE == GemmOut::kSwiglu) {
+    store_swiglu<NS>(a, total, expert, start, count, row0, g, t);
+  } else {
+    store_f32<NS>(a, total, start, count, row0, a.out, g, t);
+  }
+}
+
+template <GemmWeights WT, int NT, GemmOut MODE>
+cudaError_t launch_one(const GemmArgs& a, cudaStream_t stream) {
+  const int row_blocks = static_cast<int>((a.rows + kGemmWarps * 16 - 1) / (kGemmWarps * 16));
+  const int col_tiles = a.tiles ? a.max_tiles : (a.n + NT - 1) / NT;
+  if (row_blocks == 0 || col_tiles == 0) return cudaSuccess;
+  const dim3 grid(row_blocks, col_tiles, MODE == GemmOut::kPartial ? a.nseg : 1);
+  const size_t smem = static_cast<size_t>(NT) * kSmemRowHalfs * sizeof(uint16_t);
+  gemm_kernel<WT, NT, MODE><<<grid, kGemmWarps * 32, smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <GemmWeights WT, GemmOut MODE>
+cudaError_t launch_nt(const GemmArgs& a, int nt, cudaStream_t stream) {
+  switch (nt) {
+    case 8: return launch_one<WT, 8, MODE>(a, stream);
+    case 16: return launch_one<WT, 16, MODE>(a, stream);
+    case 32: return launch_one<WT, 32, MODE>(a, stream);
+    case 64: return launch_one<WT, 64, MODE>(a, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+template <GemmWeights WT>
+cudaError_t launch_mode(const GemmArgs& a, int nt, cudaStream_t stream) {
+  switch (a.mode) {
+    case GemmOut::kStore: return launch_nt<WT, GemmOut::kStore>(a, nt, stream);
+    case GemmOut::kPartial: return launch_nt<WT, GemmOut::kPartial>(a, nt, stream);
+    case GemmOut::kSwiglu:
+      // Only MXFP4 gate/up projections have a SwiGLU epilogue.
+      if constexpr (WT == GemmWeights::kMxfp4) return launch_nt<WT, GemmOut::kSwiglu>(a, nt, stream);
+      return cudaErrorInvalidValue;
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+int gemm_tile_cols(int64_t cols_per_group) {
+  if (cols_per_group <= 8) return 8;
+  if (cols_per_group <= 16) return 16;
+  if (cols_per_group <= 32) return 32;
+  return 64;
+}
+
+bool gemm_use_split(int64_t rows, int64_t col_tiles, int sm_count) {
+  const int64_t blocks = (rows + kGemmWarps * 16 - 1) / (kGemmWarps * 16) * col_tiles;
+  return blocks < 4LL * sm_count;
+}
+
+void gemm_segments(int kblocks, int* seg_blocks, int* nseg) {
+  const int target = 16;  // 512 reduction values per segment
+  int n = (kblocks + target - 1) / target;
+  if (n < 1) n = 1;
+  int sb = (kblocks + n - 1) / n;
+  sb += sb & 1;
+  *seg_blocks = sb;
+  *nseg = (kblocks + sb - 1) / sb;
+}
+
+cudaError_t gemm_launch(const GemmArgs& a, int nt, cudaStream_t stream) {
+  if (a.kblocks <= 0 || a.seg_blocks <= 0 || a.seg_blocks % 2 != 0 ||
+      a.nseg != (a.kblocks + a.seg_blocks - 1) / a.seg_blocks)
+    return cudaErrorInvalidValue;
+  if (a.x_stride < static_cast<int64_t>(a.kblocks) * 32) return cudaErrorInvalidValue;
+  if (a.weights == GemmWeights::kMxfp4 && (a.kblocks % 2 != 0 || a.scales == nullptr)) return cudaErrorInvalidValue;
+  if (a.tiles && (a.n_tiles == nullptr || a.max_tiles <= 0)) return cudaErrorInvalidValue;
+  if (a.weights == GemmWeights::kF16) return launch_mode<GemmWeights::kF16>(a, nt, stream);
+  return launch_mode<GemmWeights::kMxfp4>(a, nt, stream);
+}
+
+}  // namespace gptoss::cuda

@@ -1,0 +1,200 @@
+// Launch wrappers and POD argument structs of the CUDA kernels (shared by the .cu files, the CUDA
+// backend and the op tests). Plain C++: device buffers of half precision are passed as uint16_t*.
+// Every wrapper validates what it can on the host and returns the launch's cudaError_t.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace gptoss::cuda {
+
+// Device layout constants shared by the upload code and the kernels.
+inline constexpr int kRowTile = 64;          // GEMM weight rows are padded to a multiple of this
+inline constexpr int kKPad = 64;             // GEMM reduction dims (and activation strides) padded to this
+inline constexpr int kGemmWarps = 4;         // warps per GEMM block (16 rows each)
+inline constexpr int kAttnKeyTile = 64;      // keys staged per attention tile
+inline constexpr int kAttnRowsPerWarp = 16;  // (token, head) query rows per attention warp
+
+inline int64_t round_up(int64_t x, int64_t m) {
+  return (x + m - 1) / m * m;
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM: out[n, r] = Σ_k W[r, k]·x[n, k] on tensor cores (fp16 operands, f32 accumulation).
+// W is fp16 [E][rows_p][kblocks·32] (dense) or MXFP4 in the checkpoint layout: blocks
+// [E][rows_p][kblocks][16], scales [E][rows_p][kblocks] (rows padded to kRowTile, kblocks to even). The reduction runs
+// over `nseg` segments of `seg_blocks` blocks of 32; each segment is summed on its own and the segment sums are added
+// in order, in every mode, so one output never depends on the batch size or on whether the segments ran in one block or
+// many.
+enum class GemmWeights { kF16, kMxfp4 };
+enum class GemmOut {
+  kStore,    // out[orow·out_stride + r] = total (f32)
+  kPartial,  // one block per segment: out[seg·part_stride + orow·out_stride + r] = segment sum
+  kSwiglu,   // rows 2j/2j+1 are gate/up j (interleaved): out16[orow·out16_stride + j] = SwiGLU(j)
+};
+
+struct GemmArgs {
+  GemmWeights weights = GemmWeights::kF16;
+  const void* w = nullptr;          // fp16 or packed MXFP4 bytes
+  const uint8_t* scales = nullptr;  // MXFP4 only
+  int64_t w_expert_bytes = 0;       // stride between experts (bytes)
+  int64_t s_expert_bytes = 0;
+  int rows = 0;        // valid output rows (≤ rows_p of the weight)
+  int kblocks = 0;     // reduction length / 32 (padded; even for MXFP4)
+  int seg_blocks = 0;  // blocks per segment (even)
+  int nseg = 1;
+
+  const uint16_t* x = nullptr;        // fp16 activations [*, x_stride]
+  int64_t x_stride = 0;               // elements (≥ kblocks·32)
+  const int32_t* x_gather = nullptr;  // activation row of tile column j (null: identity)
+
+  // Columns: dense → n columns in tiles of NT; MoE → tiles[i] = {expert, start, count, 0}.
+  int n = 0;
+  const int32_t* tiles = nullptr;    // int4 per tile (MoE), null for dense
+  const int32_t* n_tiles = nullptr;  // device count of valid tiles (MoE)
+  int max_tiles = 0;                 // grid size bound (MoE)
+
+  GemmOut mode = GemmOut::kStore;
+  float* out = nullptr;
+  int64_t out_stride = 0;                // elements between output rows (columns of the math)
+  int64_t part_stride = 0;               // elements between segment partials (kPartial)
+  const int32_t* out_scatter = nullptr;  // output row of tile column j (null: identity)
+  uint16_t* out16 = nullptr;             // kSwiglu output (fp16)
+  int64_t out16_stride = 0;
+  const float* bias = nullptr;  // kSwiglu: per-expert gate/up bias [E][bias_expert_stride]
+  int64_t bias_expert_stride = 0;
+  float swiglu_alpha = 1.702f, swiglu_limit = 7.0f;
+};
+
+// Tokens per column tile (8, 16, 32 or 64) the GEMM uses for `cols_per_group` columns per
+// expert/matrix on average.
+int gemm_tile_cols(int64_t cols_per_group);
+// Launches the GEMM with column tile `nt`; kPartial uses grid.z = nseg, the others one block per
+// (row tile, column tile). The caller picks the mode (see gemm_use_split).
+cudaError_t gemm_launch(const GemmArgs& a, int nt, cudaStream_t stream);
+// True when (row blocks × column tiles) is too small to fill the device and segments should run
+// in separate blocks (kPartial).
+bool gemm_use_split(int64_t rows, int64_t col_tiles, int sm_count);
+// Segmenting of a reduction of `kblocks` blocks of 32: ≈512 values per segment, even block counts.
+void gemm_segments(int kblocks, int* seg_blocks, int* nseg);
+
+// ---------------------------------------------------------------------------------------------
+// Per-token elementwise kernels.
+
+// cudaSuccess when this binary holds kernels for the current device (else
+// cudaErrorInvalidDeviceFunction / cudaErrorNoKernelImageForDevice).
+cudaError_t kernels_available();
+
+// h[t, :] = embed[tokens[t], :] (bf16 → f32).
+cudaError_t embed_launch(const uint16_t* table, int64_t dim, const int32_t* tokens, int n, float* h,
+                         cudaStream_t stream);
+
+// What add_rmsnorm adds to the residual before normalising.
+struct ResidualAdd {
+  // Dense contribution: Σ_s parts[s·part_stride + t·stride + i] + bias[i] (nparts = 0: none).
+  const float* parts = nullptr;
+  int nparts = 0;
+  int64_t part_stride = 0, stride = 0;
+  const float* bias = nullptr;
+  // MoE contribution (parts indexed by pair t·k + j): Σ_j w[t,j]·(Σ_s parts + expert_bias[e_tj]).
+  int top_k = 0;
+  const int32_t* experts = nullptr;  // [n, top_k]
+  const float* weights = nullptr;    // [n, top_k]
+  const float* expert_bias = nullptr;
+  int64_t expert_bias_stride = 0;
+};
+// h[t] += contribution (in place), then x = gain ⊙ h / rms(h): x16 fp16 [n, x16_stride] and, when
+// x32 is not null, f32 [n, dim]. eps as in the config.
+cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add, const float* gain, float eps,
+                               uint16_t* x16, int64_t x16_stride, float* x32, cudaStream_t stream);
+
+// SwiGLU of split-mode gate/up partials: parts [nparts][pairs][rows_p] f32 (interleaved gate/up),
+// bias [E][rows_p] (expert of each pair from the tile list), out a16 [pairs][out_stride].
+cudaError_t swiglu_parts_launch(const float* parts, int nparts, int64_t part_stride, int64_t rows_p, int inter,
+                                const int32_t* tiles, const int32_t* n_tiles, int max_tiles, const float* bias,
+                                int64_t bias_expert_stride, float alpha, float limit, uint16_t* a16, int64_t out_stride,
+                                cudaStream_t stream);
+
+// argmax over each row of logits [rows, vocab] (lowest index on ties, NaN never wins).
+cudaError_t argmax_launch(const float* logits, int rows, int64_t vocab, int32_t* out, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------------------
+// Router: logits = W x + b (f32 math over bf16 weights), top-k (ties → lower index), softmax over
+// the k. Optional statistics (per layer slice): counts[E] (u64), top1 and entropy sums (double),
+// tokens (u64).
+struct RouterStatsDev {
+  unsigned long long* counts = nullptr;
+  double* top1 = nullptr;
+  double* entropy = nullptr;
+  unsigned long long* tokens = nullptr;
+};
+cudaError_t router_launch(const float* x, int n, int dim, const uint16_t* w, const float* b, int experts, int top_k,
+                          int32_t* idx, float* weight, const RouterStatsDev& stats, cudaStream_t stream);
+
+// Groups the n·top_k (token, expert) pairs by expert: sorted_token[i] / sorted_pair[i] for the
+// pairs of expert 0, then expert 1, ...; tiles of ≤ nt columns {expert, start, count, 0}; n_tiles.
+// max_tiles must be ≥ ceil(pairs / nt) + experts.
+cudaError_t moe_group_launch(const int32_t* idx, int n, int top_k, int experts, int nt, int32_t* sorted_token,
+                             int32_t* sorted_pair, int32_t* tiles, int32_t* n_tiles, int max_tiles,
+                             cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------------------
+// Attention. KV cache of one layer: K and V each [slots][kv_heads][cap][dp] fp16, position p of a
+// slot at index p % cap (cap = max_context on full layers: no wrap). dp = head_dim rounded up to 16
+// (zero padding).
+struct KvLayer {
+  uint16_t* k = nullptr;
+  uint16_t* v = nullptr;
+  int64_t cap = 0;
+  int window = 0;  // 0: full attention; else keys j with p − window < j ≤ p
+};
+
+struct AttnShape {
+  int n_heads = 0, n_kv_heads = 0, head_dim = 0, dp = 0;
+};
+
+// Sums the qkv partials, adds the bias, applies YaRN RoPE (cos/sin of pos·inv_freq in f32, times
+// the concentration) to q and k, writes q16 [n][n_heads][dp] and k, v into the cache of each token's
+// slot at its position.
+struct QkvRopeArgs {
+  const float* parts = nullptr;
+  int nparts = 1;
+  int64_t part_stride = 0, stride = 0;
+  const float* bias = nullptr;
+  const int32_t* pos = nullptr;
+  const int32_t* slot = nullptr;
+  const float* inv_freq = nullptr;  // [head_dim/2]
+  float concentration = 1.0f;
+  uint16_t* q16 = nullptr;
+};
+cudaError_t qkv_rope_launch(const QkvRopeArgs& a, int n, const AttnShape& s, const KvLayer& kv, cudaStream_t stream);
+
+// One work item: `count` consecutive query tokens of one sequence, starting at step token `first`
+// (positions pos[first..]), slot `slot`.
+struct AttnItem {
+  int32_t first, count, slot, unused;
+};
+
+struct AttnArgs {
+  const uint16_t* q16 = nullptr;    // [n][n_heads][dp]
+  const int32_t* pos = nullptr;     // [n]
+  const AttnItem* items = nullptr;  // [n_items]
+  int n_items = 0;
+  int tokens_per_item = 0;       // ≤ rows per block / heads per chunk
+  const float* sinks = nullptr;  // [n_heads]
+  float scale = 0.125f;
+  int splits = 1;           // key splits per item (1: final output written directly)
+  uint16_t* o16 = nullptr;  // [n][o_stride] (splits == 1)
+  int64_t o_stride = 0;
+  float* part_o = nullptr;   // [splits][n][n_heads][dp] (splits > 1)
+  float* part_ml = nullptr;  // [splits][n][n_heads][2]
+  int n_tokens = 0;          // n (for partial strides)
+};
+// Heads per block-chunk (≤ 64) and tokens per item for `n_heads / n_kv_heads` query heads per KV head.
+int attention_heads_per_chunk(const AttnShape& s);
+cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, cudaStream_t stream);
+// Merges split partials (with the sinks) into o16.
+cudaError_t attention_combine_launch(const AttnArgs& a, const AttnShape& s, cudaStream_t stream);
+
+}  // namespace gptoss::cuda

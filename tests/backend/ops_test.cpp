@@ -54,6 +54,20 @@ TEST(DotF32, FollowsTheCanonicalOrderExactly) {
   }
 }
 
+TEST(DotF32, RowsVariantEqualsSingleDots) {
+  for (int64_t len : {1, 8, 13, 64, 67}) {
+    for (int64_t n : {1, 3, 4, 9}) {
+      const auto a = randn(static_cast<size_t>(len), 3);
+      const auto b = randn(static_cast<size_t>(len * n), 4);
+      std::vector<const float*> rows;
+      for (int64_t j = 0; j < n; ++j) rows.push_back(b.data() + (n - 1 - j) * len);  // any row order
+      std::vector<float> out(static_cast<size_t>(n));
+      dot_f32_rows(a.data(), rows.data(), n, len, out.data());
+      for (int64_t j = 0; j < n; ++j) EXPECT_EQ(out[j], dot_f32(a.data(), rows[j], len)) << len << " " << n;
+    }
+  }
+}
+
 // |computed − exact| ≤ γ·Σ|x||w| with γ = (in/8 + 10)·u bounds any summation of this shape
 // (chunks of 8 per lane, a 3-level lane reduction, the tail and the bias add).
 double dot_error_bound(int64_t in, double abs_sum, double bias) {

@@ -24,11 +24,14 @@ void attention_sinks_head(const float* q, int64_t h, int64_t n_heads, int64_t n_
   float z = 1.0f;
   for (int64_t d = 0; d < head_dim; ++d) out[d] = 0.0f;
   float s[kKeyChunk];
+  const float* keys[kKeyChunk];
   for (int64_t j0 = first; j0 <= last; j0 += kKeyChunk) {
     const int64_t nj = std::min(kKeyChunk, last - j0 + 1);
+    for (int64_t u = 0; u < nj; ++u) keys[u] = k_at(j0 + u) + kv_off;
+    dot_f32_rows(q, keys, nj, head_dim, s);
     float cmax = m;
     for (int64_t u = 0; u < nj; ++u) {
-      s[u] = dot_f32(q, k_at(j0 + u) + kv_off, head_dim) * scale;
+      s[u] *= scale;
       cmax = std::max(cmax, s[u]);
     }
     if (cmax > m) {

@@ -135,9 +135,13 @@ void CpuBackend::prepare_rows(std::span<const SeqBatch> batch) {
 
 Status CpuBackend::forward(std::span<const SeqBatch> batch, const StepOutputs& out) {
   GPTOSS_RETURN_IF_ERROR(validate(batch));
-  int64_t T = 0;
-  for (const SeqBatch& b : batch) T += static_cast<int64_t>(b.tokens.size());
-  scratch_.ensure(cfg_, T, static_cast<int64_t>(batch.size()), out.logits == nullptr && out.argmax != nullptr);
+  int64_t T = 0, R = 0;
+  for (const SeqBatch& b : batch) {
+    T += static_cast<int64_t>(b.tokens.size());
+    R += b.all_logits ? static_cast<int64_t>(b.tokens.size()) : 1;
+  }
+  // Logits land in the caller's buffer; scratch holds them only when just the argmax is wanted.
+  scratch_.ensure(cfg_, T, static_cast<int64_t>(batch.size()), out.logits == nullptr && out.argmax != nullptr ? R : 0);
   prepare_rows(batch);
   batch_ = batch;
 
@@ -182,7 +186,7 @@ size_t Scratch::bytes() const {
   return b;
 }
 
-void Scratch::ensure(const Config& c, int64_t T, int64_t n_seqs, bool need_logits) {
+void Scratch::ensure(const Config& c, int64_t T, int64_t n_seqs, int64_t logit_rows) {
   // Grow-only: steady-state steps of the same or smaller size allocate nothing.
   auto grow = [](auto& v, int64_t n) {
     if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
@@ -206,7 +210,7 @@ void Scratch::ensure(const Config& c, int64_t T, int64_t n_seqs, bool need_logit
   grow(row_pos, T);
   grow(out_rows, T);
   grow(seq_row0, n_seqs);
-  if (need_logits) grow(logits, T * c.vocab_size);
+  grow(logits, logit_rows * c.vocab_size);
 }
 
 }  // namespace gptoss::cpu

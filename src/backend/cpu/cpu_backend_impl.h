@@ -37,7 +37,8 @@ struct Scratch {
   std::vector<int64_t> out_rows;                 // [R] rows whose logits are wanted, in batch order
   int64_t n_out_rows = 0;
 
-  void ensure(const Config& c, int64_t T, int64_t n_seqs, bool need_logits);
+  // Grows the buffers for T tokens of n_seqs sequences and logit_rows rows of scratch logits.
+  void ensure(const Config& c, int64_t T, int64_t n_seqs, int64_t logit_rows);
   size_t bytes() const;
 };
 

@@ -204,6 +204,29 @@ float dot_f32(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+void dot_f32_rows(const float* a, const float* const* b, int64_t n, int64_t len, float* out) {
+  const int64_t len8 = len & ~int64_t{kLanes - 1};
+  alignas(32) float l[4][kLanes];
+  int64_t j = 0;
+#ifdef GPTOSS_CPU_AVX2
+  // Four rows at a time: four independent FMA chains hide the FMA latency.
+  for (; j + 4 <= n; j += 4) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t i = 0; i < len8; i += kLanes) {
+      const __m256 av = _mm256_loadu_ps(a + i);
+      for (int r = 0; r < 4; ++r) acc[r] = _mm256_fmadd_ps(av, _mm256_loadu_ps(b[j + r] + i), acc[r]);
+    }
+    for (int r = 0; r < 4; ++r) {
+      _mm256_store_ps(l[r], acc[r]);
+      float s = lanes_sum(l[r]);
+      for (int64_t i = len8; i < len; ++i) s = std::fma(a[i], b[j + r][i], s);
+      out[j + r] = s;
+    }
+  }
+#endif
+  for (; j < n; ++j) out[j] = dot_f32(a, b[j], len);
+}
+
 void matmul_bf16(const float* x, int64_t n, int64_t in, const uint16_t* w, const uint16_t* bias, int64_t out, float* y,
                  ThreadPool* pool) {
   auto decode = [w, in](int64_t row, int64_t c0, int64_t len, float* dst) { decode_bf16(w + row * in + c0, len, dst); };

@@ -19,6 +19,9 @@ namespace gptoss::cpu {
 
 // Σ a[i]·b[i] in the canonical order above.
 float dot_f32(const float* a, const float* b, int64_t n);
+// out[j] = dot_f32(a, b[j], len) for j < n: several dots against one vector at once (bitwise the
+// same results, more instruction-level parallelism).
+void dot_f32_rows(const float* a, const float* const* b, int64_t n, int64_t len, float* out);
 
 // y[t, o] = Σ_i x[t, i] · W[o, i] (+ bias[o]);  x [n, in] f32, W [out, in] bf16, bias [out] bf16 or
 // null, y [n, out] f32. Each y element is computed the same way whatever n is (batch-invariant).

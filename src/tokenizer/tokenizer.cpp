@@ -2,6 +2,7 @@
 #include "tokenizer/tokenizer.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <queue>
@@ -347,6 +348,14 @@ Result<std::string> Tokenizer::decode(const std::vector<int32_t>& ids) const {
     bytes.append(impl_->bytes_of(ids[i]));
   }
   return utf8::to_valid_lossy(bytes);
+}
+
+Result<std::string> resolve_tokenizer_path(const std::string& flag_value) {
+  if (!flag_value.empty()) return flag_value;
+  const char* env = std::getenv("GPTOSS_TOKENIZER");
+  if (env && *env) return std::string(env);
+  return Status(ErrorCode::kInvalidArgument,
+                "no tokenizer given: pass --tokenizer FILE (a tokenizer.json) or set GPTOSS_TOKENIZER");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -59,6 +59,10 @@ class Tokenizer {
   std::unique_ptr<struct TokenizerImpl> impl_;
 };
 
+// The tokenizer.json to use: `flag_value` when non-empty, else $GPTOSS_TOKENIZER when set and
+// non-empty, else an error telling how to pass one.
+Result<std::string> resolve_tokenizer_path(const std::string& flag_value);
+
 // Streaming-safe detokenizer: push ids one at a time, get the text that is complete so far;
 // an incomplete multi-byte UTF-8 sequence is held back until it completes; invalid bytes
 // become U+FFFD; flush() emits what is left (an incomplete tail becomes U+FFFD). The

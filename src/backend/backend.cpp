@@ -48,7 +48,10 @@ Result<std::unique_ptr<Backend>> backend_create(std::shared_ptr<const Model> mod
     return cpu_backend_create(std::move(model), cpu_opts);
   }
   std::string kinds;
-  for (const auto& k : backend_kinds()) kinds += (kinds.empty() ? "" : ", ") + k;
+  for (const auto& k : backend_kinds()) {
+    if (!kinds.empty()) kinds += ", ";
+    kinds += k;
+  }
   return make_error(ErrorCode::kInvalidArgument, "unknown backend '{}' (available: {}, auto)", opts.kind, kinds);
 }
 

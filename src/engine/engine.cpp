@@ -78,7 +78,7 @@ struct EngineImpl {
   std::deque<Pending> queue;
   bool stop = false;
   uint64_t next_id = 1;
-  int active = 0;  // engine thread only (read under mu for the wait predicate)
+  std::atomic<int> active{0};  // sequences holding a slot; written by the engine thread only
 
   mutable std::mutex stats_mu;
   EngineStats stats;
@@ -477,7 +477,9 @@ Result<std::shared_ptr<Request>> Engine::submit(GenerationRequest request) {
   {
     std::lock_guard lk(m.mu);
     if (m.stop) return Status(ErrorCode::kUnavailable, "engine is shutting down");
-    if (static_cast<int>(m.queue.size()) >= m.options.max_queue) {
+    // Free slots take requests at once; beyond them, max_queue may wait.
+    const int free_slots = std::max(0, bo.max_slots - m.active.load());
+    if (static_cast<int>(m.queue.size()) >= m.options.max_queue + free_slots) {
       std::lock_guard sl(m.stats_mu);
       ++m.stats.requests_rejected;
       return make_error(ErrorCode::kResourceExhausted, "request queue is full ({} waiting)", m.queue.size());

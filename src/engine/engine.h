@@ -63,7 +63,7 @@ class Request {
 };
 
 struct EngineOptions {
-  int max_queue = 256;                // waiting requests beyond this are rejected (kResourceExhausted)
+  int max_queue = 256;                // requests waiting for a busy slot beyond this are rejected (kResourceExhausted)
   int64_t prefill_chunk = 512;        // prompt tokens per sequence per step (keeps decodes flowing)
   bool collect_router_stats = false;  // accumulate RouterStats over all steps
 };

@@ -444,6 +444,24 @@ TEST(Engine, FullQueueRejectsWithResourceExhausted) {
   for (auto& h : handles) h->cancel();
 }
 
+// max_queue 0: a free slot still takes a request; a busy one turns the next away.
+TEST(Engine, ZeroQueueAcceptsOnlyIntoFreeSlots) {
+  Outcome a, b;
+  auto e = make_engine(tiny_model(), cpu_options(1, 4000), {.max_queue = 0});
+  auto r = greedy(make_prompt(6, 1000, 1), 3000);
+  r.on_event = a.callback();
+  auto h = e->submit(std::move(r));
+  ASSERT_TRUE(h.ok()) << h.status().message();
+  auto r2 = greedy(make_prompt(6, 1000, 2), 3);
+  r2.on_event = b.callback();
+  EXPECT_EQ(e->submit(std::move(r2)).status().code(), ErrorCode::kResourceExhausted);
+  (*h)->cancel();
+  EXPECT_EQ(a.wait().finish, FinishReason::kCancelled);
+  // The slot is free again.
+  auto [t, fin] = run_one(*e, greedy(make_prompt(6, 1000, 3), 2));
+  EXPECT_EQ(fin.finish, FinishReason::kLength);
+}
+
 TEST(Engine, DestructorCancelsRunningAndQueuedRequests) {
   auto model = tiny_model();
   std::vector<Outcome> out(3);

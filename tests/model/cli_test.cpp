@@ -19,7 +19,7 @@ namespace fs = std::filesystem;
 using testing::fixture;
 using testing::TempDir;
 
-struct Run {
+struct CliRun {
   int exit_code = -1;  // -1 when the process died from a signal
   int signal = 0;
   std::string out, err;
@@ -32,11 +32,11 @@ std::string slurp(const std::string& path) {
   return ss.str();
 }
 
-Run run_gptoss(const std::string& args, const TempDir& tmp) {
+CliRun run_gptoss(const std::string& args, const TempDir& tmp) {
   const std::string out = tmp.file("stdout.txt"), err = tmp.file("stderr.txt");
   const std::string cmd = std::string("'") + GPTOSS_BIN + "' " + args + " >'" + out + "' 2>'" + err + "'";
   const int status = std::system(cmd.c_str());
-  Run r;
+  CliRun r;
   // std::system runs through sh: a signal in the child shows up as exit status 128 + signal.
   if (WIFEXITED(status)) {
     r.exit_code = WEXITSTATUS(status);
@@ -50,7 +50,7 @@ Run run_gptoss(const std::string& args, const TempDir& tmp) {
 }
 
 // Exit status exactly 1, one stderr line naming the command and `expect`.
-void expect_one_line_error(const Run& r, const std::string& command, const std::string& expect) {
+void expect_one_line_error(const CliRun& r, const std::string& command, const std::string& expect) {
   EXPECT_EQ(r.signal, 0) << r.err;
   EXPECT_EQ(r.exit_code, 1) << r.err;
   ASSERT_FALSE(r.err.empty());
@@ -71,7 +71,7 @@ std::string grouped(int64_t v) {
 
 TEST(InspectCli, PrintsCountsForAFixture) {
   TempDir tmp;
-  const Run r = run_gptoss("inspect --model '" + fixture("pub-b") + "'", tmp);
+  const CliRun r = run_gptoss("inspect --model '" + fixture("pub-b") + "'", tmp);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto pc = Model::param_counts_for(*config_load_dir(fixture("pub-b")));
   EXPECT_NE(r.out.find("total " + grouped(pc.total)), std::string::npos) << r.out;
@@ -82,7 +82,7 @@ TEST(InspectCli, PrintsCountsForAFixture) {
 
 TEST(InspectCli, JsonOutputHasExactCounts) {
   TempDir tmp;
-  const Run r = run_gptoss("inspect --json --model '" + fixture("fx-mixed-layers") + "'", tmp);
+  const CliRun r = run_gptoss("inspect --json --model '" + fixture("fx-mixed-layers") + "'", tmp);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
   const Config c = *config_load_dir(fixture("fx-mixed-layers"));
@@ -127,7 +127,7 @@ TEST(InspectCli, BadCheckpointsFailWithOneLine) {
 
 TEST(InitRandomCli, WritesTheSameWeightsAsModelRandom) {
   TempDir tmp;
-  const Run r = run_gptoss("init-random --preset tiny --seed 42 --out '" + tmp.file("m") + "'", tmp);
+  const CliRun r = run_gptoss("init-random --preset tiny --seed 42 --out '" + tmp.file("m") + "'", tmp);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(fs::exists(tmp.file("m/config.json")));
   EXPECT_TRUE(fs::exists(tmp.file("m/model.safetensors")));
@@ -135,7 +135,8 @@ TEST(InitRandomCli, WritesTheSameWeightsAsModelRandom) {
   ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
   testing::expect_same_weights(**loaded, **Model::random(*config_preset("tiny"), 42));
   // Sharded output once the limit is small: index + several shards, same weights.
-  const Run s = run_gptoss("init-random --preset tiny --seed 42 --shard-gib 0.0001 --out '" + tmp.file("s") + "'", tmp);
+  const CliRun s =
+      run_gptoss("init-random --preset tiny --seed 42 --shard-gib 0.0001 --out '" + tmp.file("s") + "'", tmp);
   ASSERT_EQ(s.exit_code, 0) << s.err;
   EXPECT_TRUE(fs::exists(tmp.file("s/model.safetensors.index.json")));
   EXPECT_FALSE(fs::exists(tmp.file("s/model.safetensors")));
@@ -143,7 +144,7 @@ TEST(InitRandomCli, WritesTheSameWeightsAsModelRandom) {
   ASSERT_TRUE(sharded.ok()) << sharded.status().to_string();
   testing::expect_same_weights(**sharded, **loaded);
   // The inspect output of the written checkpoint agrees with the preset's counts.
-  const Run i = run_gptoss("inspect --json --model '" + tmp.file("s") + "'", tmp);
+  const CliRun i = run_gptoss("inspect --json --model '" + tmp.file("s") + "'", tmp);
   ASSERT_EQ(i.exit_code, 0) << i.err;
   EXPECT_EQ(nlohmann::json::parse(i.out)["params"]["total"].get<int64_t>(),
             Model::param_counts_for(*config_preset("tiny")).total);
@@ -157,7 +158,7 @@ TEST(InitRandomCli, BadArgumentsFail) {
   std::ofstream(tmp.file("file")) << "x";
   expect_one_line_error(run_gptoss("init-random --preset tiny --out '" + tmp.file("file/sub") + "'", tmp),
                         "init-random", tmp.file("file/sub"));
-  const Run usage = run_gptoss("init-random --out '" + tmp.file("x") + "'", tmp);  // --preset missing
+  const CliRun usage = run_gptoss("init-random --out '" + tmp.file("x") + "'", tmp);  // --preset missing
   EXPECT_EQ(usage.signal, 0);
   EXPECT_NE(usage.exit_code, 0);
   EXPECT_NE(usage.err.find("preset"), std::string::npos) << usage.err;

@@ -75,7 +75,9 @@ Status CudaBackend::init() {
     KvLayer& kv = kv_[static_cast<size_t>(l)];
     kv.window = cfg_.is_sliding(l) ? static_cast<int>(cfg_.sliding_window) : 0;
     kv.cap = cfg_.is_sliding(l) ? std::min(opts_.max_context, ring) : opts_.max_context;
-    if (kv.cap < opts_.max_context) ring_limits_resume_ = true;
+    // Rewinds are limited as on the CPU backend (its ring holds window + rollback entries), which
+    // this larger ring always satisfies.
+    if (cfg_.is_sliding(l) && cfg_.sliding_window + opts_.rollback < opts_.max_context) ring_limits_resume_ = true;
     kv_bytes += static_cast<size_t>(opts_.max_slots) * shape_.n_kv_heads * kv.cap * shape_.dp * 2 * 2;
   }
   GPTOSS_ASSIGN_OR_RETURN(kv_mem_, DeviceBuffer::alloc(kv_bytes, "the KV cache"));
@@ -368,6 +370,36 @@ Result<std::unique_ptr<Backend>> cuda_backend_create(std::shared_ptr<const Model
   log_info("cuda backend: {} ({} SMs), weights {:.2f} GiB", prop.name, prop.multiProcessorCount,
            static_cast<double>(backend->memory_stats().weight_bytes) / (1 << 30));
   return std::unique_ptr<Backend>(std::move(backend));
+}
+
+Result<double> cuda_device_bandwidth(int device) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || device < 0 || device >= count) {
+    cudaGetLastError();
+    return make_error(ErrorCode::kUnavailable, "no CUDA device {}", device);
+  }
+  GPTOSS_CUDA_TRY(cudaSetDevice(device), "selecting the CUDA device");
+  const size_t bytes = size_t{1} << 30;
+  GPTOSS_ASSIGN_OR_RETURN(cuda::DeviceBuffer a, cuda::DeviceBuffer::alloc(bytes, "the bandwidth probe"));
+  GPTOSS_ASSIGN_OR_RETURN(cuda::DeviceBuffer b, cuda::DeviceBuffer::alloc(bytes, "the bandwidth probe"));
+  cudaEvent_t start = nullptr, stop = nullptr;
+  GPTOSS_CUDA_TRY(cudaEventCreate(&start), "bandwidth probe");
+  GPTOSS_CUDA_TRY(cudaEventCreate(&stop), "bandwidth probe");
+  float best_ms = 0;
+  Status st;
+  for (int i = 0; i < 5 && st.ok(); ++i) {
+    float ms = 0;
+    if (cudaEventRecord(start) != cudaSuccess ||
+        cudaMemcpy(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice) != cudaSuccess ||
+        cudaEventRecord(stop) != cudaSuccess || cudaEventSynchronize(stop) != cudaSuccess ||
+        cudaEventElapsedTime(&ms, start, stop) != cudaSuccess)
+      st = cuda::cuda_error(cudaGetLastError(), "bandwidth probe");
+    if (i > 0 && (best_ms == 0 || ms < best_ms)) best_ms = ms;  // the first run warms up
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  if (!st.ok()) return st;
+  return 2.0 * static_cast<double>(bytes) / (static_cast<double>(best_ms) * 1e-3);
 }
 
 }  // namespace gptoss

@@ -17,4 +17,8 @@ namespace gptoss {
 // Thread-safety: the returned object is not thread-safe; one thread drives it.
 Result<std::unique_ptr<Backend>> cuda_backend_create(std::shared_ptr<const Model> model, const BackendOptions& opts);
 
+// Measured device-memory bandwidth of `device` in bytes/s: a 1 GiB device-to-device copy, counting
+// bytes read plus bytes written, best of a few runs. kUnavailable without a usable GPU.
+Result<double> cuda_device_bandwidth(int device);
+
 }  // namespace gptoss

@@ -1,0 +1,327 @@
+// `gptoss bench`: prefill and decode throughput of a backend on a checkpoint or on random weights of
+// a preset's shapes (median/min/max over repeats), TTFT, ms per decode step, memory, and the
+// memory-bandwidth bound (weights + KV bytes per token over a measured bandwidth) with the fraction
+// reached. Text or one JSON object.
+#include <sys/resource.h>
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "cli/command.h"
+#include "core/log.h"
+#include "model/config.h"
+#include "model/weights.h"
+#ifdef GPTOSS_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
+
+namespace gptoss::cli {
+namespace {
+
+constexpr const char* kName = "bench";
+
+struct BenchFlags {
+  std::string model_dir, random, backend = "auto";
+  int64_t prompt = 512, gen = 128, depth = 0;
+  int batch = 1, repeat = 3, threads = 0, device = 0;
+  uint64_t seed = 1;
+  double bandwidth_gbs = 0;  // 0: measure
+  bool json = false;
+};
+
+struct Stat {
+  double median = 0, min = 0, max = 0;
+};
+
+Stat summarize(std::vector<double> v) {
+  Stat s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  s.min = v.front(), s.max = v.back();
+  s.median = v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  return s;
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Deterministic token ids below `vocab` (ordinary text-token range when the vocabulary has one).
+std::vector<int32_t> bench_tokens(size_t n, int64_t vocab, uint64_t seed) {
+  const int64_t range = vocab > 200000 ? 199998 : vocab;
+  std::vector<int32_t> t(n);
+  uint64_t s = seed * 0x9e3779b97f4a7c15ULL + 12345;
+  for (int32_t& x : t) {
+    s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+    x = static_cast<int32_t>(s % static_cast<uint64_t>(range));
+  }
+  return t;
+}
+
+struct RunResult {
+  double depth_s = 0, prefill_s = 0, decode_s = 0;
+  std::vector<double> step_ms;
+};
+
+// Feeds every sequence's tokens from its current position, packing sequences into forward() calls
+// of at most `max_tokens`; returns each sequence's last argmax.
+Status feed_all(Backend& b, const std::vector<std::vector<int32_t>>& seqs, std::vector<int64_t>& pos,
+                int64_t max_tokens, std::vector<int32_t>& last) {
+  std::vector<size_t> done(seqs.size(), 0);
+  std::vector<int32_t> argmax(seqs.size());
+  for (;;) {
+    std::vector<SeqBatch> batch;
+    std::vector<size_t> which;
+    int64_t budget = max_tokens;
+    for (size_t s = 0; s < seqs.size() && budget > 0; ++s) {
+      const size_t left = seqs[s].size() - done[s];
+      if (left == 0) continue;
+      const size_t n = std::min<size_t>(left, static_cast<size_t>(budget));
+      SeqBatch sb;
+      sb.slot = static_cast<int>(s);
+      sb.pos = pos[s];
+      sb.tokens = std::span<const int32_t>(seqs[s].data() + done[s], n);
+      batch.push_back(sb);
+      which.push_back(s);
+      budget -= static_cast<int64_t>(n);
+    }
+    if (batch.empty()) return Status::ok_status();
+    StepOutputs out;
+    out.argmax = argmax.data();
+    GPTOSS_RETURN_IF_ERROR(b.forward(batch, out));
+    for (size_t i = 0; i < which.size(); ++i) {
+      const size_t s = which[i];
+      done[s] += batch[i].tokens.size();
+      pos[s] += static_cast<int64_t>(batch[i].tokens.size());
+      if (done[s] == seqs[s].size()) last[s] = argmax[i];
+    }
+  }
+}
+
+Result<RunResult> run_once(Backend& b, const BenchFlags& f, int64_t vocab, int64_t gen, uint64_t seed) {
+  RunResult r;
+  const size_t S = static_cast<size_t>(f.batch);
+  for (int s = 0; s < f.batch; ++s) b.slot_reset(s);
+  std::vector<int64_t> pos(S, 0);
+  std::vector<int32_t> next(S, 0);
+  const int64_t max_tokens = b.options().max_batch_tokens;
+  if (f.depth > 0) {
+    std::vector<std::vector<int32_t>> fill;
+    for (size_t s = 0; s < S; ++s) fill.push_back(bench_tokens(static_cast<size_t>(f.depth), vocab, seed * 977 + s));
+    const double t0 = now_s();
+    GPTOSS_RETURN_IF_ERROR(feed_all(b, fill, pos, max_tokens, next));
+    r.depth_s = now_s() - t0;
+  }
+  if (f.prompt > 0) {
+    std::vector<std::vector<int32_t>> prompts;
+    for (size_t s = 0; s < S; ++s)
+      prompts.push_back(bench_tokens(static_cast<size_t>(f.prompt), vocab, seed * 131 + s));
+    const double t0 = now_s();
+    GPTOSS_RETURN_IF_ERROR(feed_all(b, prompts, pos, max_tokens, next));
+    r.prefill_s = now_s() - t0;
+  }
+  std::vector<SeqBatch> batch(S);
+  std::vector<int32_t> fed(S), argmax(S);
+  StepOutputs out;
+  out.argmax = argmax.data();
+  const double t0 = now_s();
+  for (int64_t step = 0; step < gen; ++step) {
+    for (size_t s = 0; s < S; ++s) {
+      fed[s] = next[s];
+      batch[s].slot = static_cast<int>(s);
+      batch[s].pos = pos[s];
+      batch[s].tokens = std::span<const int32_t>(&fed[s], 1);
+    }
+    const double ts = now_s();
+    GPTOSS_RETURN_IF_ERROR(b.forward(batch, out));
+    r.step_ms.push_back((now_s() - ts) * 1e3);
+    for (size_t s = 0; s < S; ++s) next[s] = argmax[s], ++pos[s];
+  }
+  r.decode_s = now_s() - t0;
+  return r;
+}
+
+// Host memcpy bandwidth (one thread, read + write), for the CPU backend's bound.
+double host_bandwidth() {
+  const size_t bytes = size_t{256} << 20;
+  std::vector<char> a(bytes, 1), b(bytes, 2);
+  double best = 1e30;
+  for (int i = 0; i < 4; ++i) {
+    const double t0 = now_s();
+    std::memcpy(b.data(), a.data(), bytes);
+    best = std::min(best, now_s() - t0);
+  }
+  return 2.0 * static_cast<double>(bytes) / best;
+}
+
+Result<std::shared_ptr<const Model>> load_model(const BenchFlags& f) {
+  if (!f.model_dir.empty()) return Model::load(f.model_dir);
+  GPTOSS_ASSIGN_OR_RETURN(Config cfg, config_preset(f.random));
+  return Model::random(cfg, f.seed);
+}
+
+nlohmann::json stat_json(const Stat& s) {
+  return {{"median", s.median}, {"min", s.min}, {"max", s.max}};
+}
+
+int bench_main(int argc, char** argv) {
+  CLI::App app{"Measure prefill and decode throughput against the memory-bandwidth bound.", "gptoss bench"};
+  BenchFlags f;
+  auto* model_opt = app.add_option("--model", f.model_dir, "checkpoint folder");
+  auto* random_opt =
+      app.add_option("--random", f.random, "random weights with a preset's shapes (20b, 120b, demo, tiny)");
+  model_opt->excludes(random_opt);
+  app.add_option("--backend", f.backend, "cpu, cuda or auto (default)")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  app.add_option("--prompt-tokens", f.prompt, "prompt tokens per sequence (prefill), default 512")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--gen-tokens", f.gen, "decoded tokens per sequence, default 128")->check(CLI::NonNegativeNumber);
+  app.add_option("--depth", f.depth, "tokens of context filled before the prompt, default 0")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--batch", f.batch, "concurrent sequences, default 1")->check(CLI::PositiveNumber);
+  app.add_option("--repeat", f.repeat, "measured repeats after one warm-up, default 3")->check(CLI::PositiveNumber);
+  app.add_option("--threads", f.threads, "CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--device", f.device, "CUDA device ordinal")->check(CLI::NonNegativeNumber);
+  app.add_option("--seed", f.seed, "seed of the random weights and tokens");
+  app.add_option("--bandwidth", f.bandwidth_gbs, "memory bandwidth in GB/s for the bound (default: measured)")
+      ->check(CLI::PositiveNumber);
+  app.add_flag("--json", f.json, "print one JSON object");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    return report_error(kName, Status(ErrorCode::kInvalidArgument, e.what()));
+  }
+  if (f.model_dir.empty() == f.random.empty())
+    return report_error(kName,
+                        Status(ErrorCode::kInvalidArgument, "give exactly one of --model DIR or --random PRESET"));
+  if (f.prompt + f.depth == 0)
+    return report_error(
+        kName, Status(ErrorCode::kInvalidArgument, "--prompt-tokens and --depth are both 0: nothing to decode from"));
+
+  auto model = load_model(f);
+  if (!model.ok()) return report_error(kName, model.status());
+  const Config& cfg = (*model)->config();
+  const int64_t context = f.depth + f.prompt + f.gen;
+  if (context > cfg.max_position_embeddings)
+    return report_error(
+        kName, make_error(ErrorCode::kOutOfRange, "depth + prompt + gen = {} exceeds max_position_embeddings {}",
+                          context, cfg.max_position_embeddings));
+  BackendOptions opts;
+  opts.kind = f.backend;
+  opts.threads = f.threads;
+  opts.device = f.device;
+  opts.max_slots = f.batch;
+  opts.max_context = context;
+  opts.rollback = 0;
+  opts.max_batch_tokens = std::clamp<int64_t>(std::max(f.prompt, f.depth) * f.batch, 1, 2048);
+  auto backend = backend_create(*model, opts);
+  if (!backend.ok()) return report_error(kName, backend.status());
+  Backend& b = **backend;
+  const bool on_gpu = b.name().rfind("cuda", 0) == 0;
+
+  // Warm-up (kernel loading, decode-graph capture), then the measured repeats.
+  std::vector<RunResult> runs;
+  for (int r = 0; r <= f.repeat; ++r) {
+    auto res =
+        run_once(b, f, cfg.vocab_size, r == 0 ? std::min<int64_t>(f.gen, 4) : f.gen, f.seed + static_cast<uint64_t>(r));
+    if (!res.ok()) return report_error(kName, res.status());
+    if (r > 0) runs.push_back(std::move(res).value());
+  }
+  std::vector<double> prefill, decode, ttft, step;
+  for (const RunResult& r : runs) {
+    if (f.prompt > 0)
+      prefill.push_back(static_cast<double>(f.prompt * f.batch) / r.prefill_s), ttft.push_back(r.prefill_s * 1e3);
+    if (f.gen > 0) decode.push_back(static_cast<double>(f.gen * f.batch) / r.decode_s);
+    step.insert(step.end(), r.step_ms.begin(), r.step_ms.end());
+  }
+
+  // The bound: weights read per token at batch 1 plus the KV cache read at the decode context.
+  const Model::ParamCounts pc = (*model)->param_counts();
+  const int64_t mid_ctx = f.depth + f.prompt + f.gen / 2;
+  int64_t kv_entries = 0;
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
+    kv_entries += cfg.is_sliding(l) ? std::min(mid_ctx, cfg.sliding_window) : mid_ctx;
+  const double kv_bytes = static_cast<double>(kv_entries) * static_cast<double>(cfg.kv_dim()) * 2 * (on_gpu ? 2 : 4);
+  double bw = f.bandwidth_gbs * 1e9;
+  std::string bw_source = "--bandwidth flag";
+  if (bw == 0) {
+#ifdef GPTOSS_HAVE_CUDA
+    if (on_gpu) {
+      auto m = cuda_device_bandwidth(f.device);
+      if (!m.ok()) return report_error(kName, m.status());
+      bw = *m, bw_source = "measured: 1 GiB device-to-device copy, read+write";
+    }
+#endif
+    if (bw == 0) bw = host_bandwidth(), bw_source = "measured: host memcpy, one thread, read+write";
+  }
+  const double bytes_tok = static_cast<double>(pc.bytes_per_token) + kv_bytes;
+  const double bound = bw / bytes_tok;
+  const Stat sp = summarize(prefill), sd = summarize(decode), st = summarize(ttft), ss = summarize(step);
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  const MemoryStats mem = b.memory_stats();
+  const double fraction = f.batch == 1 && f.gen > 0 ? sd.median / bound : 0.0;
+
+  nlohmann::json j = {{"model", (*model)->source()},
+                      {"preset", f.random},
+                      {"backend", b.name()},
+                      {"prompt_tokens", f.prompt},
+                      {"gen_tokens", f.gen},
+                      {"depth", f.depth},
+                      {"batch", f.batch},
+                      {"repeat", f.repeat},
+                      {"prefill_tok_s", stat_json(sp)},
+                      {"decode_tok_s", stat_json(sd)},
+                      {"ttft_ms", stat_json(st)},
+                      {"ms_per_step", stat_json(ss)},
+                      {"peak_rss_bytes", static_cast<int64_t>(ru.ru_maxrss) * 1024},
+                      {"weight_bytes", mem.weight_bytes},
+                      {"kv_bytes_reserved", mem.kv_bytes_reserved},
+                      {"device_memory_used_bytes", mem.device_used},
+                      {"device_memory_total_bytes", mem.device_total},
+                      {"bytes_per_token_weights", pc.bytes_per_token},
+                      {"bytes_per_token_kv", kv_bytes},
+                      {"bandwidth_bytes_per_s", bw},
+                      {"bandwidth_source", bw_source},
+                      {"bound_tok_s", bound},
+                      {"fraction_of_bound", fraction}};
+  if (f.json) {
+    std::printf("%s\n", j.dump().c_str());
+    return 0;
+  }
+  std::printf("model      %s on %s\n", (*model)->source().c_str(), b.name().c_str());
+  std::printf("shape      depth %lld, prompt %lld, gen %lld, batch %d, %d repeats (median [min, max])\n",
+              static_cast<long long>(f.depth), static_cast<long long>(f.prompt), static_cast<long long>(f.gen), f.batch,
+              f.repeat);
+  if (f.prompt > 0) {
+    std::printf("prefill    %.1f tok/s [%.1f, %.1f]\n", sp.median, sp.min, sp.max);
+    std::printf("TTFT       %.2f ms [%.2f, %.2f]\n", st.median, st.min, st.max);
+  }
+  if (f.gen > 0) {
+    std::printf("decode     %.1f tok/s [%.1f, %.1f] (all sequences)\n", sd.median, sd.min, sd.max);
+    std::printf("step       %.3f ms [%.3f, %.3f]\n", ss.median, ss.min, ss.max);
+  }
+  std::printf("bound      %.1f tok/s at batch 1 = %.2f GB/s / %.3f GB per token (weights %.3f + KV %.3f)\n", bound,
+              bw / 1e9, bytes_tok / 1e9, static_cast<double>(pc.bytes_per_token) / 1e9, kv_bytes / 1e9);
+  std::printf("bandwidth  %s\n", bw_source.c_str());
+  if (f.batch == 1 && f.gen > 0) std::printf("fraction   %.1f%% of the bound\n", 100.0 * fraction);
+  std::printf("memory     peak RSS %.2f GiB, device %.2f / %.2f GiB (weights %.2f, KV %.2f)\n",
+              static_cast<double>(ru.ru_maxrss) / (1 << 20), static_cast<double>(mem.device_used) / (1 << 30),
+              static_cast<double>(mem.device_total) / (1 << 30), static_cast<double>(mem.weight_bytes) / (1 << 30),
+              static_cast<double>(mem.kv_bytes_reserved) / (1 << 30));
+  return 0;
+}
+
+}  // namespace
+
+GPTOSS_COMMAND("bench", "measure prefill/decode throughput against the memory-bandwidth bound", bench_main);
+
+}  // namespace gptoss::cli

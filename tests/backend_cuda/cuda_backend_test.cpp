@@ -1,0 +1,307 @@
+// The CUDA backend end to end: HF goldens on every fixture (logits and greedy continuation), the
+// CPU backend on random models (long prompts through ring-wrapped sliding layers, batched decode
+// through CUDA graphs), chunking/batching/rewind invariance, router statistics, memory accounting
+// and input validation.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <span>
+
+#include "backend/cpu/ops.h"
+#include "backend/cuda/cuda_backend.h"
+#include "backend_cuda/cuda_test_util.h"
+#include "core/npy.h"
+#include "model/config.h"
+
+namespace gptoss::testing {
+namespace {
+
+// Acceptance bounds of the CUDA path against the f32 HF goldens (fp16 GEMM operands and KV cache).
+constexpr double kGoldenRelL2 = 2e-2;
+constexpr float kGoldenMargin = 0.1f;
+
+std::vector<std::string> fixture_dirs() {
+  namespace fs = std::filesystem;
+  std::vector<std::string> dirs;
+  for (const auto& e : fs::directory_iterator(GPTOSS_FIXTURES))
+    if (e.is_directory() && fs::exists(e.path() / "golden" / "logits.npy")) dirs.push_back(e.path().string());
+  std::sort(dirs.begin(), dirs.end());
+  return dirs;
+}
+
+BackendOptions options(const std::string& kind, int64_t context, int slots = 1, int64_t max_batch = 0) {
+  BackendOptions o;
+  o.kind = kind;
+  o.max_slots = slots;
+  o.max_context = context;
+  o.rollback = 64;
+  o.max_batch_tokens = max_batch > 0 ? max_batch : std::max<int64_t>(512, 2 * context);
+  o.threads = 2;
+  return o;
+}
+
+std::unique_ptr<Backend> make(std::shared_ptr<const Model> model, const BackendOptions& o) {
+  auto b = o.kind == "cuda" ? cuda_backend_create(std::move(model), o) : backend_create(std::move(model), o);
+  EXPECT_TRUE(b.ok()) << b.status().to_string();
+  return b.ok() ? std::move(b).value() : nullptr;
+}
+
+// Logits of every position when `tokens` are fed from position `pos` in chunks of `chunk`.
+std::vector<float> feed(Backend& b, int slot, int64_t pos, const std::vector<int32_t>& tokens, size_t chunk,
+                        int64_t vocab) {
+  std::vector<float> logits(tokens.size() * static_cast<size_t>(vocab));
+  for (size_t i = 0; i < tokens.size(); i += chunk) {
+    const size_t n = std::min(chunk, tokens.size() - i);
+    SeqBatch s;
+    s.slot = slot;
+    s.pos = pos + static_cast<int64_t>(i);
+    s.tokens = std::span<const int32_t>(tokens.data() + i, n);
+    s.all_logits = true;
+    StepOutputs out;
+    out.logits = logits.data() + i * static_cast<size_t>(vocab);
+    const Status st = b.forward(std::span<const SeqBatch>(&s, 1), out);
+    EXPECT_TRUE(st.ok()) << st.to_string();
+  }
+  return logits;
+}
+
+float top2_margin(const float* row, int64_t vocab) {
+  float a = -INFINITY, b = -INFINITY;
+  for (int64_t i = 0; i < vocab; ++i) {
+    if (row[i] > a)
+      b = a, a = row[i];
+    else if (row[i] > b)
+      b = row[i];
+  }
+  return a - b;
+}
+
+// Relative L2 over all rows, and argmax agreement wherever the reference's top-2 margin > margin.
+void expect_close(const std::vector<float>& got, const std::vector<float>& ref, int64_t vocab, double max_rel,
+                  float margin, const std::string& what) {
+  ASSERT_EQ(got.size(), ref.size());
+  EXPECT_LE(rel_l2(got.data(), ref.data(), ref.size()), max_rel) << what;
+  for (size_t r = 0; r < ref.size() / static_cast<size_t>(vocab); ++r) {
+    const float* g = &got[r * vocab];
+    const float* w = &ref[r * vocab];
+    if (top2_margin(w, vocab) > margin) {
+      EXPECT_EQ(cpu::argmax(g, vocab), cpu::argmax(w, vocab)) << what << " row " << r;
+    }
+  }
+}
+
+class CudaGolden : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    auto m = Model::load(GetParam());
+    ASSERT_TRUE(m.ok()) << m.status().to_string();
+    model_ = *m;
+    auto tok = npy_read(GetParam() + "/golden/tokens.npy");
+    auto lg = npy_read(GetParam() + "/golden/logits.npy");
+    ASSERT_TRUE(tok.ok() && lg.ok());
+    tokens_ = tok->as_i32();
+    logits_ = lg->as_f32();
+    std::ifstream meta(GetParam() + "/golden/meta.json");
+    prompt_len_ = nlohmann::json::parse(meta).at("prompt_len").get<int64_t>();
+    vocab_ = model_->config().vocab_size;
+  }
+  std::shared_ptr<const Model> model_;
+  std::vector<int32_t> tokens_;
+  std::vector<float> logits_;
+  int64_t prompt_len_ = 0, vocab_ = 0;
+};
+
+TEST_P(CudaGolden, LogitsMatchHfGoldens) {
+  auto b = make(model_, options("cuda", static_cast<int64_t>(tokens_.size())));
+  ASSERT_TRUE(b);
+  expect_close(feed(*b, 0, 0, tokens_, tokens_.size(), vocab_), logits_, vocab_, kGoldenRelL2, kGoldenMargin,
+               "one pass");
+}
+
+TEST_P(CudaGolden, GreedyDecodeReproducesContinuation) {
+  auto b = make(model_, options("cuda", static_cast<int64_t>(tokens_.size())));
+  ASSERT_TRUE(b);
+  int32_t next = -1;
+  SeqBatch s;
+  s.tokens = std::span<const int32_t>(tokens_.data(), static_cast<size_t>(prompt_len_));
+  StepOutputs out;
+  out.argmax = &next;
+  ASSERT_TRUE(b->forward(std::span<const SeqBatch>(&s, 1), out).ok());
+  for (size_t pos = static_cast<size_t>(prompt_len_); pos < tokens_.size(); ++pos) {
+    ASSERT_EQ(next, tokens_[pos]) << "greedy token at position " << pos;
+    const int32_t fed = next;
+    s.pos = static_cast<int64_t>(pos);
+    s.tokens = std::span<const int32_t>(&fed, 1);
+    ASSERT_TRUE(b->forward(std::span<const SeqBatch>(&s, 1), out).ok());
+  }
+}
+
+TEST_P(CudaGolden, ChunkedAndBatchedPrefillAgreeWithOnePass) {
+  auto b = make(model_, options("cuda", static_cast<int64_t>(tokens_.size()), 3));
+  ASSERT_TRUE(b);
+  const std::vector<float> one = feed(*b, 0, 0, tokens_, tokens_.size(), vocab_);
+  for (size_t chunk : {size_t{1}, size_t{7}, size_t{64}}) {
+    b->slot_reset(1);
+    expect_close(feed(*b, 1, 0, tokens_, chunk, vocab_), one, vocab_, 2e-3, 0.01f, "chunk " + std::to_string(chunk));
+  }
+  // The same prompt next to another sequence in one step.
+  std::vector<int32_t> other(tokens_.rbegin(), tokens_.rend());
+  SeqBatch batch[2];
+  batch[0].slot = 0, batch[0].tokens = tokens_, batch[0].all_logits = true;
+  batch[1].slot = 2, batch[1].tokens = other, batch[1].all_logits = true;
+  std::vector<float> both((tokens_.size() + other.size()) * vocab_);
+  StepOutputs out;
+  out.logits = both.data();
+  ASSERT_TRUE(b->forward(batch, out).ok());
+  std::vector<float> first(both.begin(), both.begin() + static_cast<std::ptrdiff_t>(one.size()));
+  expect_close(first, one, vocab_, 1e-3, 0.01f, "batched with another sequence");
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaGolden, ::testing::ValuesIn(fixture_dirs()), [](const auto& info) {
+  std::string n = std::filesystem::path(info.param).filename().string();
+  for (char& c : n)
+    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+  return n;
+});
+
+// ---------------------------------------------------------------------------------------------
+std::vector<int32_t> random_tokens(size_t n, int64_t vocab, uint64_t seed) {
+  std::vector<float> u = random_f32(n, seed, 0.5f);
+  std::vector<int32_t> t(n);
+  for (size_t i = 0; i < n; ++i) t[i] = static_cast<int32_t>((u[i] + 0.5f) * static_cast<float>(vocab - 1));
+  return t;
+}
+
+class CudaVsCpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto cfg = config_preset("tiny");
+    ASSERT_TRUE(cfg.ok());
+    auto m = Model::random(*cfg, 3);
+    ASSERT_TRUE(m.ok()) << m.status().to_string();
+    model_ = *m;
+    vocab_ = model_->config().vocab_size;
+  }
+  std::shared_ptr<const Model> model_;
+  int64_t vocab_ = 0;
+};
+
+// 1100 tokens in chunks of 300 wrap the tiny model's sliding-window ring (16 + max(rollback,
+// max_batch_tokens) = 316 entries) several times.
+TEST_F(CudaVsCpu, LongPromptInChunksMatchesCpu) {
+  const std::vector<int32_t> prompt = random_tokens(1100, vocab_, 9);
+  auto gpu = make(model_, options("cuda", 1200, 1, 300));
+  auto cpu = make(model_, options("cpu", 1200, 1, 300));
+  ASSERT_TRUE(gpu && cpu);
+  expect_close(feed(*gpu, 0, 0, prompt, 300, vocab_), feed(*cpu, 0, 0, prompt, 300, vocab_), vocab_, 1e-2, 0.05f,
+               "1100 tokens in chunks of 300");
+}
+
+// Four sequences decoded together (the first step of a batch size runs eagerly, later ones through
+// the captured graph) agree with the CPU backend step by step.
+TEST_F(CudaVsCpu, BatchedDecodeThroughGraphsMatchesCpu) {
+  const int S = 4, steps = 6;
+  auto gpu = make(model_, options("cuda", 256, S));
+  auto cpu = make(model_, options("cpu", 256, S));
+  ASSERT_TRUE(gpu && cpu);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int s = 0; s < S; ++s) {
+    prompts.push_back(random_tokens(static_cast<size_t>(20 + 13 * s), vocab_, 100 + s));
+    feed(*gpu, s, 0, prompts.back(), 64, vocab_);
+    feed(*cpu, s, 0, prompts.back(), 64, vocab_);
+  }
+  std::vector<int32_t> next(S);
+  for (int step = 0; step < steps; ++step) {
+    SeqBatch batch[S];
+    for (int s = 0; s < S; ++s) {
+      next[s] = static_cast<int32_t>((step * 31 + s * 7) % vocab_);
+      batch[s].slot = s;
+      batch[s].pos = static_cast<int64_t>(prompts[s].size()) + step;
+      batch[s].tokens = std::span<const int32_t>(&next[s], 1);
+    }
+    std::vector<float> lg(S * vocab_), lc(S * vocab_);
+    std::vector<int32_t> ag(S), ac(S);
+    StepOutputs og{lg.data(), ag.data(), nullptr}, oc{lc.data(), ac.data(), nullptr};
+    ASSERT_TRUE(gpu->forward(batch, og).ok());
+    ASSERT_TRUE(cpu->forward(batch, oc).ok());
+    expect_close(lg, lc, vocab_, 1e-2, 0.05f, "decode step " + std::to_string(step));
+    for (int s = 0; s < S; ++s) EXPECT_EQ(ag[s], cpu::argmax(&lg[s * vocab_], vocab_)) << "argmax output vs logits";
+  }
+  EXPECT_EQ(gpu->slot_length(0), static_cast<int64_t>(prompts[0].size()) + steps);
+}
+
+TEST_F(CudaVsCpu, RewindReplaysIdentically) {
+  auto gpu = make(model_, options("cuda", 512));
+  ASSERT_TRUE(gpu);
+  const std::vector<int32_t> t = random_tokens(100, vocab_, 17);
+  const std::vector<float> first = feed(*gpu, 0, 0, t, 100, vocab_);
+  EXPECT_EQ(gpu->slot_min_resume(0), 100 - 64);
+  // Rewind 40 tokens and replay them: the same logits (same kernels, same keys).
+  const std::vector<int32_t> tail(t.begin() + 60, t.end());
+  const std::vector<float> again = feed(*gpu, 0, 60, tail, 40, vocab_);
+  const std::vector<float> ref(first.begin() + 60 * vocab_, first.end());
+  EXPECT_LE(rel_l2(again.data(), ref.data(), ref.size()), 1e-3);
+  SeqBatch s;
+  s.pos = 10;  // before the earliest resume position
+  s.tokens = std::span<const int32_t>(t.data(), 1);
+  EXPECT_EQ(gpu->forward(std::span<const SeqBatch>(&s, 1), StepOutputs{}).code(), ErrorCode::kInvalidArgument);
+}
+
+TEST_F(CudaVsCpu, RouterStatsAndMemoryAccounting) {
+  auto gpu = make(model_, options("cuda", 256, 2));
+  auto cpu = make(model_, options("cpu", 256, 2));
+  ASSERT_TRUE(gpu && cpu);
+  const std::vector<int32_t> t = random_tokens(50, vocab_, 23);
+  RouterStats rg, rc;
+  SeqBatch s;
+  s.tokens = t;
+  ASSERT_TRUE(gpu->forward(std::span<const SeqBatch>(&s, 1), StepOutputs{nullptr, nullptr, &rg}).ok());
+  ASSERT_TRUE(cpu->forward(std::span<const SeqBatch>(&s, 1), StepOutputs{nullptr, nullptr, &rc}).ok());
+  const Config& c = model_->config();
+  ASSERT_EQ(rg.layers, c.num_hidden_layers);
+  uint64_t diff = 0;
+  for (size_t i = 0; i < rg.counts.size(); ++i)
+    diff += rg.counts[i] > rc.counts[i] ? rg.counts[i] - rc.counts[i] : rc.counts[i] - rg.counts[i];
+  EXPECT_LE(diff, 2u) << "expert choices differ beyond near-ties";
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    EXPECT_EQ(rg.tokens[l], 50u);
+    EXPECT_NEAR(rg.top1_weight_sum[l], rc.top1_weight_sum[l], 1e-2);
+    EXPECT_NEAR(rg.entropy_sum[l], rc.entropy_sum[l], 5e-2);
+  }
+  const MemoryStats m = gpu->memory_stats();
+  EXPECT_GT(m.weight_bytes, 0u);
+  EXPECT_GT(m.device_total, m.device_used);
+  // Sliding layers hold min(len, ring) entries, full layers len; each entry is K+V of all KV heads.
+  size_t entries = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) entries += 50;  // 50 < every layer's capacity
+  EXPECT_EQ(m.kv_bytes_used, entries * static_cast<size_t>(c.num_key_value_heads) * 16 * 2 * 2);
+}
+
+TEST_F(CudaVsCpu, RejectsBadBatchesWithoutChangingState) {
+  auto gpu = make(model_, options("cuda", 64, 2));
+  ASSERT_TRUE(gpu);
+  const std::vector<int32_t> ok = {1, 2, 3}, bad = {1, static_cast<int32_t>(vocab_)};
+  SeqBatch s;
+  s.tokens = ok;
+  ASSERT_TRUE(gpu->forward(std::span<const SeqBatch>(&s, 1), StepOutputs{}).ok());
+  SeqBatch b = s;
+  b.slot = 2;
+  EXPECT_EQ(gpu->forward(std::span<const SeqBatch>(&b, 1), StepOutputs{}).code(), ErrorCode::kInvalidArgument);
+  b = s, b.tokens = bad, b.pos = 3;
+  EXPECT_EQ(gpu->forward(std::span<const SeqBatch>(&b, 1), StepOutputs{}).code(), ErrorCode::kOutOfRange);
+  b = s, b.pos = 4;
+  EXPECT_EQ(gpu->forward(std::span<const SeqBatch>(&b, 1), StepOutputs{}).code(), ErrorCode::kInvalidArgument);
+  const std::vector<int32_t> long_chunk(62, 5);
+  b = s, b.pos = 3, b.tokens = long_chunk;
+  EXPECT_EQ(gpu->forward(std::span<const SeqBatch>(&b, 1), StepOutputs{}).code(), ErrorCode::kOutOfRange);
+  SeqBatch dup[2] = {s, s};
+  EXPECT_EQ(gpu->forward(dup, StepOutputs{}).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(gpu->slot_length(0), 3);
+  EXPECT_TRUE(gpu->name().rfind("cuda:", 0) == 0);
+}
+
+}  // namespace
+}  // namespace gptoss::testing

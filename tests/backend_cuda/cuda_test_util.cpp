@@ -1,0 +1,59 @@
+// Helpers for the CUDA tests (see cuda_test_util.h).
+#include "backend_cuda/cuda_test_util.h"
+
+#include <cmath>
+
+namespace gptoss::testing {
+
+namespace {
+// splitmix64: a tiny, portable generator.
+uint64_t next_u64(uint64_t& s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+}  // namespace
+
+std::vector<float> random_f32(size_t n, uint64_t seed, float scale) {
+  std::vector<float> v(n);
+  uint64_t s = seed * 0x2545f4914f6cdd1dULL + 1;
+  for (float& x : v) x = scale * (static_cast<float>(next_u64(s) >> 40) / static_cast<float>(1ULL << 23) - 1.0f);
+  return v;
+}
+
+std::vector<uint16_t> random_bf16(size_t n, uint64_t seed, float scale) {
+  std::vector<float> f = random_f32(n, seed, scale);
+  std::vector<uint16_t> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = f32_to_bf16(f[i]);
+  return v;
+}
+
+std::vector<uint16_t> to_f16(const std::vector<float>& v) {
+  std::vector<uint16_t> h(v.size());
+  for (size_t i = 0; i < v.size(); ++i) h[i] = f32_to_f16(v[i]);
+  return h;
+}
+
+std::vector<float> from_f16(const std::vector<uint16_t>& v) {
+  std::vector<float> f(v.size());
+  for (size_t i = 0; i < v.size(); ++i) f[i] = f16_to_f32(v[i]);
+  return f;
+}
+
+double rel_l2(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(a[i]) - b[i];
+    num += d * d;
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+bool have_gpu() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+}  // namespace gptoss::testing

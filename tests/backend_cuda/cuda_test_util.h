@@ -1,0 +1,63 @@
+// Helpers for the CUDA tests: device arrays, deterministic random data, fp16 conversions and error
+// metrics.
+#pragma once
+
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "core/dtype.h"
+
+namespace gptoss::testing {
+
+#define CUDA_ASSERT(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(cudaGetLastError())
+
+// A device copy of a host vector (RAII). Sized at construction; download() syncs the device.
+template <typename T>
+class DevArray {
+ public:
+  explicit DevArray(size_t n) : n_(n) {
+    if (cudaMalloc(reinterpret_cast<void**>(&p_), std::max<size_t>(n, 1) * sizeof(T)) != cudaSuccess) p_ = nullptr;
+    if (p_) cudaMemset(p_, 0, std::max<size_t>(n, 1) * sizeof(T));
+  }
+  explicit DevArray(const std::vector<T>& host) : DevArray(host.size()) { upload(host); }
+  ~DevArray() { cudaFree(p_); }
+  DevArray(const DevArray&) = delete;
+  DevArray& operator=(const DevArray&) = delete;
+  void upload(const std::vector<T>& host) {
+    if (p_ && !host.empty()) cudaMemcpy(p_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
+  }
+  // Fills every byte with `byte` (poison before a kernel that must write everything it should).
+  void fill_bytes(int byte) { cudaMemset(p_, byte, std::max<size_t>(n_, 1) * sizeof(T)); }
+  std::vector<T> download() const {
+    std::vector<T> h(n_);
+    cudaDeviceSynchronize();
+    if (p_ && n_) cudaMemcpy(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost);
+    return h;
+  }
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// Uniform values in [-scale, scale) from a seeded generator (own arithmetic: portable).
+std::vector<float> random_f32(size_t n, uint64_t seed, float scale = 1.0f);
+std::vector<uint16_t> random_bf16(size_t n, uint64_t seed, float scale = 1.0f);
+inline float f16_round(float v) {
+  return f16_to_f32(f32_to_f16(v));
+}
+std::vector<uint16_t> to_f16(const std::vector<float>& v);
+std::vector<float> from_f16(const std::vector<uint16_t>& v);
+
+// ‖a − b‖ / ‖b‖ (double accumulation).
+double rel_l2(const float* a, const float* b, size_t n);
+// True when a CUDA device is usable by this process.
+bool have_gpu();
+
+}  // namespace gptoss::testing

@@ -1,0 +1,408 @@
+// The tensor-core GEMM (dense fp16 and MXFP4 experts) against float64 derivations and the CPU
+// reference ops, on gpt-oss and awkward shapes; split-K partials and batch size must not change a
+// single bit of any output.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "backend/cpu/ops.h"
+#include "backend/cuda/kernels.h"
+#include "backend_cuda/cuda_test_util.h"
+#include "core/mxfp4.h"
+
+namespace gptoss::testing {
+namespace {
+
+using cuda::GemmArgs;
+using cuda::GemmOut;
+using cuda::GemmWeights;
+
+// f32 tensor-core accumulation of fp16 products: each mma adds 16 exact products with at most a
+// few ulps of truncation, so the error of one output stays below ~(K/16 + 16)·2^-23·Σ|w·x|.
+double mma_tolerance(int cols, double abs_sum) {
+  return (cols / 16.0 + 16.0) * std::ldexp(1.0, -23) * abs_sum + 1e-30;
+}
+
+bool same_bits(float a, float b) {
+  return std::memcmp(&a, &b, 4) == 0;
+}
+
+struct DenseCase {
+  int rows, cols, n;
+};
+
+class DenseGemmTest : public ::testing::TestWithParam<DenseCase> {};
+
+struct DenseSetup {
+  int rows_p, kp, kblocks, seg, nseg;
+  std::vector<uint16_t> wb;  // bf16 [rows][cols]
+  std::vector<float> x;      // f32 [n][cols]
+  std::vector<float> x_r;    // x rounded to fp16 [n][cols]
+};
+
+DenseSetup make_dense(const DenseCase& c, uint64_t seed) {
+  DenseSetup s;
+  s.rows_p = static_cast<int>(cuda::round_up(c.rows, cuda::kRowTile));
+  s.kp = static_cast<int>(cuda::round_up(c.cols, cuda::kKPad));
+  s.kblocks = s.kp / 32;
+  cuda::gemm_segments(s.kblocks, &s.seg, &s.nseg);
+  s.wb = random_bf16(static_cast<size_t>(c.rows) * c.cols, seed, 2.0f / std::sqrt(static_cast<float>(c.cols)));
+  s.x = random_f32(static_cast<size_t>(c.n) * c.cols, seed + 1, 3.0f);
+  s.x_r = s.x;
+  for (float& v : s.x_r) v = f16_round(v);
+  return s;
+}
+
+std::vector<uint16_t> pad_f16(const std::vector<float>& m, int rows, int cols, int rows_p, int kp) {
+  std::vector<uint16_t> out(static_cast<size_t>(rows_p) * kp, 0);
+  for (int r = 0; r < rows; ++r)
+    for (int k = 0; k < cols; ++k)
+      out[static_cast<size_t>(r) * kp + k] = f32_to_f16(m[static_cast<size_t>(r) * cols + k]);
+  return out;
+}
+
+GemmArgs dense_args(const DenseSetup& s, const DenseCase& c, const uint16_t* w, const uint16_t* x, int n, float* out) {
+  GemmArgs a;
+  a.weights = GemmWeights::kF16;
+  a.w = w;
+  a.rows = c.rows;
+  a.kblocks = s.kblocks;
+  a.seg_blocks = s.seg;
+  a.nseg = s.nseg;
+  a.x = x;
+  a.x_stride = s.kp;
+  a.n = n;
+  a.out = out;
+  a.out_stride = c.rows;
+  a.part_stride = static_cast<int64_t>(n) * c.rows;
+  return a;
+}
+
+TEST_P(DenseGemmTest, MatchesFloat64AndCpuReference) {
+  const DenseCase c = GetParam();
+  const DenseSetup s = make_dense(c, 1000 + c.rows * 7 + c.cols + c.n);
+  std::vector<float> wf(s.wb.size());
+  for (size_t i = 0; i < wf.size(); ++i) wf[i] = bf16_to_f32(s.wb[i]);
+  DevArray<uint16_t> w(pad_f16(wf, c.rows, c.cols, s.rows_p, s.kp));
+  DevArray<uint16_t> x(pad_f16(s.x, c.n, c.cols, c.n, s.kp));
+  DevArray<float> out(static_cast<size_t>(c.n) * c.rows);
+  out.fill_bytes(0xff);  // NaN poison: every output must be written
+  CUDA_ASSERT(
+      cuda::gemm_launch(dense_args(s, c, w.get(), x.get(), c.n, out.get()), cuda::gemm_tile_cols(c.n), nullptr));
+  const std::vector<float> y = out.download();
+  CUDA_ASSERT(cudaGetLastError());
+
+  for (int t = 0; t < c.n; ++t)
+    for (int r = 0; r < c.rows; ++r) {
+      double ref = 0, abs_sum = 0;
+      for (int k = 0; k < c.cols; ++k) {
+        const double p =
+            static_cast<double>(wf[static_cast<size_t>(r) * c.cols + k]) * s.x_r[static_cast<size_t>(t) * c.cols + k];
+        ref += p, abs_sum += std::fabs(p);
+      }
+      const float got = y[static_cast<size_t>(t) * c.rows + r];
+      ASSERT_NEAR(got, ref, mma_tolerance(c.cols, abs_sum)) << "token " << t << " row " << r;
+    }
+  // Against the CPU op on the unrounded activations: the only extra error is fp16 rounding of x.
+  std::vector<float> cpu(static_cast<size_t>(c.n) * c.rows);
+  cpu::matmul_bf16(s.x.data(), c.n, c.cols, s.wb.data(), nullptr, c.rows, cpu.data(), nullptr);
+  EXPECT_LE(rel_l2(y.data(), cpu.data(), cpu.size()), 2e-3);
+}
+
+TEST_P(DenseGemmTest, SplitPartialsAndBatchSizeDoNotChangeBits) {
+  const DenseCase c = GetParam();
+  const DenseSetup s = make_dense(c, 2000 + c.rows + c.cols * 3 + c.n);
+  std::vector<float> wf(s.wb.size());
+  for (size_t i = 0; i < wf.size(); ++i) wf[i] = bf16_to_f32(s.wb[i]);
+  DevArray<uint16_t> w(pad_f16(wf, c.rows, c.cols, s.rows_p, s.kp));
+  DevArray<uint16_t> x(pad_f16(s.x, c.n, c.cols, c.n, s.kp));
+  DevArray<float> full(static_cast<size_t>(c.n) * c.rows), parts(static_cast<size_t>(s.nseg) * c.n * c.rows),
+      single(static_cast<size_t>(c.rows));
+  GemmArgs a = dense_args(s, c, w.get(), x.get(), c.n, full.get());
+  CUDA_ASSERT(cuda::gemm_launch(a, cuda::gemm_tile_cols(c.n), nullptr));
+  a.mode = GemmOut::kPartial;
+  a.out = parts.get();
+  CUDA_ASSERT(cuda::gemm_launch(a, 8, nullptr));
+  // The last column alone, with the widest column tile.
+  GemmArgs one = dense_args(s, c, w.get(), x.get() + static_cast<size_t>(c.n - 1) * s.kp, 1, single.get());
+  CUDA_ASSERT(cuda::gemm_launch(one, 64, nullptr));
+  const std::vector<float> yf = full.download(), yp = parts.download(), y1 = single.download();
+  for (int t = 0; t < c.n; ++t)
+    for (int r = 0; r < c.rows; ++r) {
+      const size_t i = static_cast<size_t>(t) * c.rows + r;
+      float v = yp[i];
+      for (int sg = 1; sg < s.nseg; ++sg) v += yp[static_cast<size_t>(sg) * c.n * c.rows + i];
+      ASSERT_TRUE(same_bits(v, yf[i])) << "split sum differs at token " << t << " row " << r << ": " << v << " vs "
+                                       << yf[i];
+    }
+  for (int r = 0; r < c.rows; ++r)
+    ASSERT_TRUE(same_bits(y1[r], yf[static_cast<size_t>(c.n - 1) * c.rows + r]))
+        << "batch-size dependence at row " << r;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, DenseGemmTest,
+                         ::testing::Values(DenseCase{64, 64, 1}, DenseCase{100, 96, 7}, DenseCase{17, 32, 130},
+                                           DenseCase{130, 160, 33}, DenseCase{256, 320, 64}, DenseCase{5120, 2880, 1},
+                                           DenseCase{2880, 4096, 3}, DenseCase{1000, 2880, 65},
+                                           DenseCase{3001, 2880, 9}, DenseCase{512, 2880, 200}),
+                         [](const auto& info) {
+                           return "r" + std::to_string(info.param.rows) + "_k" + std::to_string(info.param.cols) +
+                                  "_n" + std::to_string(info.param.n);
+                         });
+
+// ---------------------------------------------------------------------------------------------
+struct MoeCase {
+  int experts, top_k, tokens, hidden, inter;
+};
+
+class MoeGemmTest : public ::testing::TestWithParam<MoeCase> {};
+
+// Random gate/up experts in checkpoint layout plus the device copy padded to kRowTile rows and an
+// even block count.
+struct MoeSetup {
+  int rows, rows_p, nb, kblocks, seg, nseg, nt, max_tiles, pairs;
+  std::vector<uint8_t> blocks, scales;          // checkpoint layout
+  std::vector<uint8_t> dev_blocks, dev_scales;  // device layout
+  std::vector<uint16_t> bias;                   // bf16 [E][rows]
+  std::vector<float> bias_dev;                  // f32 [E][rows_p]
+  std::vector<float> x, x_r;                    // [tokens][hidden]
+  std::vector<int32_t> idx;                     // [tokens][top_k]
+};
+
+MoeSetup make_moe(const MoeCase& c, uint64_t seed) {
+  MoeSetup s;
+  s.rows = 2 * c.inter;
+  s.rows_p = static_cast<int>(cuda::round_up(s.rows, cuda::kRowTile));
+  s.nb = c.hidden / 32;
+  s.kblocks = static_cast<int>(cuda::round_up(s.nb, 2));
+  cuda::gemm_segments(s.kblocks, &s.seg, &s.nseg);
+  s.pairs = c.tokens * c.top_k;
+  s.nt = cuda::gemm_tile_cols((s.pairs + c.experts - 1) / c.experts);
+  s.max_tiles = (s.pairs + s.nt - 1) / s.nt + c.experts;
+  const size_t rows_all = static_cast<size_t>(c.experts) * s.rows;
+  uint64_t st = seed;
+  auto next = [&st]() {
+    st = st * 6364136223846793005ULL + 1442695040888963407ULL;
+    return static_cast<uint32_t>(st >> 33);
+  };
+  s.blocks.resize(rows_all * s.nb * 16);
+  for (uint8_t& b : s.blocks) b = static_cast<uint8_t>(next());
+  s.scales.resize(rows_all * s.nb);
+  for (uint8_t& b : s.scales) b = static_cast<uint8_t>(118 + next() % 8);  // 2^-9 .. 2^-2
+  s.bias = random_bf16(rows_all, seed + 5, 0.5f);
+  s.dev_blocks.assign(static_cast<size_t>(c.experts) * s.rows_p * s.kblocks * 16, 0);
+  s.dev_scales.assign(static_cast<size_t>(c.experts) * s.rows_p * s.kblocks, 0);
+  s.bias_dev.assign(static_cast<size_t>(c.experts) * s.rows_p, 0.0f);
+  for (int e = 0; e < c.experts; ++e)
+    for (int r = 0; r < s.rows; ++r) {
+      const size_t src = static_cast<size_t>(e) * s.rows + r, dst = static_cast<size_t>(e) * s.rows_p + r;
+      std::memcpy(&s.dev_blocks[dst * s.kblocks * 16], &s.blocks[src * s.nb * 16], static_cast<size_t>(s.nb) * 16);
+      std::memcpy(&s.dev_scales[dst * s.kblocks], &s.scales[src * s.nb], static_cast<size_t>(s.nb));
+      s.bias_dev[dst] = bf16_to_f32(s.bias[src]);
+    }
+  s.x = random_f32(static_cast<size_t>(c.tokens) * c.hidden, seed + 9, 2.0f);
+  s.x_r = s.x;
+  for (float& v : s.x_r) v = f16_round(v);
+  s.idx.resize(static_cast<size_t>(s.pairs));
+  std::vector<int32_t> perm(static_cast<size_t>(c.experts));
+  for (int t = 0; t < c.tokens; ++t) {
+    std::iota(perm.begin(), perm.end(), 0);
+    for (int i = c.experts - 1; i > 0; --i) std::swap(perm[static_cast<size_t>(i)], perm[next() % (i + 1)]);
+    for (int k = 0; k < c.top_k; ++k) s.idx[static_cast<size_t>(t) * c.top_k + k] = perm[static_cast<size_t>(k)];
+  }
+  return s;
+}
+
+// Device state of one MoE case: weights, activations, routing and the grouped pair lists.
+struct MoeDevice {
+  DevArray<uint8_t> blocks, scales;
+  DevArray<float> bias;
+  DevArray<uint16_t> x;
+  DevArray<int32_t> idx, sorted_token, sorted_pair, tiles, n_tiles;
+  int kp;
+  MoeDevice(const MoeSetup& s, const MoeCase& c)
+      : blocks(s.dev_blocks),
+        scales(s.dev_scales),
+        bias(s.bias_dev),
+        x(pad_f16(s.x, c.tokens, c.hidden, c.tokens, static_cast<int>(cuda::round_up(c.hidden, cuda::kKPad)))),
+        idx(s.idx),
+        sorted_token(static_cast<size_t>(s.pairs)),
+        sorted_pair(static_cast<size_t>(s.pairs)),
+        tiles(static_cast<size_t>(s.max_tiles) * 4),
+        n_tiles(1),
+        kp(static_cast<int>(cuda::round_up(c.hidden, cuda::kKPad))) {}
+  GemmArgs args(const MoeSetup& s) const {
+    GemmArgs a;
+    a.weights = GemmWeights::kMxfp4;
+    a.w = blocks.get();
+    a.scales = scales.get();
+    a.w_expert_bytes = static_cast<int64_t>(s.rows_p) * s.kblocks * 16;
+    a.s_expert_bytes = static_cast<int64_t>(s.rows_p) * s.kblocks;
+    a.rows = s.rows;
+    a.kblocks = s.kblocks;
+    a.seg_blocks = s.seg;
+    a.nseg = s.nseg;
+    a.x = x.get();
+    a.x_stride = kp;
+    a.x_gather = sorted_token.get();
+    a.tiles = tiles.get();
+    a.n_tiles = n_tiles.get();
+    a.max_tiles = s.max_tiles;
+    return a;
+  }
+};
+
+TEST_P(MoeGemmTest, GroupingCoversEveryPairOnce) {
+  const MoeCase c = GetParam();
+  const MoeSetup s = make_moe(c, 77 + c.experts + c.tokens);
+  MoeDevice d(s, c);
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, s.nt, d.sorted_token.get(),
+                                     d.sorted_pair.get(), d.tiles.get(), d.n_tiles.get(), s.max_tiles, nullptr));
+  const auto st = d.sorted_token.download(), sp = d.sorted_pair.download(), tl = d.tiles.download();
+  const int n_tiles = d.n_tiles.download()[0];
+  std::vector<int> seen(static_cast<size_t>(s.pairs), 0);
+  int covered = 0, prev_end = 0;
+  for (int i = 0; i < n_tiles; ++i) {
+    const int e = tl[4 * i], start = tl[4 * i + 1], count = tl[4 * i + 2];
+    ASSERT_GE(count, 1);
+    ASSERT_LE(count, s.nt);
+    ASSERT_EQ(start, prev_end) << "tiles must be contiguous";
+    prev_end = start + count;
+    for (int j = start; j < start + count; ++j) {
+      const int pair = sp[static_cast<size_t>(j)];
+      ASSERT_EQ(s.idx[static_cast<size_t>(pair)], e) << "pair " << pair << " in the wrong expert's tile";
+      ASSERT_EQ(st[static_cast<size_t>(j)], pair / c.top_k);
+      ++seen[static_cast<size_t>(pair)];
+      ++covered;
+    }
+  }
+  EXPECT_EQ(covered, s.pairs);
+  for (int v : seen) EXPECT_EQ(v, 1);
+}
+
+TEST_P(MoeGemmTest, ExpertOutputsMatchReferenceAndSwiglu) {
+  const MoeCase c = GetParam();
+  const MoeSetup s = make_moe(c, 99 + c.experts * 3 + c.hidden);
+  MoeDevice d(s, c);
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, s.nt, d.sorted_token.get(),
+                                     d.sorted_pair.get(), d.tiles.get(), d.n_tiles.get(), s.max_tiles, nullptr));
+  DevArray<float> y(static_cast<size_t>(s.pairs) * s.rows);
+  y.fill_bytes(0xff);
+  GemmArgs a = d.args(s);
+  a.out = y.get();
+  a.out_stride = s.rows;
+  a.out_scatter = d.sorted_pair.get();
+  CUDA_ASSERT(cuda::gemm_launch(a, s.nt, nullptr));
+  const int ip = static_cast<int>(cuda::round_up(c.inter, cuda::kKPad));
+  DevArray<uint16_t> act(static_cast<size_t>(s.pairs) * ip);
+  GemmArgs sw = d.args(s);
+  sw.mode = GemmOut::kSwiglu;
+  sw.out16 = act.get();
+  sw.out16_stride = ip;
+  sw.out_scatter = d.sorted_pair.get();
+  sw.bias = d.bias.get();
+  sw.bias_expert_stride = s.rows_p;
+  CUDA_ASSERT(cuda::gemm_launch(sw, s.nt, nullptr));
+  const std::vector<float> yd = y.download();
+  const std::vector<float> ad = from_f16(act.download());
+
+  std::vector<float> wrow(static_cast<size_t>(c.hidden)), gu(static_cast<size_t>(s.rows)),
+      ref_act(static_cast<size_t>(c.inter));
+  std::vector<float> cpu_y(static_cast<size_t>(s.rows));
+  for (int p = 0; p < s.pairs; ++p) {
+    const int t = p / c.top_k, e = s.idx[static_cast<size_t>(p)];
+    const float* xr = &s.x_r[static_cast<size_t>(t) * c.hidden];
+    for (int r = 0; r < s.rows; ++r) {
+      const size_t row = static_cast<size_t>(e) * s.rows + r;
+      mxfp4_dequantize_row(&s.blocks[row * s.nb * 16], &s.scales[row * s.nb], c.hidden, wrow.data());
+      double ref = 0, abs_sum = 0;
+      for (int k = 0; k < c.hidden; ++k)
+        ref += static_cast<double>(wrow[k]) * xr[k], abs_sum += std::fabs(static_cast<double>(wrow[k]) * xr[k]);
+      const float got = yd[static_cast<size_t>(p) * s.rows + r];
+      ASSERT_NEAR(got, ref, mma_tolerance(c.hidden, abs_sum)) << "pair " << p << " row " << r;
+      gu[static_cast<size_t>(r)] = got + bf16_to_f32(s.bias[row]);
+    }
+    cpu::swiglu_clamp(gu.data(), c.inter, 1.702f, 7.0f, ref_act.data());
+    for (int j = 0; j < c.inter; ++j)
+      ASSERT_NEAR(ad[static_cast<size_t>(p) * ip + j], ref_act[static_cast<size_t>(j)],
+                  1e-3 * std::max(1.0f, std::fabs(ref_act[static_cast<size_t>(j)])))
+          << "swiglu pair " << p << " j " << j;
+    // CPU op on unrounded activations (the difference is the fp16 rounding of x only).
+    const size_t e0 = static_cast<size_t>(e) * s.rows;
+    cpu::mxfp4_matmul(&s.blocks[e0 * s.nb * 16], &s.scales[e0 * s.nb], nullptr, s.rows, c.hidden,
+                      &s.x[static_cast<size_t>(t) * c.hidden], 1, cpu_y.data(), nullptr);
+    EXPECT_LE(rel_l2(&yd[static_cast<size_t>(p) * s.rows], cpu_y.data(), cpu_y.size()), 2e-3) << "pair " << p;
+  }
+}
+
+TEST_P(MoeGemmTest, SplitSwigluAndTokenAloneAreBitIdentical) {
+  const MoeCase c = GetParam();
+  const MoeSetup s = make_moe(c, 123 + c.tokens * 5 + c.inter);
+  MoeDevice d(s, c);
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, s.nt, d.sorted_token.get(),
+                                     d.sorted_pair.get(), d.tiles.get(), d.n_tiles.get(), s.max_tiles, nullptr));
+  const int ip = static_cast<int>(cuda::round_up(c.inter, cuda::kKPad));
+  DevArray<uint16_t> fused(static_cast<size_t>(s.pairs) * ip), split(static_cast<size_t>(s.pairs) * ip);
+  DevArray<float> parts(static_cast<size_t>(s.nseg) * s.pairs * s.rows);
+  GemmArgs sw = d.args(s);
+  sw.mode = GemmOut::kSwiglu;
+  sw.out16 = fused.get();
+  sw.out16_stride = ip;
+  sw.bias = d.bias.get();
+  sw.bias_expert_stride = s.rows_p;
+  CUDA_ASSERT(cuda::gemm_launch(sw, s.nt, nullptr));
+  GemmArgs pa = d.args(s);
+  pa.mode = GemmOut::kPartial;
+  pa.out = parts.get();
+  pa.out_stride = s.rows;
+  pa.part_stride = static_cast<int64_t>(s.pairs) * s.rows;
+  CUDA_ASSERT(cuda::gemm_launch(pa, s.nt, nullptr));
+  CUDA_ASSERT(cuda::swiglu_parts_launch(parts.get(), s.nseg, pa.part_stride, s.rows, c.inter, d.tiles.get(),
+                                        d.n_tiles.get(), s.max_tiles, d.bias.get(), s.rows_p, 1.702f, 7.0f, split.get(),
+                                        ip, nullptr));
+  const auto f = fused.download(), sp = split.download();
+  for (size_t i = 0; i < f.size(); ++i) ASSERT_EQ(f[i], sp[i]) << "element " << i;
+
+  // Token 0 routed alone: same bits for its pairs (outputs scattered by pair id).
+  DevArray<float> y_all(static_cast<size_t>(s.pairs) * s.rows), y_one(static_cast<size_t>(c.top_k) * s.rows);
+  GemmArgs a = d.args(s);
+  a.out = y_all.get();
+  a.out_stride = s.rows;
+  a.out_scatter = d.sorted_pair.get();
+  CUDA_ASSERT(cuda::gemm_launch(a, s.nt, nullptr));
+  const std::vector<float> all = y_all.download();
+  const int nt1 = 8, max1 = 1 + c.experts;
+  DevArray<int32_t> st1(static_cast<size_t>(c.top_k)), sp1(static_cast<size_t>(c.top_k)),
+      tl1(static_cast<size_t>(max1) * 4), n1(1);
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), 1, c.top_k, c.experts, nt1, st1.get(), sp1.get(), tl1.get(), n1.get(),
+                                     max1, nullptr));
+  GemmArgs b = d.args(s);
+  b.x_gather = st1.get();
+  b.tiles = tl1.get();
+  b.n_tiles = n1.get();
+  b.max_tiles = max1;
+  b.out = y_one.get();
+  b.out_stride = s.rows;
+  b.out_scatter = sp1.get();
+  CUDA_ASSERT(cuda::gemm_launch(b, nt1, nullptr));
+  const std::vector<float> alone = y_one.download();
+  for (size_t i = 0; i < alone.size(); ++i) ASSERT_TRUE(same_bits(alone[i], all[i])) << "element " << i;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, MoeGemmTest,
+                         ::testing::Values(MoeCase{32, 4, 1, 2880, 2880}, MoeCase{32, 4, 64, 2880, 2880},
+                                           MoeCase{128, 4, 3, 2880, 2880}, MoeCase{5, 1, 60, 96, 64},
+                                           MoeCase{7, 3, 100, 160, 96}, MoeCase{4, 4, 37, 64, 32},
+                                           MoeCase{8, 2, 300, 256, 320}, MoeCase{16, 2, 513, 128, 160}),
+                         [](const auto& info) {
+                           const MoeCase& c = info.param;
+                           return "e" + std::to_string(c.experts) + "k" + std::to_string(c.top_k) + "_t" +
+                                  std::to_string(c.tokens) + "_h" + std::to_string(c.hidden) + "_i" +
+                                  std::to_string(c.inter);
+                         });
+
+}  // namespace
+}  // namespace gptoss::testing

@@ -1,0 +1,211 @@
+// Per-token CUDA kernels against the CPU reference: embedding, residual add + RMSNorm (dense and
+// weighted-expert contributions), argmax (ties, NaN, huge rows) and the router (top-k, softmax,
+// tie order, statistics).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "backend/cpu/ops.h"
+#include "backend/cuda/kernels.h"
+#include "backend_cuda/cuda_test_util.h"
+
+namespace gptoss::testing {
+namespace {
+
+TEST(CudaEmbed, CopiesRowsExactly) {
+  const int64_t vocab = 1000, dim = 2880;
+  const std::vector<uint16_t> table = random_bf16(static_cast<size_t>(vocab * dim), 5, 4.0f);
+  const std::vector<int32_t> tokens = {0, 999, 17, 17, 500};
+  DevArray<uint16_t> t(table);
+  DevArray<int32_t> tok(tokens);
+  DevArray<float> h(tokens.size() * dim);
+  CUDA_ASSERT(cuda::embed_launch(t.get(), dim, tok.get(), static_cast<int>(tokens.size()), h.get(), nullptr));
+  std::vector<float> ref(tokens.size() * dim);
+  cpu::embed_rows(table.data(), dim, tokens.data(), static_cast<int64_t>(tokens.size()), ref.data());
+  EXPECT_EQ(h.download(), ref);
+}
+
+struct NormCase {
+  int n, dim, nparts, top_k;
+};
+
+class CudaAddRmsNorm : public ::testing::TestWithParam<NormCase> {};
+
+TEST_P(CudaAddRmsNorm, MatchesReference) {
+  const NormCase c = GetParam();
+  const int E = 6, stride = c.dim, x16_stride = static_cast<int>(cuda::round_up(c.dim, 64));
+  const std::vector<float> h0 = random_f32(static_cast<size_t>(c.n) * c.dim, 11, 30.0f);
+  const int groups = c.top_k > 0 ? c.top_k : 1;
+  const size_t rows = static_cast<size_t>(c.n) * groups;
+  const std::vector<float> parts = random_f32(static_cast<size_t>(std::max(c.nparts, 1)) * rows * stride, 12, 2.0f);
+  const std::vector<float> bias = random_f32(static_cast<size_t>(E) * c.dim, 13, 1.0f);
+  const std::vector<uint16_t> gain = random_bf16(static_cast<size_t>(c.dim), 14, 2.0f);
+  std::vector<int32_t> experts(rows);
+  std::vector<float> weights(rows);
+  for (size_t i = 0; i < rows; ++i)
+    experts[i] = static_cast<int32_t>((i * 5 + 1) % E), weights[i] = 0.1f + 0.2f * (i % 4);
+  std::vector<float> gain_f(gain.size());
+  for (size_t i = 0; i < gain.size(); ++i) gain_f[i] = bf16_to_f32(gain[i]);
+
+  DevArray<float> h(h0), p(parts), b(bias), g(gain_f), w(weights), x32(static_cast<size_t>(c.n) * c.dim);
+  DevArray<int32_t> ex(experts);
+  DevArray<uint16_t> x16(static_cast<size_t>(c.n) * x16_stride);
+  cuda::ResidualAdd add;
+  add.parts = p.get();
+  add.nparts = c.nparts;
+  add.part_stride = static_cast<int64_t>(rows) * stride;
+  add.stride = stride;
+  if (c.top_k == 0) {
+    add.bias = b.get();
+  } else {
+    add.top_k = c.top_k, add.experts = ex.get(), add.weights = w.get();
+    add.expert_bias = b.get(), add.expert_bias_stride = c.dim;
+  }
+  CUDA_ASSERT(
+      cuda::add_rmsnorm_launch(h.get(), c.n, c.dim, add, g.get(), 1e-5f, x16.get(), x16_stride, x32.get(), nullptr));
+
+  // Host: the same sums in double, then the CPU RMSNorm.
+  std::vector<float> href = h0;
+  for (int t = 0; t < c.n && c.nparts > 0; ++t)
+    for (int i = 0; i < c.dim; ++i) {
+      double v = 0;
+      for (int j = 0; j < groups; ++j) {
+        const size_t r = static_cast<size_t>(t) * groups + j;
+        double s = 0;
+        for (int sp = 0; sp < c.nparts; ++sp) s += parts[static_cast<size_t>(sp) * rows * stride + r * stride + i];
+        if (c.top_k == 0) {
+          v += s + bias[static_cast<size_t>(i)];
+        } else {
+          v += weights[r] * (s + bias[static_cast<size_t>(experts[r]) * c.dim + i]);
+        }
+      }
+      href[static_cast<size_t>(t) * c.dim + i] += static_cast<float>(v);
+    }
+  std::vector<float> xref(href.size());
+  cpu::rmsnorm(href.data(), c.n, c.dim, gain.data(), 1e-5f, xref.data());
+  const std::vector<float> hd = h.download(), xd = x32.download();
+  const std::vector<float> x16d = from_f16(x16.download());
+  for (size_t i = 0; i < href.size(); ++i) ASSERT_NEAR(hd[i], href[i], 1e-5 * (std::fabs(href[i]) + 10)) << i;
+  EXPECT_LE(rel_l2(xd.data(), xref.data(), xref.size()), 1e-6);
+  for (int t = 0; t < c.n; ++t)
+    for (int i = 0; i < c.dim; ++i) {
+      const float r = xref[static_cast<size_t>(t) * c.dim + i];
+      ASSERT_NEAR(x16d[static_cast<size_t>(t) * x16_stride + i], r, std::ldexp(std::fabs(r), -10) + 1e-6)
+          << t << "," << i;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, CudaAddRmsNorm,
+                         ::testing::Values(NormCase{1, 2880, 0, 0}, NormCase{5, 2880, 1, 0}, NormCase{3, 2880, 6, 0},
+                                           NormCase{7, 96, 2, 4}, NormCase{2, 2880, 1, 4}, NormCase{4, 100, 3, 1},
+                                           NormCase{65, 256, 1, 2}));
+
+TEST(CudaArgmax, LowestIndexOnTiesAndNaNNeverWins) {
+  const int64_t vocab = 201088;
+  std::vector<float> logits = random_f32(static_cast<size_t>(5 * vocab), 21, 10.0f);
+  logits[100] = 50.0f, logits[7000] = 50.0f;                        // row 0: tie → 100
+  logits[vocab + 200000] = 40.0f;                                   // row 1: near the end
+  logits[2 * vocab + 3] = std::numeric_limits<float>::quiet_NaN();  // row 2: NaN ignored
+  logits[2 * vocab + 9] = 60.0f;
+  for (int64_t i = 0; i < vocab; ++i) logits[static_cast<size_t>(3 * vocab + i)] = -1.0f;  // row 3: all equal → 0
+  logits[static_cast<size_t>(4 * vocab)] = -std::numeric_limits<float>::infinity();
+  DevArray<float> d(logits);
+  DevArray<int32_t> out(5);
+  CUDA_ASSERT(cuda::argmax_launch(d.get(), 5, vocab, out.get(), nullptr));
+  const auto got = out.download();
+  for (int r = 0; r < 5; ++r)
+    EXPECT_EQ(got[static_cast<size_t>(r)], cpu::argmax(&logits[static_cast<size_t>(r) * vocab], vocab)) << "row " << r;
+  EXPECT_EQ(got[0], 100);
+  EXPECT_EQ(got[3], 0);
+}
+
+struct RouterCase {
+  int n, dim, experts, top_k;
+};
+
+class CudaRouter : public ::testing::TestWithParam<RouterCase> {};
+
+TEST_P(CudaRouter, MatchesCpuTopkSoftmaxAndStats) {
+  const RouterCase c = GetParam();
+  std::vector<uint16_t> w = random_bf16(static_cast<size_t>(c.experts) * c.dim, 31, 0.2f);
+  // Experts 1 and 2 share a row and a bias: exactly tied logits, so expert 1 must come first.
+  for (int i = 0; i < c.dim; ++i) w[static_cast<size_t>(2 * c.dim + i)] = w[static_cast<size_t>(c.dim + i)];
+  std::vector<uint16_t> bias = random_bf16(static_cast<size_t>(c.experts), 32, 0.5f);
+  bias[2] = bias[1];
+  std::vector<float> bias_f(bias.size());
+  for (size_t i = 0; i < bias.size(); ++i) bias_f[i] = bf16_to_f32(bias[i]);
+  const std::vector<float> x = random_f32(static_cast<size_t>(c.n) * c.dim, 33, 3.0f);
+  DevArray<uint16_t> wd(w);
+  DevArray<float> bd(bias_f), xd(x), wt(static_cast<size_t>(c.n) * c.top_k);
+  DevArray<int32_t> idx(static_cast<size_t>(c.n) * c.top_k);
+  DevArray<unsigned long long> counts(static_cast<size_t>(c.experts)), tokens(1);
+  DevArray<double> top1(1), entropy(1);
+  cuda::RouterStatsDev st{counts.get(), top1.get(), entropy.get(), tokens.get()};
+  CUDA_ASSERT(cuda::router_launch(xd.get(), c.n, c.dim, wd.get(), bd.get(), c.experts, c.top_k, idx.get(), wt.get(), st,
+                                  nullptr));
+  const auto gi = idx.download();
+  const auto gw = wt.download();
+
+  std::vector<float> logits(static_cast<size_t>(c.n) * c.experts);
+  cpu::matmul_bf16(x.data(), c.n, c.dim, w.data(), bias.data(), c.experts, logits.data(), nullptr);
+  std::vector<int32_t> ri(static_cast<size_t>(c.top_k));
+  std::vector<float> rw(static_cast<size_t>(c.top_k));
+  std::vector<uint64_t> ref_counts(static_cast<size_t>(c.experts), 0);
+  double ref_top1 = 0, ref_ent = 0;
+  for (int t = 0; t < c.n; ++t) {
+    const float* lt = &logits[static_cast<size_t>(t) * c.experts];
+    cpu::router_topk_softmax(lt, c.experts, c.top_k, ri.data(), rw.data());
+    // Summation order differs from the CPU's; only compare where the choice is not a near-tie.
+    std::vector<float> sorted(lt, lt + c.experts);
+    std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+    bool clear =
+        c.top_k == c.experts || sorted[static_cast<size_t>(c.top_k - 1)] - sorted[static_cast<size_t>(c.top_k)] > 1e-4f;
+    for (int k = 0; k + 1 < c.top_k; ++k)
+      clear = clear && (sorted[static_cast<size_t>(k)] - sorted[static_cast<size_t>(k + 1)] > 1e-4f ||
+                        sorted[static_cast<size_t>(k)] == sorted[static_cast<size_t>(k + 1)]);
+    double wsum = 0;
+    for (int k = 0; k < c.top_k; ++k) {
+      const size_t i = static_cast<size_t>(t) * c.top_k + k;
+      if (clear) {
+        EXPECT_EQ(gi[i], ri[static_cast<size_t>(k)]) << "token " << t << " k " << k;
+        EXPECT_NEAR(gw[i], rw[static_cast<size_t>(k)], 1e-5f);
+      }
+      wsum += gw[i];
+      ++ref_counts[static_cast<size_t>(gi[i])];
+      ref_ent -= gw[i] > 0 ? gw[i] * std::log(static_cast<double>(gw[i])) : 0.0;
+      if (k > 0) {
+        EXPECT_GE(gw[i - 1], gw[i]);
+      }
+    }
+    EXPECT_NEAR(wsum, 1.0, 1e-5);
+    ref_top1 += gw[static_cast<size_t>(t) * c.top_k];
+  }
+  const auto dc = counts.download();
+  for (int e = 0; e < c.experts; ++e) EXPECT_EQ(dc[static_cast<size_t>(e)], ref_counts[static_cast<size_t>(e)]);
+  EXPECT_EQ(tokens.download()[0], static_cast<unsigned long long>(c.n));
+  EXPECT_NEAR(top1.download()[0], ref_top1, 1e-4 * c.n);
+  EXPECT_NEAR(entropy.download()[0], ref_ent, 1e-4 * c.n);
+}
+
+TEST(CudaRouterTies, EqualLogitsPickLowerIndexFirst) {
+  const int dim = 64, experts = 8, top_k = 3;
+  std::vector<uint16_t> w(static_cast<size_t>(experts * dim), 0);  // all logits equal the bias
+  std::vector<float> bias = {0.5f, 1.0f, 1.0f, 0.25f, 1.0f, -2.0f, 0.5f, 0.0f};
+  DevArray<uint16_t> wd(w);
+  DevArray<float> bd(bias), xd(random_f32(dim, 3, 1.0f)), wt(top_k);
+  DevArray<int32_t> idx(top_k);
+  CUDA_ASSERT(
+      cuda::router_launch(xd.get(), 1, dim, wd.get(), bd.get(), experts, top_k, idx.get(), wt.get(), {}, nullptr));
+  EXPECT_EQ(idx.download(), (std::vector<int32_t>{1, 2, 4}));
+  for (float v : wt.download()) EXPECT_NEAR(v, 1.0f / 3, 1e-6f);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, CudaRouter,
+                         ::testing::Values(RouterCase{1, 2880, 32, 4}, RouterCase{70, 2880, 32, 4},
+                                           RouterCase{9, 2880, 128, 4}, RouterCase{33, 96, 5, 1},
+                                           RouterCase{17, 160, 7, 3}, RouterCase{5, 64, 4, 4},
+                                           RouterCase{3, 128, 256, 8}));
+
+}  // namespace
+}  // namespace gptoss::testing

@@ -173,7 +173,10 @@ Parsed<ChatParams> parse_chat_request(const std::string& body, const std::string
   if (!conv.ok()) return bad("messages", conv.status().message());
   p.conversation = std::move(conv).value();
   // "none": the model is not told about the tools, so it cannot call them.
-  if (p.tool_choice == "none") p.conversation.tools.clear();
+  if (p.tool_choice == "none") {
+    p.conversation.tools.clear();
+    p.conversation.has_developer = !p.conversation.instructions.empty();
+  }
   return p;
 }
 

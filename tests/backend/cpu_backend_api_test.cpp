@@ -2,13 +2,35 @@
 // statistics, memory statistics), thread-count invariance and the backend factory.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <new>
 #include <numeric>
 #include <random>
 #include <span>
 
 #include "backend/cpu/ops.h"
 #include "test_util.h"
+
+// Counts every plain operator new in this test binary, so a test can assert that steady-state
+// forward() steps allocate nothing.
+namespace {
+std::atomic<uint64_t> g_allocations{0};
+}  // namespace
+
+__attribute__((noinline)) void* operator new(std::size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+// Out of line so GCC does not pair the inlined free() with a builtin new (-Wmismatched-new-delete).
+__attribute__((noinline)) void operator delete(void* p) noexcept {
+  std::free(p);
+}
+__attribute__((noinline)) void operator delete(void* p, std::size_t) noexcept {
+  std::free(p);
+}
 
 namespace gptoss::testing {
 namespace {
@@ -151,6 +173,33 @@ TEST_F(CpuBackendApi, MemoryStatsReflectCacheAndWeights) {
   EXPECT_EQ(m1.kv_bytes_used, 7u * static_cast<size_t>(c.num_hidden_layers) * per_entry);
   EXPECT_GT(m1.scratch_bytes, 0u);
   EXPECT_EQ(m1.device_total, 0u);
+}
+
+// After a warm-up step of the same shape, decode and mixed steps reuse the preallocated scratch
+// and KV cache: no heap allocation at all (worker threads included).
+TEST_F(CpuBackendApi, SteadyStateStepsDoNotAllocate) {
+  std::vector<float> logits(2 * static_cast<size_t>(vocab()));
+  int32_t next[2] = {0, 0};
+  RouterStats stats;
+  StepOutputs out;
+  out.logits = logits.data();
+  out.argmax = next;
+  out.router_stats = &stats;
+  SeqBatch seqs[2];
+  seqs[0].tokens = std::span<const int32_t>(tokens_.data(), 8);
+  seqs[1].slot = 1;
+  seqs[1].tokens = std::span<const int32_t>(tokens_.data() + 8, 8);
+  ASSERT_TRUE(backend_->forward(seqs, out).ok());  // warm-up: grows scratch to 16 rows
+  const uint64_t before = g_allocations.load();
+  for (int step = 0; step < 6; ++step) {
+    const int32_t a = next[0], b = next[1];
+    seqs[0].pos = 8 + step;
+    seqs[0].tokens = std::span<const int32_t>(&a, 1);
+    seqs[1].pos = 8 + step;
+    seqs[1].tokens = std::span<const int32_t>(&b, 1);
+    ASSERT_TRUE(backend_->forward(seqs, out).ok());
+  }
+  EXPECT_EQ(g_allocations.load() - before, 0u);
 }
 
 TEST(CpuBackendThreads, ResultsDoNotDependOnThreadCount) {

@@ -100,8 +100,10 @@ Status parse_layer_types(const json& j, const std::string& source, Config* c) {
   auto it = j.find("layer_types");
   c->layer_types.clear();
   if (it == j.end() || it->is_null()) {
-    // HF default: sliding when (i+1) is odd, i.e. even layers slide.
-    for (int64_t i = 0; i < std::max<int64_t>(c->num_hidden_layers, 0); ++i)
+    // HF default: sliding when (i+1) is odd, i.e. even layers slide. An absurd layer count is
+    // left for validate() to report instead of building a huge list here.
+    const int64_t n = c->num_hidden_layers <= kConfigMaxLayers ? c->num_hidden_layers : 0;
+    for (int64_t i = 0; i < n; ++i)
       c->layer_types.push_back(i % 2 == 0 ? LayerType::kSlidingAttention : LayerType::kFullAttention);
     return {};
   }

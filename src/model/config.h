@@ -15,6 +15,9 @@ enum class LayerType { kSlidingAttention, kFullAttention };
 // exist in the vocabulary, because published generation configs disagree on the list (spec §1.1).
 inline constexpr int32_t kHarmonyStopTokens[] = {200002, 200012, 199999};
 
+// Most layers a valid config may have (far above any real model; guards against corrupt files).
+inline constexpr int64_t kConfigMaxLayers = 4096;
+
 struct RopeScaling {
   double factor = 32.0;
   double beta_fast = 32.0;

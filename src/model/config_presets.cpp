@@ -12,7 +12,9 @@ namespace {
 
 // Upper bounds keep every shape product far inside int64 and reject absurd (corrupt) values early.
 constexpr int64_t kMaxDim = int64_t{1} << 24;
-constexpr int64_t kMaxLayers = 4096;
+// Weights beyond this many parameters (a petabyte-scale model) are surely a corrupt config, and
+// keeping below it keeps every byte count inside size_t.
+constexpr double kMaxParams = 1e15;
 
 Status check_range(const char* field, int64_t v, int64_t lo, int64_t hi) {
   if (v < lo || v > hi)
@@ -37,7 +39,7 @@ Status Config::validate() const {
   if (intermediate_size % 32 != 0)
     return make_error(ErrorCode::kInvalidArgument, "field 'intermediate_size' is {}, must be a multiple of 32",
                       intermediate_size);
-  GPTOSS_RETURN_IF_ERROR(check_range("num_hidden_layers", num_hidden_layers, 1, kMaxLayers));
+  GPTOSS_RETURN_IF_ERROR(check_range("num_hidden_layers", num_hidden_layers, 1, kConfigMaxLayers));
   GPTOSS_RETURN_IF_ERROR(check_range("num_attention_heads", num_attention_heads, 1, 65536));
   GPTOSS_RETURN_IF_ERROR(check_range("num_key_value_heads", num_key_value_heads, 1, num_attention_heads));
   if (num_attention_heads % num_key_value_heads != 0)
@@ -68,6 +70,13 @@ Status Config::validate() const {
                       rope_scaling.beta_fast, rope_scaling.beta_slow);
   GPTOSS_RETURN_IF_ERROR(check_range("rope_scaling.original_max_position_embeddings",
                                      rope_scaling.original_max_position_embeddings, 1, INT32_MAX));
+  const double per_layer =
+      static_cast<double>(num_local_experts) * 3.0 * static_cast<double>(intermediate_size) * hidden_size +
+      2.0 * static_cast<double>(q_dim()) * hidden_size + 2.0 * static_cast<double>(kv_dim()) * hidden_size;
+  const double params = per_layer * num_hidden_layers + 2.0 * static_cast<double>(vocab_size) * hidden_size;
+  if (params > kMaxParams)
+    return make_error(ErrorCode::kInvalidArgument,
+                      "the config describes {:.3g} parameters, more than the supported {:.0e}", params, kMaxParams);
   if (static_cast<int64_t>(layer_types.size()) != num_hidden_layers)
     return make_error(ErrorCode::kInvalidArgument,
                       "field 'layer_types' has {} entries, expected num_hidden_layers = {}", layer_types.size(),

@@ -201,6 +201,8 @@ TEST(Config, BadValuesAreRejectedNamingTheField) {
       {{{"hidden_size", 64.5}}, "hidden_size"},
       {{{"intermediate_size", 33}}, "intermediate_size"},
       {{{"num_hidden_layers", 0}}, "num_hidden_layers"},
+      {{{"num_hidden_layers", 1000000000000}}, "num_hidden_layers"},
+      {{{"num_local_experts", 65536}, {"hidden_size", 1 << 20}, {"intermediate_size", 1 << 20}}, "parameters"},
       {{{"num_attention_heads", 0}}, "num_attention_heads"},
       {{{"num_key_value_heads", 3}}, "num_key_value_heads"},
       {{{"num_key_value_heads", 8}}, "num_key_value_heads"},

@@ -65,9 +65,14 @@ using LoadProgressFn = std::function<void(const LoadProgress&)>;
 // Immutable model: config + weights + the storage they point into. Shared by all contexts.
 class Model {
  public:
-  // Loads DIR (config.json + safetensors; original/ layout accepted). Every tensor's presence,
-  // dtype and shape are checked against the config; errors name the tensor and both shapes.
-  // `progress` (optional) is called as tensors are checked/touched.
+  // Loads DIR: config from DIR/config.json (else DIR/original/config.json, plus
+  // generation_config.json stops); tensors from DIR's safetensors (model.safetensors, the
+  // index-listed shards, or all *.safetensors) under HF names, or, when DIR holds no HF tensors,
+  // the OpenAI names in DIR/original/ (fused qkv becomes q/k/v row views). Every tensor's
+  // presence, dtype (BF16 dense, U8 MXFP4) and exact shape are checked against the config before
+  // any data is read; errors name the tensor, both shapes and the file. Unused tensors only warn.
+  // Weights are views into the mmap (zero copy, MXFP4 stays packed); each tensor's pages are then
+  // touched once and `progress` (optional) is called per tensor with cumulative bytes.
   static Result<std::shared_ptr<const Model>> load(const std::string& dir, const LoadProgressFn& progress = {});
   // Random weights with the exact shapes of `config`, built in memory (no disk), deterministic in
   // `seed`, with magnitudes like mkckpt.py so activations stay finite and routing spreads.
@@ -82,6 +87,8 @@ class Model {
     int64_t active = 0;          // per token: attention + router + top-k experts + norms + lm_head
     size_t weight_bytes = 0;     // all weights as stored
     size_t bytes_per_token = 0;  // weights read per decoded token at batch 1 (spec §8.2)
+    // weight_bytes split by kind: experts (MXFP4 blocks + scales + biases), attention (q/k/v/o
+    // weights and biases, sinks), embedding, lm_head, other (norm gains, router).
     size_t expert_bytes = 0, attention_bytes = 0, embedding_bytes = 0, lm_head_bytes = 0, other_bytes = 0;
   };
   ParamCounts param_counts() const;

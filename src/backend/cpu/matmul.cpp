@@ -152,26 +152,74 @@ inline float e8m0_half(uint8_t s) {
   return f;
 }
 
+#ifdef GPTOSS_CPU_AVX2
+// One MXFP4 block (16 bytes + scale) → its 32 exact f32 weights in four registers, in order.
+inline void decode_block_avx2(const uint8_t* block, uint8_t scale, __m256 w[4]) {
+  const __m128i lut = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kFp4Twice));
+  const __m128i low_mask = _mm_set1_epi8(0x0f);
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block));
+  const __m128i lo = _mm_shuffle_epi8(lut, _mm_and_si128(b, low_mask));
+  const __m128i hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(b, 4), low_mask));
+  // Low nibble is the even element: interleave to get elements 0..15 and 16..31 in order.
+  const __m128i e0 = _mm_unpacklo_epi8(lo, hi), e1 = _mm_unpackhi_epi8(lo, hi);
+  const __m256 s = _mm256_set1_ps(e8m0_half(scale));
+  w[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(e0)), s);
+  w[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(e0, 8))), s);
+  w[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(e1)), s);
+  w[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(e1, 8))), s);
+}
+
+// Single-token MXFP4 rows r0 .. r0+NR-1: each block is decoded in registers and consumed at once. Same
+// values and the same per-row FMA order as the tiled path, so the results are bitwise equal.
+template <int NR>
+void mxfp4_vec_tile(const uint8_t* blocks, const uint8_t* scales, const uint16_t* bias, int64_t nb, const float* x,
+                    int64_t r0, float* y) {
+  __m256 acc[NR] = {};  // zeros
+  for (int64_t g = 0; g < nb; ++g) {
+    const float* xg = x + g * kMxfp4BlockSize;
+    const __m256 x0 = _mm256_loadu_ps(xg), x1 = _mm256_loadu_ps(xg + 8), x2 = _mm256_loadu_ps(xg + 16),
+                 x3 = _mm256_loadu_ps(xg + 24);
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) {
+      const int64_t at = (r0 + r) * nb + g;
+      __m256 w[4];
+      decode_block_avx2(blocks + at * kMxfp4BytesPerBlock, scales[at], w);
+      acc[r] = _mm256_fmadd_ps(x0, w[0], acc[r]);
+      acc[r] = _mm256_fmadd_ps(x1, w[1], acc[r]);
+      acc[r] = _mm256_fmadd_ps(x2, w[2], acc[r]);
+      acc[r] = _mm256_fmadd_ps(x3, w[3], acc[r]);
+    }
+  }
+  alignas(32) float l[kLanes];
+  for (int r = 0; r < NR; ++r) {
+    _mm256_store_ps(l, acc[r]);
+    float v = lanes_sum(l);
+    if (bias) v += bf16_to_f32(bias[r0 + r]);
+    y[r0 + r] = v;
+  }
+}
+
+void mxfp4_vec_rows(const uint8_t* blocks, const uint8_t* scales, const uint16_t* bias, int64_t rows, int64_t nb,
+                    const float* x, int64_t tile0, int64_t tile1, float* y) {
+  for (int64_t tile = tile0; tile < tile1; ++tile) {
+    const int64_t r0 = tile * kRowTile;
+    switch (std::min<int64_t>(kRowTile, rows - r0)) {
+      case 1: mxfp4_vec_tile<1>(blocks, scales, bias, nb, x, r0, y); break;
+      case 2: mxfp4_vec_tile<2>(blocks, scales, bias, nb, x, r0, y); break;
+      case 3: mxfp4_vec_tile<3>(blocks, scales, bias, nb, x, r0, y); break;
+      default: mxfp4_vec_tile<4>(blocks, scales, bias, nb, x, r0, y); break;
+    }
+  }
+}
+#endif
+
 // Exact dequantization of n_blocks MXFP4 blocks (32 values each) into dst.
 void decode_mxfp4(const uint8_t* blocks, const uint8_t* scales, int64_t n_blocks, float* dst) {
 #ifdef GPTOSS_CPU_AVX2
-  const __m128i lut = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kFp4Twice));
-  const __m128i low_mask = _mm_set1_epi8(0x0f);
   for (int64_t g = 0; g < n_blocks; ++g) {
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + g * kMxfp4BytesPerBlock));
-    const __m128i lo = _mm_shuffle_epi8(lut, _mm_and_si128(b, low_mask));
-    const __m128i hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(b, 4), low_mask));
-    // Low nibble is the even element: interleave to get elements 0..15 and 16..31 in order.
-    const __m128i e0 = _mm_unpacklo_epi8(lo, hi), e1 = _mm_unpackhi_epi8(lo, hi);
-    const __m256 s = _mm256_set1_ps(e8m0_half(scales[g]));
-    float* o = dst + g * kMxfp4BlockSize;
-    auto put = [&](__m128i v8, int at) {
-      _mm256_storeu_ps(o + at, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v8)), s));
-    };
-    put(e0, 0);
-    put(_mm_srli_si128(e0, 8), 8);
-    put(e1, 16);
-    put(_mm_srli_si128(e1, 8), 24);
+    __m256 w[4];
+    decode_block_avx2(blocks + g * kMxfp4BytesPerBlock, scales[g], w);
+    for (int v = 0; v < 4; ++v) _mm256_storeu_ps(dst + g * kMxfp4BlockSize + v * kLanes, w[v]);
   }
 #else
   for (int64_t g = 0; g < n_blocks; ++g) {
@@ -237,6 +285,15 @@ void mxfp4_matmul(const uint8_t* blocks, const uint8_t* scales, const uint16_t* 
                   const float* x, int64_t n, float* y, ThreadPool* pool) {
   GPTOSS_CHECK(cols % kMxfp4BlockSize == 0, "mxfp4_matmul: cols {} is not a multiple of 32", cols);
   const int64_t nb = cols / kMxfp4BlockSize;
+#ifdef GPTOSS_CPU_AVX2
+  if (n == 1) {
+    // Decode steps: nothing to amortise the dequantization over, so skip the f32 staging buffer.
+    auto run = [&](int64_t b, int64_t e) { mxfp4_vec_rows(blocks, scales, bias, rows, nb, x, b, e, y); };
+    const int64_t tiles = (rows + kRowTile - 1) / kRowTile;
+    parallel_ranges(pool, tiles, (kMinTaskMacs + kRowTile * cols - 1) / (kRowTile * cols), run);
+    return;
+  }
+#endif
   // Chunks start at multiples of kColChunk (a multiple of 32) and the tail is empty, so every
   // decode call covers whole blocks.
   auto decode = [=](int64_t row, int64_t c0, int64_t len, float* dst) {

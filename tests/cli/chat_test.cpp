@@ -127,10 +127,18 @@ TEST(CliChat, CtrlCStopsTheAnswerButNotTheChat) {
   p.write("\x03");
   ASSERT_TRUE(p.wait_for("(interrupted)", mark, 60000)) << p.output();
   ASSERT_TRUE(p.wait_for(">>> ", p.output().find("(interrupted)"), 60000)) << p.output();
-  // The conversation goes on after the interrupted answer.
+  // The conversation goes on after the interrupted answer: a second turn streams (and is
+  // interrupted in turn) with the first one's prompt served from the KV cache.
   mark = p.output().size();
   p.write("Shorter please.\n");
-  ASSERT_TRUE(p.wait_for("finish ", mark, 60000)) << p.output();
+  ASSERT_TRUE(p.wait_for(" ", mark + 60, 60000)) << p.output();
+  p.write("\x03");
+  ASSERT_TRUE(p.wait_for("(interrupted)", mark, 60000)) << p.output();
+  ASSERT_TRUE(p.wait_for(">>> ", p.output().find("(interrupted)", mark), 60000)) << p.output();
+  const auto sums = parse_summaries(p.output());
+  ASSERT_EQ(sums.size(), 2u);
+  EXPECT_GE(sums[1].cached, sums[0].prompt);
+  EXPECT_EQ(sums[1].finish, "cancelled");
   p.write("\x03");  // Ctrl-C at the prompt ends the session
   ASSERT_TRUE(p.wait_exit(60000)) << p.output();
   EXPECT_TRUE(p.exited());

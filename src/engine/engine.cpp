@@ -168,6 +168,8 @@ void EngineImpl::sweep_queue() {
       }
     }
   }
+  if (done.empty()) return;
+  update_stats(0, 0);  // the queue shrank: keep requests_queued true while the engine is idle
   for (auto& [p, st] : done) finish_queued(p, FinishReason::kCancelled, st);
 }
 

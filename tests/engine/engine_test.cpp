@@ -422,17 +422,18 @@ TEST(Engine, CancelAndTimeoutFreeTheSlot) {
 }
 
 TEST(Engine, FullQueueRejectsWithResourceExhausted) {
-  auto model = tiny_model();
   std::vector<Outcome> out(6);  // outlives the engine, whose destructor reports to it
-  auto e = make_engine(model, cpu_options(1, 4000), {.max_queue = 2});
+  auto e = make_engine(tiny_model(), cpu_options(1, 4000), {.max_queue = 2});
   std::vector<std::shared_ptr<Request>> handles;
+  std::vector<size_t> accepted;
   int rejected = 0;
-  for (int i = 0; i < 6; ++i) {
-    auto r = greedy(make_prompt(6, 1000, i), 3000);
+  for (size_t i = 0; i < out.size(); ++i) {
+    auto r = greedy(make_prompt(6, 1000, static_cast<uint32_t>(i)), 3000);
     r.on_event = out[i].callback();
     auto h = e->submit(std::move(r));
     if (h.ok()) {
       handles.push_back(*h);
+      accepted.push_back(i);
     } else {
       EXPECT_EQ(h.status().code(), ErrorCode::kResourceExhausted);
       ++rejected;
@@ -442,6 +443,12 @@ TEST(Engine, FullQueueRejectsWithResourceExhausted) {
   EXPECT_GE(rejected, 3);
   EXPECT_EQ(e->stats().requests_rejected, rejected);
   for (auto& h : handles) h->cancel();
+  // Cancelled while queued or running: once all have finished the stats show nothing waiting.
+  for (size_t i : accepted) EXPECT_EQ(out[i].wait().finish, FinishReason::kCancelled);
+  EngineStats st = e->stats();
+  EXPECT_EQ(st.requests_queued, 0);
+  EXPECT_EQ(st.slots_busy, 0);
+  EXPECT_EQ(st.requests_cancelled, static_cast<int64_t>(accepted.size()));
 }
 
 // max_queue 0: a free slot still takes a request; a busy one turns the next away.

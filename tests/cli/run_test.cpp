@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <numeric>
+#include <regex>
 
 #include "cli/process.h"
 #include "cli/stats_parse.h"
@@ -155,6 +156,35 @@ TEST(CliRun, TerminalShowsProgressAndCtrlCStopsCleanly) {
   EXPECT_TRUE(sums[0].interrupted);
   EXPECT_EQ(sums[0].finish, "cancelled");
   EXPECT_LT(sums[0].generated, 60000);
+}
+
+TEST(CliRun, LoggingIsQuietByDefaultAndTimestampedWhenAsked) {
+  const auto args = with(base_args("hi"), {"--max-tokens", "2", "--seed", "1"});
+  static const std::regex debug_line(R"(\[\d\d:\d\d:\d\d\.\d{3} debug\] )");
+  const ProcResult quiet = run_gptoss(args);
+  ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
+  EXPECT_FALSE(std::regex_search(quiet.err, debug_line)) << quiet.err;
+  EXPECT_EQ(quiet.err.find(" info] "), std::string::npos) << quiet.err;
+  const ProcResult verbose = run_gptoss(with(args, {"--verbose"}));
+  ASSERT_EQ(verbose.exit_code, 0) << verbose.err;
+  EXPECT_TRUE(std::regex_search(verbose.err, debug_line)) << verbose.err;
+  const ProcResult env = run_process(with({GPTOSS_BIN}, args), "", {{"GPTOSS_LOG", "debug"}});
+  ASSERT_EQ(env.exit_code, 0) << env.err;
+  EXPECT_TRUE(std::regex_search(env.err, debug_line)) << env.err;
+  // Logging never touches stdout: the answer is the same either way.
+  EXPECT_EQ(quiet.out, verbose.out);
+  EXPECT_EQ(quiet.out, env.out);
+}
+
+TEST(CliRun, HelpListsTheOptions) {
+  const ProcResult r = run_gptoss({"run", "--help"});
+  EXPECT_TRUE(r.exited);
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* flag : {"--model", "--tokenizer", "--prompt", "--system", "--reasoning-effort", "--max-tokens",
+                           "--temperature", "--top-p", "--top-k", "--min-p", "--repeat-penalty", "--seed", "--backend",
+                           "--threads", "--show-reasoning", "--stats", "--verbose", "--date", "--context"}) {
+    EXPECT_NE(r.out.find(flag), std::string::npos) << flag;
+  }
 }
 
 TEST(CliRun, BadInputFailsWithAClearMessage) {

@@ -49,6 +49,14 @@ struct Sequence {
   bool wants_logits() const { return !req.sampling.greedy() || req.sampling.has_penalties(); }
 };
 
+// One sequence's part of a step: `n` tokens from its position; `emits` when they end its pending
+// input (the last prompt chunk or a decode), so the step yields its next token.
+struct StepMember {
+  int slot;
+  int64_t n;
+  bool emits;
+};
+
 struct Slot {
   std::vector<int32_t> cached;  // tokens whose K/V the slot holds, in position order
   std::unique_ptr<Sequence> seq;
@@ -98,6 +106,7 @@ struct EngineImpl {
   int choose_slot(const std::vector<int32_t>& prompt, int preferred, int64_t* resume) const;
   void start(Pending&& p, int slot, int64_t resume);
   void check_cancellations();
+  std::vector<StepMember> plan_step();
   void step();
   void emit_token(Slot& slot, int32_t token);
   void finish(Slot& slot, FinishReason why, const Status& st = {});
@@ -254,18 +263,13 @@ void EngineImpl::check_cancellations() {
   }
 }
 
-void EngineImpl::step() {
-  struct Member {
-    int slot;
-    int64_t n;
-    bool emits;
-  };
-  std::vector<SeqBatch> batch;
-  std::vector<Member> members;
+// Which sequences run this step and how many tokens each: decodes first (one token each,
+// round-robin when the budget is short) so running streams keep flowing, then prefill chunks in
+// admission order with what is left.
+std::vector<StepMember> EngineImpl::plan_step() {
+  std::vector<StepMember> members;
   int64_t budget = backend->options().max_batch_tokens;
   const int n_slots = static_cast<int>(slots.size());
-  // Decodes first (one token each, round-robin when the budget is short) so running streams keep
-  // flowing; then prefill chunks in admission order with what is left.
   for (int i = 0; i < n_slots && budget > 0; ++i) {
     int s = static_cast<int>((rr + static_cast<size_t>(i)) % static_cast<size_t>(n_slots));
     Sequence* q = slots[s].seq.get();
@@ -286,8 +290,13 @@ void EngineImpl::step() {
     members.push_back({s, n, n == left});
     budget -= n;
   }
-  if (members.empty()) return;
+  return members;
+}
 
+void EngineImpl::step() {
+  std::vector<StepMember> members = plan_step();
+  if (members.empty()) return;
+  std::vector<SeqBatch> batch;
   bool need_logits = false;
   int64_t batch_tokens = 0;
   for (const auto& m : members) {

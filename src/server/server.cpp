@@ -106,9 +106,13 @@ ApiError error_for_status(int status, const httplib::Request& req) {
               .param = {},
               .code = "unknown_url"};
     case 413:
+      // httplib caps form-encoded bodies (curl -d without a Content-Type) far below our limit.
       return {.status = 413,
               .type = "invalid_request_error",
-              .message = "The request body is too large.",
+              .message = req.get_header_value("Content-Type").starts_with("application/x-www-form-urlencoded")
+                             ? "The request body is too large for application/x-www-form-urlencoded; send "
+                               "Content-Type: application/json."
+                             : "The request body is too large.",
               .param = {},
               .code = "request_too_large"};
     case 414:

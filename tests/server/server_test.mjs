@@ -135,6 +135,18 @@ describe('openai client', () => {
     assert.equal(r2.usage.prompt_tokens_details.cached_tokens, r2.usage.prompt_tokens - 1);
   });
 
+  test('a multi-turn conversation reuses the KV of the earlier turns', async () => {
+    const turn1 = [{ role: 'user', content: 'Multi-turn: first question about mountains.' }];
+    const r1 = await client.chat.completions.create({ ...chatReq(''), messages: turn1 });
+    const turn2 = [...turn1, { role: 'assistant', content: r1.choices[0].message.content },
+      { role: 'user', content: 'And a second question about lakes?' }];
+    const r2 = await client.chat.completions.create({ ...chatReq(''), messages: turn2 });
+    // Everything up to the first turn's "<|start|>assistant" is shared and cached.
+    assert.ok(r2.usage.prompt_tokens > r1.usage.prompt_tokens);
+    assert.ok(r2.usage.prompt_tokens_details.cached_tokens >= r1.usage.prompt_tokens,
+      `${r2.usage.prompt_tokens_details.cached_tokens} cached of turn 1's ${r1.usage.prompt_tokens}`);
+  });
+
   test('streaming chat equals non-streaming, with a usage chunk', async () => {
     const req = chatReq('Name three rivers.');
     const whole = await client.chat.completions.create(req);

@@ -181,7 +181,7 @@ MoeSetup make_moe(const MoeCase& c, uint64_t seed) {
   cuda::gemm_segments(s.kblocks, &s.seg, &s.nseg);
   s.pairs = c.tokens * c.top_k;
   s.nt = cuda::gemm_tile_cols((s.pairs + c.experts - 1) / c.experts);
-  s.max_tiles = (s.pairs + s.nt - 1) / s.nt + c.experts;
+  s.max_tiles = cuda::moe_max_tiles(s.pairs, c.experts, s.nt);
   const size_t rows_all = static_cast<size_t>(c.experts) * s.rows;
   uint64_t st = seed;
   auto next = [&st]() {
@@ -374,7 +374,7 @@ TEST_P(MoeGemmTest, SplitSwigluAndTokenAloneAreBitIdentical) {
   a.out_scatter = d.sorted_pair.get();
   CUDA_ASSERT(cuda::gemm_launch(a, s.nt, nullptr));
   const std::vector<float> all = y_all.download();
-  const int nt1 = 8, max1 = 1 + c.experts;
+  const int nt1 = 8, max1 = cuda::moe_max_tiles(c.top_k, c.experts, nt1);
   DevArray<int32_t> st1(static_cast<size_t>(c.top_k)), sp1(static_cast<size_t>(c.top_k)),
       tl1(static_cast<size_t>(max1) * 4), n1(1);
   CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), 1, c.top_k, c.experts, nt1, st1.get(), sp1.get(), tl1.get(), n1.get(),

@@ -62,8 +62,10 @@ TEST_P(CudaAddRmsNorm, MatchesReference) {
     add.top_k = c.top_k, add.experts = ex.get(), add.weights = w.get();
     add.expert_bias = b.get(), add.expert_bias_stride = c.dim;
   }
-  CUDA_ASSERT(
-      cuda::add_rmsnorm_launch(h.get(), c.n, c.dim, add, g.get(), 1e-5f, x16.get(), x16_stride, x32.get(), nullptr));
+  DevArray<float> partials(static_cast<size_t>(c.n) * cuda::add_rmsnorm_chunks(c.dim));
+  DevArray<unsigned int> counters(static_cast<size_t>(c.n));
+  CUDA_ASSERT(cuda::add_rmsnorm_launch(h.get(), c.n, c.dim, add, g.get(), 1e-5f, x16.get(), x16_stride, x32.get(),
+                                       partials.get(), counters.get(), nullptr));
 
   // Host: the same sums in double, then the CPU RMSNorm.
   std::vector<float> href = h0;
@@ -88,6 +90,13 @@ TEST_P(CudaAddRmsNorm, MatchesReference) {
   const std::vector<float> x16d = from_f16(x16.download());
   for (size_t i = 0; i < href.size(); ++i) ASSERT_NEAR(hd[i], href[i], 1e-5 * (std::fabs(href[i]) + 10)) << i;
   EXPECT_LE(rel_l2(xd.data(), xref.data(), xref.size()), 1e-6);
+  for (unsigned v : counters.download()) EXPECT_EQ(v, 0u) << "arrival counters must be left at zero";
+  // A second launch (no contribution) reuses the workspaces: the norm of the updated residual.
+  DevArray<float> x32b(static_cast<size_t>(c.n) * c.dim);
+  CUDA_ASSERT(cuda::add_rmsnorm_launch(h.get(), c.n, c.dim, cuda::ResidualAdd{}, g.get(), 1e-5f, x16.get(), x16_stride,
+                                       x32b.get(), partials.get(), counters.get(), nullptr));
+  const std::vector<float> xb = x32b.download();
+  EXPECT_LE(rel_l2(xb.data(), xref.data(), xref.size()), 1e-6);
   for (int t = 0; t < c.n; ++t)
     for (int i = 0; i < c.dim; ++i) {
       const float r = xref[static_cast<size_t>(t) * c.dim + i];
@@ -112,12 +121,29 @@ TEST(CudaArgmax, LowestIndexOnTiesAndNaNNeverWins) {
   logits[static_cast<size_t>(4 * vocab)] = -std::numeric_limits<float>::infinity();
   DevArray<float> d(logits);
   DevArray<int32_t> out(5);
-  CUDA_ASSERT(cuda::argmax_launch(d.get(), 5, vocab, out.get(), nullptr));
-  const auto got = out.download();
+  DevArray<unsigned long long> keys(5);
+  CUDA_ASSERT(cuda::argmax_launch(d.get(), 5, vocab, keys.get(), out.get(), nullptr));
+  auto got = out.download();
+  for (unsigned long long k : keys.download()) EXPECT_EQ(k, 0u);
+  CUDA_ASSERT(cuda::argmax_launch(d.get(), 5, vocab, keys.get(), out.get(), nullptr));  // workspace reuse
+  EXPECT_EQ(out.download(), got);
   for (int r = 0; r < 5; ++r)
     EXPECT_EQ(got[static_cast<size_t>(r)], cpu::argmax(&logits[static_cast<size_t>(r) * vocab], vocab)) << "row " << r;
   EXPECT_EQ(got[0], 100);
   EXPECT_EQ(got[3], 0);
+}
+
+TEST(CudaArgmax, SmallAndOddRows) {
+  for (int64_t vocab : {1, 7, 300, 4097, 100003}) {
+    const std::vector<float> logits = random_f32(static_cast<size_t>(3 * vocab), 22 + vocab, 5.0f);
+    DevArray<float> d(logits);
+    DevArray<int32_t> out(3);
+    DevArray<unsigned long long> keys(3);
+    CUDA_ASSERT(cuda::argmax_launch(d.get(), 3, vocab, keys.get(), out.get(), nullptr));
+    const auto got = out.download();
+    for (int r = 0; r < 3; ++r)
+      EXPECT_EQ(got[static_cast<size_t>(r)], cpu::argmax(&logits[static_cast<size_t>(r) * vocab], vocab)) << vocab;
+  }
 }
 
 struct RouterCase {

@@ -39,56 +39,45 @@ __device__ __forceinline__ float quad_sum(float v) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// grid (token, work chunk): work items are the rotated (i, i + D/2) pairs of every q and k head,
+// then the v values, then the zero padding up to dp of q, k and v.
 __global__ void qkv_rope_kernel(const QkvRopeArgs a, const AttnShape s, const KvLayer kv) {
-  extern __shared__ float cs[];  // cos [D/2], sin [D/2]
-  const int t = blockIdx.x, d = s.head_dim, half = d / 2;
+  const int t = blockIdx.x, d = s.head_dim, half = d / 2, pad = s.dp - d;
+  const int idx = blockIdx.y * blockDim.x + threadIdx.x;
+  const int n_rot = (s.n_heads + s.n_kv_heads) * half, n_v = s.n_kv_heads * d;
+  const int n_pad = (s.n_heads + 2 * s.n_kv_heads) * pad;
+  if (idx >= n_rot + n_v + n_pad) return;
   const int p = a.pos[t];
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    const float angle = static_cast<float>(p) * a.inv_freq[i];
-    cs[i] = cosf(angle) * a.concentration;
-    cs[half + i] = sinf(angle) * a.concentration;
-  }
-  __syncthreads();
   const float* row = a.parts + static_cast<int64_t>(t) * a.stride;
   auto value = [&](int col) {
     float v = row[col];
     for (int sp = 1; sp < a.nparts; ++sp) v += row[sp * a.part_stride + col];
     return v + a.bias[col];
   };
-  const int qdim = s.n_heads * d, kvdim = s.n_kv_heads * d;
   const int64_t cache_row = static_cast<int64_t>(p % kv.cap);
-  auto cache_at = [&](uint16_t* base, int kvh) {
-    return reinterpret_cast<__half*>(base) +
+  auto head_ptr = [&](int head) {  // q heads, then k heads, then v heads
+    if (head < s.n_heads) return reinterpret_cast<__half*>(a.q16) + (static_cast<int64_t>(t) * s.n_heads + head) * s.dp;
+    const bool is_k = head < s.n_heads + s.n_kv_heads;
+    const int kvh = is_k ? head - s.n_heads : head - s.n_heads - s.n_kv_heads;
+    return reinterpret_cast<__half*>(is_k ? kv.k : kv.v) +
            ((static_cast<int64_t>(a.slot[t]) * s.n_kv_heads + kvh) * kv.cap + cache_row) * s.dp;
   };
-  // Rotated pairs (i, i + D/2) of every q and k head.
-  for (int idx = threadIdx.x; idx < (s.n_heads + s.n_kv_heads) * half; idx += blockDim.x) {
+  if (idx < n_rot) {
     const int head = idx / half, i = idx - head * half;
+    const float angle = static_cast<float>(p) * a.inv_freq[i];
+    const float c = cosf(angle) * a.concentration, sn = sinf(angle) * a.concentration;
     const int col = head * d;  // k heads follow the q heads in the fused projection
     const float x0 = value(col + i), x1 = value(col + i + half);
-    const float c = cs[i], sn = cs[half + i];
-    const float r0 = x0 * c - x1 * sn, r1 = x1 * c + x0 * sn;
-    __half* dst = head < s.n_heads
-                      ? reinterpret_cast<__half*>(a.q16) + (static_cast<int64_t>(t) * s.n_heads + head) * s.dp
-                      : cache_at(kv.k, head - s.n_heads);
-    dst[i] = __float2half_rn(r0);
-    dst[i + half] = __float2half_rn(r1);
-  }
-  for (int idx = threadIdx.x; idx < kvdim; idx += blockDim.x) {
-    const int kvh = idx / d, i = idx - kvh * d;
-    cache_at(kv.v, kvh)[i] = __float2half_rn(value(qdim + kvdim + idx));
-  }
-  // Zero padding up to dp keeps the padded dot products exact.
-  const int pad = s.dp - d;
-  if (pad > 0) {
-    for (int idx = threadIdx.x; idx < (s.n_heads + 2 * s.n_kv_heads) * pad; idx += blockDim.x) {
-      const int head = idx / pad, i = d + idx - head * pad;
-      __half* dst = head < s.n_heads
-                        ? reinterpret_cast<__half*>(a.q16) + (static_cast<int64_t>(t) * s.n_heads + head) * s.dp
-                    : head < s.n_heads + s.n_kv_heads ? cache_at(kv.k, head - s.n_heads)
-                                                      : cache_at(kv.v, head - s.n_heads - s.n_kv_heads);
-      dst[i] = __float2half_rn(0.0f);
-    }
+    __half* dst = head_ptr(head);
+    dst[i] = __float2half_rn(x0 * c - x1 * sn);
+    dst[i + half] = __float2half_rn(x1 * c + x0 * sn);
+  } else if (idx < n_rot + n_v) {
+    const int j = idx - n_rot, kvh = j / d, i = j - kvh * d;
+    head_ptr(s.n_heads + s.n_kv_heads + kvh)[i] = __float2half_rn(value(s.n_heads * d + s.n_kv_heads * d + j));
+  } else {
+    // Zero padding keeps the padded dot products exact.
+    const int j = idx - n_rot - n_v, head = j / pad;
+    head_ptr(head)[d + j - head * pad] = __float2half_rn(0.0f);
   }
 }
 
@@ -209,7 +198,8 @@ __device__ __forceinline__ void attn_epilogue(const AttnArgs& a, const AttnShape
           *reinterpret_cast<uint32_t*>(o + d) = pack_half2(acc[nd][2 * r] * inv, acc[nd][2 * r + 1] * inv);
       }
     } else {
-      const int64_t row = (static_cast<int64_t>(blockIdx.z) * a.n_tokens + ri[r].token) * s.n_heads + ri[r].head;
+      // Partials of one (token, head) are contiguous over the splits: [token][head][split].
+      const int64_t row = (static_cast<int64_t>(ri[r].token) * s.n_heads + ri[r].head) * a.splits + blockIdx.z;
       float* po = a.part_o + row * DP;
 #pragma unroll
       for (int nd = 0; nd < DP / 8; ++nd)
@@ -296,25 +286,39 @@ cudaError_t attention_launch_dp(const AttnArgs& a, const AttnShape& s, const KvL
   return cudaGetLastError();
 }
 
+// Block per (token, head); 256 threads = (256 / dp) groups of dp. Weights exp2(m_z − M) go to shared
+// memory, each group sums the partial outputs of every (256/dp)-th split, and the groups are added
+// in a fixed order.
 __global__ void attention_combine_kernel(const AttnArgs a, const AttnShape s) {
+  __shared__ float wz[256];
+  __shared__ float red[32];
+  __shared__ float acc[256];
   const int row = blockIdx.x;  // token · n_heads + head
   const int head = row % s.n_heads, token = row / s.n_heads;
+  const float* ml = a.part_ml + static_cast<int64_t>(row) * a.splits * 2;
   const float sink = a.sinks[head] * kLog2e;
   float mm = sink;
-  for (int z = 0; z < a.splits; ++z)
-    mm = fmaxf(mm, a.part_ml[(static_cast<int64_t>(z) * a.n_tokens * s.n_heads + row) * 2]);
-  float lsum = exp2f(sink - mm);
-  for (int z = 0; z < a.splits; ++z) {
-    const float2 ml =
-        *reinterpret_cast<const float2*>(a.part_ml + (static_cast<int64_t>(z) * a.n_tokens * s.n_heads + row) * 2);
-    lsum += ml.y * exp2f(ml.x - mm);
+  for (int z = threadIdx.x; z < a.splits; z += blockDim.x) mm = fmaxf(mm, ml[2 * z]);
+  mm = warp_max(mm);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mm;
+  __syncthreads();
+  mm = red[0];
+  for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) mm = fmaxf(mm, red[w]);
+  float l = 0.0f;
+  for (int z = threadIdx.x; z < a.splits; z += blockDim.x) {
+    const float f = exp2f(ml[2 * z] - mm);
+    wz[z] = f;
+    l += ml[2 * z + 1] * f;
   }
-  for (int d = threadIdx.x; d < s.head_dim; d += blockDim.x) {
-    float o = 0.0f;
-    for (int z = 0; z < a.splits; ++z) {
-      const int64_t pr = static_cast<int64_t>(z) * a.n_tokens * s.n_heads + row;
-      o += a.part_o[pr * s.dp + d] * exp2f(a.part_ml[pr * 2] - mm);
-    }
+  const float lsum = block_sum(l, red) + exp2f(sink - mm);  // block_sum syncs: wz is visible after it
+  const int groups = blockDim.x / s.dp, gi = threadIdx.x / s.dp, d = threadIdx.x % s.dp;
+  const float* po = a.part_o + static_cast<int64_t>(row) * a.splits * s.dp;
+  float o = 0.0f;
+  for (int z = gi; z < a.splits; z += groups) o += po[z * s.dp + d] * wz[z];
+  acc[threadIdx.x] = o;
+  __syncthreads();
+  if (gi == 0 && d < s.head_dim) {
+    for (int g2 = 1; g2 < groups; ++g2) o += acc[g2 * s.dp + d];
     reinterpret_cast<__half*>(a.o16)[static_cast<int64_t>(token) * a.o_stride + head * s.head_dim + d] =
         f32_to_f16_sat(o / lsum);
   }
@@ -330,7 +334,10 @@ int attention_heads_per_chunk(const AttnShape& s) {
 cudaError_t qkv_rope_launch(const QkvRopeArgs& a, int n, const AttnShape& s, const KvLayer& kv, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   if (s.head_dim % 2 != 0 || s.dp < s.head_dim || s.dp % 16 != 0 || kv.cap <= 0) return cudaErrorInvalidValue;
-  qkv_rope_kernel<<<n, 128, s.head_dim * sizeof(float), stream>>>(a, s, kv);
+  const int items = (s.n_heads + s.n_kv_heads) * (s.head_dim / 2) + s.n_kv_heads * s.head_dim +
+                    (s.n_heads + 2 * s.n_kv_heads) * (s.dp - s.head_dim);
+  const dim3 grid(n, (items + 127) / 128);
+  qkv_rope_kernel<<<grid, 128, 0, stream>>>(a, s, kv);
   return cudaGetLastError();
 }
 
@@ -354,7 +361,8 @@ cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLaye
 
 cudaError_t attention_combine_launch(const AttnArgs& a, const AttnShape& s, cudaStream_t stream) {
   if (a.n_tokens <= 0 || a.splits <= 1) return cudaSuccess;
-  attention_combine_kernel<<<a.n_tokens * s.n_heads, 64, 0, stream>>>(a, s);
+  if (a.splits > 256 || s.dp > 256) return cudaErrorInvalidValue;
+  attention_combine_kernel<<<a.n_tokens * s.n_heads, 256, 0, stream>>>(a, s);
   return cudaGetLastError();
 }
 

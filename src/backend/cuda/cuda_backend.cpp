@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "backend/cuda/cuda_backend_impl.h"
@@ -58,11 +60,14 @@ CudaBackend::CudaBackend(std::shared_ptr<const Model> model, const BackendOption
 }
 
 CudaBackend::~CudaBackend() {
+  if (prof_.on()) std::fprintf(stderr, "%s", prof_.report().c_str());
   for (auto& [t, exec] : graphs_) cudaGraphExecDestroy(exec);
   if (stream_) cudaStreamDestroy(stream_);
 }
 
 Status CudaBackend::init() {
+  const char* prof = std::getenv("GPTOSS_CUDA_PROFILE");
+  prof_.enable(prof != nullptr && std::strcmp(prof, "0") != 0);
   GPTOSS_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating a CUDA stream");
   GPTOSS_ASSIGN_OR_RETURN(dev_, model_upload(*model_, stream_, &pool_));
   // KV cache: sliding layers keep a ring large enough for a rewind of `rollback` tokens and for a
@@ -137,6 +142,9 @@ Status CudaBackend::alloc_scratch() {
     s.y = c.take<float>(y);
     s.logits = c.take<float>(static_cast<size_t>(s.logit_rows) * V);
     s.argmax = c.take<int32_t>(s.logit_rows);
+    s.argmax_keys = c.take<unsigned long long>(s.logit_rows);
+    s.norm_partials = c.take<float>(Tm * add_rmsnorm_chunks(static_cast<int>(H)));
+    s.norm_counters = c.take<unsigned int>(Tm);
     s.meta = c.take<int32_t>(8 * Tm);
     s.stat_counts = c.take<unsigned long long>(nl * E);
     s.stat_tokens = c.take<unsigned long long>(nl);
@@ -248,16 +256,33 @@ StepPlan CudaBackend::plan_step(std::span<const SeqBatch> batch, const StepOutpu
     }
   }
   const int chunks = (shape_.n_heads / shape_.n_kv_heads + hc - 1) / hc;
-  p.attn_splits = attention_splits(p.items, shape_.n_kv_heads, chunks, sm_count_);
+  double max_full = 0, max_sliding = 0;
+  for (int i = 0; i < p.items; ++i) {
+    const double hi = pos[items[i].first] + items[i].count;  // keys [0, hi) for its last token
+    const double sl = std::min<double>(hi, static_cast<double>(cfg_.sliding_window + items[i].count - 1));
+    p.kv_keys_full += hi, p.kv_keys_sliding += sl;
+    max_full = std::max(max_full, hi), max_sliding = std::max(max_sliding, sl);
+  }
+  // Enough splits to fill the device, but none with fewer than ~256 keys; powers of two keep the
+  // number of distinct decode graphs small.
+  const int cap = attention_splits(p.items, shape_.n_kv_heads, chunks, sm_count_);
+  auto splits_for = [cap](double keys) {
+    int s = 1;
+    while (s < cap && s * 256.0 < keys) s *= 2;
+    return std::min(s, cap);
+  };
+  p.splits_full = splits_for(max_full);
+  p.splits_sliding = splits_for(max_sliding);
   return p;
 }
 
 Status CudaBackend::run_layers(const StepPlan& p) {
-  if (!p.decode_only || p.stats) return enqueue_layers(p);
-  auto it = graphs_.find(p.T);
+  if (!p.decode_only || p.stats || prof_.on()) return enqueue_layers(p);
+  const auto key = std::make_tuple(p.T, p.splits_full, p.splits_sliding);
+  auto it = graphs_.find(key);
   if (it == graphs_.end()) {
-    // The first step of a batch size runs eagerly; the second captures it for every later step.
-    if (seen_decode_.insert(p.T).second) return enqueue_layers(p);
+    // The first step of a configuration runs eagerly; the second captures it for every later one.
+    if (seen_decode_.insert(key).second) return enqueue_layers(p);
     cudaGraph_t graph = nullptr;
     GPTOSS_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "capturing a decode graph");
     const Status st = enqueue_layers(p);
@@ -271,7 +296,7 @@ Status CudaBackend::run_layers(const StepPlan& p) {
     const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
     cudaGraphDestroy(graph);
     GPTOSS_CUDA_TRY(inst, "instantiating a decode graph");
-    it = graphs_.emplace(p.T, exec).first;
+    it = graphs_.emplace(key, exec).first;
   }
   GPTOSS_CUDA_TRY(cudaGraphLaunch(it->second, stream_), "launching a decode graph");
   return Status::ok_status();
@@ -309,6 +334,7 @@ Status CudaBackend::forward(std::span<const SeqBatch> batch, const StepOutputs& 
         "router statistics");
   }
   GPTOSS_CUDA_TRY(cudaStreamSynchronize(stream_), "running a forward step");
+  prof_.collect(p.decode_only ? "decode" : "prefill");
   if (out.argmax) std::memcpy(out.argmax, host_argmax_.data(), static_cast<size_t>(p.R) * 4);
   if (p.stats) out.router_stats->merge(rs);
   for (const SeqBatch& s : batch) lengths_[static_cast<size_t>(s.slot)] = s.pos + static_cast<int64_t>(s.tokens.size());

@@ -8,6 +8,7 @@
 #include <set>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backend/backend.h"
@@ -30,12 +31,15 @@ struct Scratch {
   int32_t* topk_idx = nullptr;  // [T·K]
   float* topk_w = nullptr;
   int32_t *sorted_token = nullptr, *sorted_pair = nullptr, *tiles = nullptr, *n_tiles = nullptr;
-  float* mlp1 = nullptr;      // split-mode gate/up partials [nseg][P][2I]
-  uint16_t* a16 = nullptr;    // SwiGLU output [P][ip]
-  float* y = nullptr;         // expert outputs [nparts][P][H]
-  float* logits = nullptr;    // [logit_rows][V]
-  int32_t* argmax = nullptr;  // [logit_rows]
-  int32_t* meta = nullptr;    // per step: tokens, pos, slot, out_rows [T] each, then items (int4) [T]
+  float* mlp1 = nullptr;                      // split-mode gate/up partials [nseg][P][2I]
+  uint16_t* a16 = nullptr;                    // SwiGLU output [P][ip]
+  float* y = nullptr;                         // expert outputs [nparts][P][H]
+  float* logits = nullptr;                    // [logit_rows][V]
+  int32_t* argmax = nullptr;                  // [logit_rows]
+  unsigned long long* argmax_keys = nullptr;  // [logit_rows] (zero between launches)
+  float* norm_partials = nullptr;             // [T][add_rmsnorm_chunks]
+  unsigned int* norm_counters = nullptr;      // [T] (zero between launches)
+  int32_t* meta = nullptr;                    // per step: tokens, pos, slot, out_rows [T] each, then items (int4) [T]
   unsigned long long *stat_counts = nullptr, *stat_tokens = nullptr;  // [L][E], [L]
   double *stat_top1 = nullptr, *stat_entropy = nullptr;               // [L]
   int logit_rows = 0;
@@ -44,9 +48,11 @@ struct Scratch {
 // What the host decided for one forward() call.
 struct StepPlan {
   int T = 0, R = 0;
-  int items = 0, tokens_per_item = 1, attn_splits = 1;
-  bool decode_only = false;  // every sequence contributes one token (graph-capturable)
+  int items = 0, tokens_per_item = 1;
+  int splits_full = 1, splits_sliding = 1;  // attention key splits per layer type
+  bool decode_only = false;                 // every sequence contributes one token (graph-capturable)
   bool stats = false;
+  double kv_keys_full = 0, kv_keys_sliding = 0;  // keys read per full / sliding layer (profiler bytes)
 };
 
 class CudaBackend final : public Backend {
@@ -92,13 +98,16 @@ class CudaBackend final : public Backend {
   DeviceBuffer kv_mem_;
   std::vector<KvLayer> kv_;
   Scratch scratch_;
+  KernelProfiler prof_;
   PinnedBuffer host_meta_, host_argmax_;
   AttnShape shape_;
   int hp_ = 0, qp_ = 0, ip_ = 0;  // fp16 activation strides (hidden, q, intermediate)
   std::vector<int64_t> lengths_;
   bool ring_limits_resume_ = false;
-  std::map<int, cudaGraphExec_t> graphs_;  // decode graphs by batch size
-  std::set<int> seen_decode_;              // batch sizes run once eagerly (captured on the next use)
+  // Decode graphs by (batch size, key splits of full layers, of sliding layers); a configuration
+  // runs eagerly once and is captured on its second use.
+  std::map<std::tuple<int, int, int>, cudaGraphExec_t> graphs_;
+  std::set<std::tuple<int, int, int>> seen_decode_;
 };
 
 }  // namespace gptoss::cuda

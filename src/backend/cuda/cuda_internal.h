@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -103,6 +104,41 @@ struct ModelDev {
 // Uploads every weight of `model` once (pinned staging, async copies): dense matrices as fp16
 // (checked to fit fp16), experts kept MXFP4, norms/biases/sinks as f32.
 Result<std::unique_ptr<ModelDev>> model_upload(const Model& model, cudaStream_t stream, ThreadPool* pool);
+
+// Per-kernel GPU times for performance work (enabled by GPTOSS_CUDA_PROFILE=1; steps then run
+// eagerly, without graphs): device events around each launch, summed per step kind and kernel name
+// (with the bytes each launch must read, for achieved GB/s), reported when the backend is destroyed.
+// Not thread-safe (the backend's one thread drives it).
+class KernelProfiler {
+ public:
+  ~KernelProfiler();
+  void enable(bool on) { on_ = on; }
+  bool on() const { return on_; }
+  void begin(cudaStream_t stream);
+  void end(const std::string& name, double bytes, cudaStream_t stream);
+  // After the step's sync: adds the step's kernel times to the totals of `kind` ("decode", "prefill").
+  void collect(const std::string& kind);
+  std::string report() const;
+
+ private:
+  struct Mark {
+    std::string name;
+    double bytes;
+    cudaEvent_t start, stop;
+  };
+  struct Total {
+    double ms = 0, bytes = 0;
+    int64_t calls = 0;
+  };
+  cudaEvent_t event();
+  bool on_ = false;
+  cudaEvent_t open_ = nullptr;
+  std::vector<Mark> marks_;
+  std::vector<cudaEvent_t> free_;
+  std::map<std::string, std::map<std::string, Total>> totals_;  // kind → kernel → total
+  std::map<std::string, int64_t> steps_;
+  std::map<std::string, double> step_ms_;
+};
 
 // Launch configuration of one GEMM for a given number of columns.
 struct GemmPlan {

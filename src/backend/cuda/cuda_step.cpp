@@ -3,12 +3,29 @@
 // router, experts) → final norm → lm_head → argmax.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "backend/cuda/cuda_backend_impl.h"
 
+// Launches `expr` (a cudaError_t) under the profiler's name and byte count; returns on failure.
+#define GPTOSS_LAUNCH(name, bytes, expr) \
+  do {                                   \
+    prof_.begin(stream_);                \
+    GPTOSS_CUDA_TRY((expr), (name));     \
+    prof_.end((name), (bytes), stream_); \
+  } while (0)
+
 namespace gptoss::cuda {
 namespace {
+
+double dense_bytes(const DenseDev& w) {
+  return static_cast<double>(w.rows) * w.kblocks * 64;
+}
+// Weights an expert GEMM must read: every routed expert once (at most min(pairs, experts) of them).
+double expert_bytes(const ExpertsDev& w, int pairs, int experts) {
+  return static_cast<double>(std::min(pairs, experts)) * w.rows * w.kblocks * 17;
+}
 
 GemmArgs dense_args(const DenseDev& w, const GemmPlan& g, const uint16_t* x, int64_t x_stride, int n, float* out,
                     int64_t out_stride) {
@@ -54,8 +71,8 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   Scratch& s = scratch_;
   const int H = static_cast<int>(cfg_.hidden_size);
   const GemmPlan gq = gemm_plan_dense(L.qkv.rows, L.qkv.kblocks, p.T, sm_count_);
-  GPTOSS_CUDA_TRY(gemm_launch(dense_args(L.qkv, gq, s.x16, hp_, p.T, s.qkv, L.qkv.rows), gq.nt, stream_),
-                  "qkv projection");
+  GPTOSS_LAUNCH("qkv projection", dense_bytes(L.qkv),
+                gemm_launch(dense_args(L.qkv, gq, s.x16, hp_, p.T, s.qkv, L.qkv.rows), gq.nt, stream_));
 
   QkvRopeArgs r;
   r.parts = s.qkv;
@@ -68,7 +85,7 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   r.inv_freq = dev_->inv_freq;
   r.concentration = dev_->concentration;
   r.q16 = s.q16;
-  GPTOSS_CUDA_TRY(qkv_rope_launch(r, p.T, shape_, kv, stream_), "qkv bias + RoPE");
+  GPTOSS_LAUNCH("qkv bias + RoPE + KV store", 0, qkv_rope_launch(r, p.T, shape_, kv, stream_));
 
   AttnArgs at;
   at.q16 = s.q16;
@@ -78,27 +95,29 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   at.tokens_per_item = p.tokens_per_item;
   at.sinks = L.sinks;
   at.scale = 1.0f / std::sqrt(static_cast<float>(cfg_.head_dim));
-  at.splits = p.attn_splits;
+  at.splits = kv.window > 0 ? p.splits_sliding : p.splits_full;
   at.o16 = s.o16;
   at.o_stride = qp_;
   at.part_o = s.attn_o;
   at.part_ml = s.attn_ml;
   at.n_tokens = p.T;
-  GPTOSS_CUDA_TRY(attention_launch(at, shape_, kv, stream_), "attention");
-  GPTOSS_CUDA_TRY(attention_combine_launch(at, shape_, stream_), "attention split merge");
+  const double kv_bytes = (kv.window > 0 ? p.kv_keys_sliding : p.kv_keys_full) * shape_.n_kv_heads * shape_.dp * 4;
+  GPTOSS_LAUNCH(kv.window > 0 ? "attention (sliding)" : "attention (full)", kv_bytes,
+                attention_launch(at, shape_, kv, stream_));
+  if (at.splits > 1) GPTOSS_LAUNCH("attention split merge", 0, attention_combine_launch(at, shape_, stream_));
 
   const GemmPlan go = gemm_plan_dense(L.o.rows, L.o.kblocks, p.T, sm_count_);
-  GPTOSS_CUDA_TRY(gemm_launch(dense_args(L.o, go, s.o16, qp_, p.T, s.proj, H), go.nt, stream_),
-                  "attention output projection");
+  GPTOSS_LAUNCH("o projection", dense_bytes(L.o),
+                gemm_launch(dense_args(L.o, go, s.o16, qp_, p.T, s.proj, H), go.nt, stream_));
   ResidualAdd add;
   add.parts = s.proj;
   add.nparts = go.nparts();
   add.part_stride = static_cast<int64_t>(p.T) * H;
   add.stride = H;
   add.bias = L.o_b;
-  GPTOSS_CUDA_TRY(add_rmsnorm_launch(s.h, p.T, H, add, L.mlp_norm, static_cast<float>(cfg_.rms_norm_eps), s.x16, hp_,
-                                     s.x32, stream_),
-                  "residual add + MoE norm");
+  GPTOSS_LAUNCH("residual add + norm", 0,
+                add_rmsnorm_launch(s.h, p.T, H, add, L.mlp_norm, static_cast<float>(cfg_.rms_norm_eps), s.x16, hp_,
+                                   s.x32, s.norm_partials, s.norm_counters, stream_));
   return Status::ok_status();
 }
 
@@ -115,12 +134,12 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
     st.entropy = s.stat_entropy + layer;
     st.tokens = s.stat_tokens + layer;
   }
-  GPTOSS_CUDA_TRY(router_launch(s.x32, p.T, H, L.router_w, L.router_b, E, K, s.topk_idx, s.topk_w, st, stream_),
-                  "router");
+  GPTOSS_LAUNCH("router + top-k", static_cast<double>(E) * H * 2,
+                router_launch(s.x32, p.T, H, L.router_w, L.router_b, E, K, s.topk_idx, s.topk_w, st, stream_));
   const GemmPlan g1 = gemm_plan_moe(L.mlp1.rows, L.mlp1.kblocks, P, E, sm_count_);
-  GPTOSS_CUDA_TRY(moe_group_launch(s.topk_idx, p.T, K, E, g1.nt, s.sorted_token, s.sorted_pair, s.tiles, s.n_tiles,
-                                   g1.max_tiles, stream_),
-                  "expert grouping");
+  GPTOSS_LAUNCH("expert grouping", 0,
+                moe_group_launch(s.topk_idx, p.T, K, E, g1.nt, s.sorted_token, s.sorted_pair, s.tiles, s.n_tiles,
+                                 g1.max_tiles, stream_));
   const float alpha = static_cast<float>(cfg_.swiglu_alpha), limit = static_cast<float>(cfg_.swiglu_limit);
 
   GemmArgs a1 = expert_args(L.mlp1, g1, s);
@@ -141,11 +160,12 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
     a1.swiglu_alpha = alpha;
     a1.swiglu_limit = limit;
   }
-  GPTOSS_CUDA_TRY(gemm_launch(a1, g1.nt, stream_), "expert gate/up projection");
+  GPTOSS_LAUNCH(g1.split ? "experts gate/up (split)" : "experts gate/up + SwiGLU", expert_bytes(L.mlp1, P, E),
+                gemm_launch(a1, g1.nt, stream_));
   if (g1.split)
-    GPTOSS_CUDA_TRY(swiglu_parts_launch(s.mlp1, g1.nseg, a1.part_stride, L.mlp1.rows, I, s.tiles, s.n_tiles,
-                                        g1.max_tiles, L.mlp1.bias, L.mlp1.rows_p, alpha, limit, s.a16, ip_, stream_),
-                    "expert SwiGLU");
+    GPTOSS_LAUNCH("experts SwiGLU", 0,
+                  swiglu_parts_launch(s.mlp1, g1.nseg, a1.part_stride, L.mlp1.rows, I, s.tiles, s.n_tiles, g1.max_tiles,
+                                      L.mlp1.bias, L.mlp1.rows_p, alpha, limit, s.a16, ip_, stream_));
 
   const GemmPlan g2 = gemm_plan_moe(L.mlp2.rows, L.mlp2.kblocks, P, E, sm_count_);
   GemmArgs a2 = expert_args(L.mlp2, g2, s);
@@ -157,7 +177,7 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
   a2.out = s.y;
   a2.out_stride = H;
   a2.part_stride = static_cast<int64_t>(P) * H;
-  GPTOSS_CUDA_TRY(gemm_launch(a2, g1.nt, stream_), "expert down projection");
+  GPTOSS_LAUNCH("experts down", expert_bytes(L.mlp2, P, E), gemm_launch(a2, g1.nt, stream_));
 
   *moe_out = ResidualAdd{};
   moe_out->parts = s.y;
@@ -176,17 +196,18 @@ Status CudaBackend::enqueue_layers(const StepPlan& p) {
   Scratch& s = scratch_;
   const int H = static_cast<int>(cfg_.hidden_size);
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
-  GPTOSS_CUDA_TRY(embed_launch(dev_->embed, H, meta_tokens(p), p.T, s.h, stream_), "embedding");
+  GPTOSS_LAUNCH("embedding", 0, embed_launch(dev_->embed, H, meta_tokens(p), p.T, s.h, stream_));
   ResidualAdd pending;  // the previous layer's expert outputs, added by the next norm
   for (int l = 0; l < static_cast<int>(dev_->layers.size()); ++l) {
-    GPTOSS_CUDA_TRY(add_rmsnorm_launch(s.h, p.T, H, pending, dev_->layers[static_cast<size_t>(l)].attn_norm, eps, s.x16,
-                                       hp_, nullptr, stream_),
-                    "residual add + attention norm");
+    GPTOSS_LAUNCH("residual add + norm", 0,
+                  add_rmsnorm_launch(s.h, p.T, H, pending, dev_->layers[static_cast<size_t>(l)].attn_norm, eps, s.x16,
+                                     hp_, nullptr, s.norm_partials, s.norm_counters, stream_));
     GPTOSS_RETURN_IF_ERROR(attention_block(p, l));
     GPTOSS_RETURN_IF_ERROR(moe_block(p, l, &pending));
   }
-  GPTOSS_CUDA_TRY(add_rmsnorm_launch(s.h, p.T, H, pending, dev_->final_norm, eps, s.x16, hp_, nullptr, stream_),
-                  "residual add + final norm");
+  GPTOSS_LAUNCH("residual add + norm", 0,
+                add_rmsnorm_launch(s.h, p.T, H, pending, dev_->final_norm, eps, s.x16, hp_, nullptr, s.norm_partials,
+                                   s.norm_counters, stream_));
   return Status::ok_status();
 }
 
@@ -199,8 +220,9 @@ Status CudaBackend::enqueue_outputs(const StepPlan& p, const StepOutputs& out) {
     g.split = false;  // plain stores: the logits buffer holds one partial per row only
     GemmArgs a = dense_args(dev_->lm_head, g, s.x16, hp_, n, s.logits, V);
     a.x_gather = meta_out_rows(p) + r0;
-    GPTOSS_CUDA_TRY(gemm_launch(a, g.nt, stream_), "lm_head");
-    GPTOSS_CUDA_TRY(argmax_launch(s.logits, n, V, s.argmax, stream_), "argmax");
+    GPTOSS_LAUNCH("lm_head", dense_bytes(dev_->lm_head), gemm_launch(a, g.nt, stream_));
+    GPTOSS_LAUNCH("argmax", static_cast<double>(n) * V * 4,
+                  argmax_launch(s.logits, n, V, s.argmax_keys, s.argmax, stream_));
     GPTOSS_CUDA_TRY(cudaMemcpyAsync(host_argmax_.data() + static_cast<size_t>(r0) * 4, s.argmax,
                                     static_cast<size_t>(n) * 4, cudaMemcpyDeviceToHost, stream_),
                     "copying argmax");

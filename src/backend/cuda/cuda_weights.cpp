@@ -319,7 +319,7 @@ GemmPlan gemm_plan_moe(int rows, int kblocks, int pairs, int experts, int sm_cou
   GemmPlan p;
   p.nt = gemm_tile_cols((pairs + experts - 1) / experts);
   gemm_segments(kblocks, &p.seg_blocks, &p.nseg);
-  p.max_tiles = (pairs + p.nt - 1) / p.nt + experts;
+  p.max_tiles = moe_max_tiles(pairs, experts, p.nt);
   const int expected_tiles = std::max((pairs + p.nt - 1) / p.nt, std::min(pairs, experts));
   p.split = p.nseg > 1 && gemm_use_split(rows, expected_tiles, sm_count);
   return p;

@@ -105,9 +105,13 @@ struct ResidualAdd {
   int64_t expert_bias_stride = 0;
 };
 // h[t] += contribution (in place), then x = gain ⊙ h / rms(h): x16 fp16 [n, x16_stride] and, when
-// x32 is not null, f32 [n, dim]. eps as in the config.
+// x32 is not null, f32 [n, dim]. Runs add_rmsnorm_chunks(dim) blocks per token; the sum of squares
+// is reduced per chunk of 256 and the chunk sums added in order (batch-invariant). Workspaces:
+// partials [n · chunks] floats and counters [n] (zero before the first launch; left zero).
+int add_rmsnorm_chunks(int dim);
 cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add, const float* gain, float eps,
-                               uint16_t* x16, int64_t x16_stride, float* x32, cudaStream_t stream);
+                               uint16_t* x16, int64_t x16_stride, float* x32, float* partials, unsigned int* counters,
+                               cudaStream_t stream);
 
 // SwiGLU of split-mode gate/up partials: parts [nparts][pairs][rows_p] f32 (interleaved gate/up),
 // bias [E][rows_p] (expert of each pair from the tile list), out a16 [pairs][out_stride].
@@ -116,8 +120,10 @@ cudaError_t swiglu_parts_launch(const float* parts, int nparts, int64_t part_str
                                 int64_t bias_expert_stride, float alpha, float limit, uint16_t* a16, int64_t out_stride,
                                 cudaStream_t stream);
 
-// argmax over each row of logits [rows, vocab] (lowest index on ties, NaN never wins).
-cudaError_t argmax_launch(const float* logits, int rows, int64_t vocab, int32_t* out, cudaStream_t stream);
+// argmax over each row of logits [rows, vocab] (lowest index on ties, NaN never wins). keys [rows]
+// is a workspace that must be zero before the first launch (it is left zero).
+cudaError_t argmax_launch(const float* logits, int rows, int64_t vocab, unsigned long long* keys, int32_t* out,
+                          cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------
 // Router: logits = W x + b (f32 math over bf16 weights), top-k (ties → lower index), softmax over
@@ -134,7 +140,8 @@ cudaError_t router_launch(const float* x, int n, int dim, const uint16_t* w, con
 
 // Groups the n·top_k (token, expert) pairs by expert: sorted_token[i] / sorted_pair[i] for the
 // pairs of expert 0, then expert 1, ...; tiles of ≤ nt columns {expert, start, count, 0}; n_tiles.
-// max_tiles must be ≥ ceil(pairs / nt) + experts.
+// max_tiles must be ≥ moe_max_tiles(pairs, experts, nt).
+int moe_max_tiles(int pairs, int experts, int nt);
 cudaError_t moe_group_launch(const int32_t* idx, int n, int top_k, int experts, int nt, int32_t* sorted_token,
                              int32_t* sorted_pair, int32_t* tiles, int32_t* n_tiles, int max_tiles,
                              cudaStream_t stream);
@@ -187,8 +194,8 @@ struct AttnArgs {
   int splits = 1;           // key splits per item (1: final output written directly)
   uint16_t* o16 = nullptr;  // [n][o_stride] (splits == 1)
   int64_t o_stride = 0;
-  float* part_o = nullptr;   // [splits][n][n_heads][dp] (splits > 1)
-  float* part_ml = nullptr;  // [splits][n][n_heads][2]
+  float* part_o = nullptr;   // [n][n_heads][splits][dp] (splits > 1)
+  float* part_ml = nullptr;  // [n][n_heads][splits][2]
   int n_tokens = 0;          // n (for partial strides)
 };
 // Heads per block-chunk (≤ 64) and tokens per item for `n_heads / n_kv_heads` query heads per KV head.

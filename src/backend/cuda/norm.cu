@@ -22,43 +22,59 @@ __device__ __forceinline__ float sum_parts(const float* p, int nparts, int64_t p
   return v;
 }
 
-// One block per token. The residual row is updated in place and the squares are summed in f32
-// by a fixed-order block reduction.
+__device__ __forceinline__ float residual_value(const float* hr, int t, int i, const ResidualAdd& add) {
+  float v = hr[i];
+  if (add.nparts == 0) return v;
+  if (add.top_k == 0) {
+    float d = sum_parts(add.parts + t * add.stride + i, add.nparts, add.part_stride);
+    if (add.bias) d += add.bias[i];
+    return v + d;
+  }
+  float moe = 0.0f;
+  for (int j = 0; j < add.top_k; ++j) {
+    const int pair = t * add.top_k + j;
+    const float y = sum_parts(add.parts + pair * add.stride + i, add.nparts, add.part_stride) +
+                    add.expert_bias[add.experts[pair] * add.expert_bias_stride + i];
+    moe += add.weights[pair] * y;
+  }
+  return v + moe;
+}
+
+// grid (token, chunk of kNormThreads elements). Each block updates its chunk of the residual and
+// publishes the chunk's sum of squares; the last block of a token to finish adds the chunk sums in
+// chunk order (a fixed order whatever the arrival order or batch) and normalises the whole row.
 __global__ void add_rmsnorm_kernel(float* h, int dim, const ResidualAdd add, const float* gain, float eps,
-                                   uint16_t* x16, int64_t x16_stride, float* x32) {
+                                   uint16_t* x16, int64_t x16_stride, float* x32, float* partials,
+                                   unsigned int* counters) {
   __shared__ float scratch[32];
-  const int t = blockIdx.x;
+  __shared__ bool last;
+  const int t = blockIdx.x, chunk = blockIdx.y, chunks = gridDim.y;
   float* hr = h + static_cast<int64_t>(t) * dim;
-  float ss = 0.0f;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    float v = hr[i];
-    if (add.nparts > 0) {
-      if (add.top_k == 0) {
-        float d = sum_parts(add.parts + t * add.stride + i, add.nparts, add.part_stride);
-        if (add.bias) d += add.bias[i];
-        v += d;
-      } else {
-        float moe = 0.0f;
-        for (int j = 0; j < add.top_k; ++j) {
-          const int pair = t * add.top_k + j;
-          const int e = add.experts[pair];
-          const float y = sum_parts(add.parts + pair * add.stride + i, add.nparts, add.part_stride) +
-                          add.expert_bias[e * add.expert_bias_stride + i];
-          moe += add.weights[pair] * y;
-        }
-        v += moe;
-      }
-      hr[i] = v;
-    }
-    ss += v * v;
+  const int i = chunk * kNormThreads + threadIdx.x;
+  float v = 0.0f;
+  if (i < dim) {
+    v = residual_value(hr, t, i, add);
+    if (add.nparts > 0) hr[i] = v;
   }
-  ss = block_sum(ss, scratch);
-  const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    const float y = gain[i] * (hr[i] * inv);
-    reinterpret_cast<__half*>(x16)[t * x16_stride + i] = f32_to_f16_sat(y);
-    if (x32) x32[static_cast<int64_t>(t) * dim + i] = y;
+  __threadfence();  // this block's residual writes are visible before the arrival count below
+  const float ss = block_sum(v * v, scratch);
+  if (threadIdx.x == 0) {
+    partials[static_cast<int64_t>(t) * chunks + chunk] = ss;
+    __threadfence();
+    last = atomicAdd(&counters[t], 1u) == static_cast<unsigned>(chunks - 1);
   }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  float total = 0.0f;
+  for (int c = 0; c < chunks; ++c) total += __ldcg(&partials[static_cast<int64_t>(t) * chunks + c]);
+  const float inv = rsqrtf(total / static_cast<float>(dim) + eps);
+  for (int k = threadIdx.x; k < dim; k += blockDim.x) {
+    const float y = gain[k] * (__ldcg(&hr[k]) * inv);
+    reinterpret_cast<__half*>(x16)[t * x16_stride + k] = f32_to_f16_sat(y);
+    if (x32) x32[static_cast<int64_t>(t) * dim + k] = y;
+  }
+  if (threadIdx.x == 0) counters[t] = 0;  // ready for the next launch
 }
 
 // One block per (tile, output chunk): tile columns are pairs in sorted order.
@@ -81,36 +97,40 @@ __global__ void swiglu_parts_kernel(const float* parts, int nparts, int64_t part
   }
 }
 
-__global__ void argmax_kernel(const float* logits, int64_t vocab, int32_t* out) {
-  __shared__ float sv[32];
-  __shared__ int si[32];
-  const float* row = logits + blockIdx.x * vocab;
-  float best = -FLT_MAX;
-  int bi = -1;
-  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+// Orders (value desc, index asc) as one unsigned 64-bit key: larger key wins. NaN never enters.
+__device__ __forceinline__ unsigned long long argmax_key(float v, int64_t i) {
+  const uint32_t u = __float_as_uint(v);
+  const uint32_t ord = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return (static_cast<unsigned long long>(ord) << 32) | (0xffffffffu - static_cast<uint32_t>(i));
+}
+
+// grid (row chunk, row): each block reduces a slice with 16-byte loads and merges by atomicMax.
+__global__ void argmax_kernel(const float* logits, int64_t vocab, int64_t per_block, unsigned long long* keys) {
+  __shared__ unsigned long long sk[32];
+  const float* row = logits + blockIdx.y * vocab;
+  const int64_t lo = blockIdx.x * per_block, hi = min(vocab, lo + per_block);
+  unsigned long long best = 0;
+  for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
     const float v = row[i];
-    if (v > best || (bi < 0 && !(v != v))) best = v, bi = static_cast<int>(i);  // first index wins ties
+    if (!(v != v)) best = max(best, argmax_key(v, i));
   }
-  // Reduce (value desc, index asc); -1 means "no number seen".
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (oi >= 0 && (bi < 0 || ov > best || (ov == best && oi < bi))) best = ov, bi = oi;
-  }
+  for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) sv[warp] = best, si[warp] = bi;
+  if (lane == 0) sk[warp] = best;
   __syncthreads();
   if (warp == 0) {
-    const int nw = blockDim.x >> 5;
-    best = lane < nw ? sv[lane] : -FLT_MAX;
-    bi = lane < nw ? si[lane] : -1;
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (oi >= 0 && (bi < 0 || ov > best || (ov == best && oi < bi))) best = ov, bi = oi;
-    }
-    if (lane == 0) out[blockIdx.x] = bi < 0 ? 0 : bi;
+    best = lane < static_cast<int>(blockDim.x >> 5) ? sk[lane] : 0;
+    for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
+    if (lane == 0 && best) atomicMax(&keys[blockIdx.y], best);
   }
+}
+
+__global__ void argmax_finish_kernel(unsigned long long* keys, int rows, int32_t* out) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  const unsigned long long k = keys[r];
+  out[r] = k ? static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(k & 0xffffffffu)) : 0;
+  keys[r] = 0;  // ready for the next launch
 }
 
 }  // namespace
@@ -127,12 +147,19 @@ cudaError_t embed_launch(const uint16_t* table, int64_t dim, const int32_t* toke
   return cudaGetLastError();
 }
 
+int add_rmsnorm_chunks(int dim) {
+  return (dim + kNormThreads - 1) / kNormThreads;
+}
+
 cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add, const float* gain, float eps,
-                               uint16_t* x16, int64_t x16_stride, float* x32, cudaStream_t stream) {
+                               uint16_t* x16, int64_t x16_stride, float* x32, float* partials, unsigned int* counters,
+                               cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   if (add.nparts > 0 && add.top_k > 0 && (add.experts == nullptr || add.weights == nullptr || !add.expert_bias))
     return cudaErrorInvalidValue;
-  add_rmsnorm_kernel<<<n, kNormThreads, 0, stream>>>(h, dim, add, gain, eps, x16, x16_stride, x32);
+  const dim3 grid(n, add_rmsnorm_chunks(dim));
+  add_rmsnorm_kernel<<<grid, kNormThreads, 0, stream>>>(h, dim, add, gain, eps, x16, x16_stride, x32, partials,
+                                                        counters);
   return cudaGetLastError();
 }
 
@@ -146,9 +173,13 @@ cudaError_t swiglu_parts_launch(const float* parts, int nparts, int64_t part_str
   return cudaGetLastError();
 }
 
-cudaError_t argmax_launch(const float* logits, int rows, int64_t vocab, int32_t* out, cudaStream_t stream) {
+cudaError_t argmax_launch(const float* logits, int rows, int64_t vocab, unsigned long long* keys, int32_t* out,
+                          cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
-  argmax_kernel<<<rows, 1024, 0, stream>>>(logits, vocab, out);
+  const int64_t per_block = 256 * 16;
+  const dim3 grid(static_cast<unsigned>((vocab + per_block - 1) / per_block), rows);
+  argmax_kernel<<<grid, 256, 0, stream>>>(logits, vocab, per_block, keys);
+  argmax_finish_kernel<<<(rows + 127) / 128, 128, 0, stream>>>(keys, rows, out);
   return cudaGetLastError();
 }
 

@@ -1,6 +1,7 @@
 // MoE routing on the device: router logits in f32 over bf16 weights (the same inputs as the CPU
 // reference, so expert choices agree), top-k + softmax over the k, optional statistics, and the
 // grouping of (token, expert) pairs by expert into column tiles for the expert GEMMs.
+#include <algorithm>
 #include <cfloat>
 
 #include "backend/cuda/device_util.cuh"
@@ -9,14 +10,16 @@
 namespace gptoss::cuda {
 namespace {
 
-constexpr int kRouterThreads = 256;
+constexpr int kRouterThreads = 1024;
 constexpr int kRouterMaxTokens = 4;
 constexpr int kMaxExpertsPerLane = 8;  // experts ≤ 256
 
-// Block: up to kRouterMaxTokens tokens. Warps take experts round-robin; lanes stride the hidden dim.
+// Block: up to kRouterMaxTokens tokens, one warp per expert (round-robin), 16-byte weight loads
+// (8 bf16) so a decode step's router is a couple of memory latencies, not one per element.
 template <int TT>
-__global__ void router_kernel(const float* x, int n, int dim, const uint16_t* w, const float* b, int experts, int top_k,
-                              int32_t* idx, float* weight, RouterStatsDev stats) {
+__global__ void __launch_bounds__(kRouterThreads)
+    router_kernel(const float* x, int n, int dim, const uint16_t* w, const float* b, int experts, int top_k,
+                  int32_t* idx, float* weight, RouterStatsDev stats) {
   extern __shared__ float sm[];
   float* xs = sm;                 // [TT][dim]
   float* logits = sm + TT * dim;  // [TT][experts]
@@ -26,14 +29,24 @@ __global__ void router_kernel(const float* x, int n, int dim, const uint16_t* w,
   __syncthreads();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
   for (int e = warp; e < experts; e += nw) {
-    const uint16_t* wr = w + static_cast<int64_t>(e) * dim;
+    const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(e) * dim);
     float acc[TT];
 #pragma unroll
     for (int tt = 0; tt < TT; ++tt) acc[tt] = 0.0f;
-    for (int i = lane; i < dim; i += 32) {
-      const float wv = bf16_bits_to_f32(wr[i]);
+#pragma unroll 4
+    for (int i = lane; i < dim / 8; i += 32) {
+      const uint4 q = __ldg(wr + i);
+      const uint32_t u[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-      for (int tt = 0; tt < TT; ++tt) acc[tt] = fmaf(wv, xs[tt * dim + i], acc[tt]);
+      for (int k = 0; k < 4; ++k) {
+        const float w0 = __uint_as_float(u[k] << 16), w1 = __uint_as_float(u[k] & 0xffff0000u);
+#pragma unroll
+        for (int tt = 0; tt < TT; ++tt) {
+          const float2 xv = *reinterpret_cast<const float2*>(xs + tt * dim + 8 * i + 2 * k);
+          acc[tt] = fmaf(w0, xv.x, acc[tt]);
+          acc[tt] = fmaf(w1, xv.y, acc[tt]);
+        }
+      }
     }
 #pragma unroll
     for (int tt = 0; tt < TT; ++tt) {
@@ -126,7 +139,8 @@ __global__ void moe_group_kernel(const int32_t* idx, int pairs, int top_k, int e
 cudaError_t router_launch(const float* x, int n, int dim, const uint16_t* w, const float* b, int experts, int top_k,
                           int32_t* idx, float* weight, const RouterStatsDev& stats, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  if (experts > 32 * kMaxExpertsPerLane || top_k > 8 || top_k < 1 || top_k > experts) return cudaErrorInvalidValue;
+  if (experts > 32 * kMaxExpertsPerLane || top_k > 8 || top_k < 1 || top_k > experts || dim % 8 != 0)
+    return cudaErrorInvalidValue;
   int tt = kRouterMaxTokens;
   while (tt > 1 && static_cast<size_t>(tt) * (dim + experts) * sizeof(float) > 48 * 1024) tt /= 2;
   const size_t smem = static_cast<size_t>(tt) * (dim + experts) * sizeof(float);
@@ -145,12 +159,17 @@ cudaError_t router_launch(const float* x, int n, int dim, const uint16_t* w, con
   return cudaGetLastError();
 }
 
+// Every tile holds ≥ 1 pair and each expert's last tile may be partial.
+int moe_max_tiles(int pairs, int experts, int nt) {
+  return std::min(pairs, (pairs + nt - 1) / nt + experts);
+}
+
 cudaError_t moe_group_launch(const int32_t* idx, int n, int top_k, int experts, int nt, int32_t* sorted_token,
                              int32_t* sorted_pair, int32_t* tiles, int32_t* n_tiles, int max_tiles,
                              cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   const int pairs = n * top_k;
-  if (max_tiles < (pairs + nt - 1) / nt + experts) return cudaErrorInvalidValue;
+  if (max_tiles < moe_max_tiles(pairs, experts, nt)) return cudaErrorInvalidValue;
   const size_t smem = static_cast<size_t>(3) * experts * sizeof(int);
   moe_group_kernel<<<1, 1024, smem, stream>>>(idx, pairs, top_k, experts, nt, sorted_token, sorted_pair,
                                               reinterpret_cast<int4*>(tiles), n_tiles, max_tiles);

@@ -211,6 +211,44 @@ void mxfp4_vec_rows(const uint8_t* blocks, const uint8_t* scales, const uint16_t
     }
   }
 }
+
+// Single-token bf16 rows r0 .. r0+NR-1: weights widened in registers; same per-row order as the
+// tiled path (sequential 8-lane FMA chunks, lane reduction, scalar tail, bias).
+template <int NR>
+void bf16_vec_tile(const uint16_t* w, const uint16_t* bias, int64_t in, const float* x, int64_t r0, float* y) {
+  const int64_t in8 = in & ~int64_t{kLanes - 1};
+  __m256 acc[NR] = {};  // zeros
+  for (int64_t i = 0; i < in8; i += kLanes) {
+    const __m256 xv = _mm256_loadu_ps(x + i);
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + (r0 + r) * in + i));
+      const __m256 wv = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+      acc[r] = _mm256_fmadd_ps(xv, wv, acc[r]);
+    }
+  }
+  alignas(32) float l[kLanes];
+  for (int r = 0; r < NR; ++r) {
+    _mm256_store_ps(l, acc[r]);
+    float v = lanes_sum(l);
+    for (int64_t i = in8; i < in; ++i) v = std::fma(x[i], bf16_to_f32(w[(r0 + r) * in + i]), v);
+    if (bias) v += bf16_to_f32(bias[r0 + r]);
+    y[r0 + r] = v;
+  }
+}
+
+void bf16_vec_rows(const uint16_t* w, const uint16_t* bias, int64_t rows, int64_t in, const float* x, int64_t tile0,
+                   int64_t tile1, float* y) {
+  for (int64_t tile = tile0; tile < tile1; ++tile) {
+    const int64_t r0 = tile * kRowTile;
+    switch (std::min<int64_t>(kRowTile, rows - r0)) {
+      case 1: bf16_vec_tile<1>(w, bias, in, x, r0, y); break;
+      case 2: bf16_vec_tile<2>(w, bias, in, x, r0, y); break;
+      case 3: bf16_vec_tile<3>(w, bias, in, x, r0, y); break;
+      default: bf16_vec_tile<4>(w, bias, in, x, r0, y); break;
+    }
+  }
+}
 #endif
 
 // Exact dequantization of n_blocks MXFP4 blocks (32 values each) into dst.
@@ -277,6 +315,15 @@ void dot_f32_rows(const float* a, const float* const* b, int64_t n, int64_t len,
 
 void matmul_bf16(const float* x, int64_t n, int64_t in, const uint16_t* w, const uint16_t* bias, int64_t out, float* y,
                  ThreadPool* pool) {
+#ifdef GPTOSS_CPU_AVX2
+  if (n == 1) {
+    // Decode steps: widen the weights in registers instead of staging them.
+    auto run = [&](int64_t b, int64_t e) { bf16_vec_rows(w, bias, out, in, x, b, e, y); };
+    const int64_t tiles = (out + kRowTile - 1) / kRowTile;
+    parallel_ranges(pool, tiles, (kMinTaskMacs + kRowTile * in - 1) / std::max<int64_t>(1, kRowTile * in), run);
+    return;
+  }
+#endif
   auto decode = [w, in](int64_t row, int64_t c0, int64_t len, float* dst) { decode_bf16(w + row * in + c0, len, dst); };
   matmul_dispatch(x, n, in, out, decode, bias, y, pool);
 }

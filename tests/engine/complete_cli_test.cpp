@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/npy.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 
@@ -130,6 +131,37 @@ TEST(CompleteCli, BadInputGivesOneErrorLine) {
     EXPECT_NE(r.err.find(c.needle), std::string::npos) << c.args << "\n" << r.err;
     EXPECT_TRUE(r.out.empty()) << c.args;
   }
+}
+
+// Text in and out on the demo preset (real vocabulary): --prompt encodes like the tokenizer
+// (special tokens allowed), and without --print-ids the output is the decoded continuation.
+TEST(CompleteCli, PromptTextAndDecodedOutput) {
+  auto tok = gptoss::Tokenizer::load(GPTOSS_TOKENIZER);
+  ASSERT_TRUE(tok.ok()) << tok.status().message();
+  std::string dir = std::filesystem::temp_directory_path() / ("gptoss_complete_demo_" + std::to_string(getpid()));
+  RunResult init = run_gptoss("init-random --preset demo --out " + dir);
+  ASSERT_EQ(init.exit_code, 0) << init.err;
+  const std::string m = " --model " + dir + " --tokenizer " + GPTOSS_TOKENIZER + " --max-tokens 6";
+  const std::string prompt = "<|start|>user<|message|>Hello, world<|end|>";
+  RunResult by_text = run_gptoss("complete" + m + " --prompt '" + prompt + "' --print-ids");
+  ASSERT_EQ(by_text.exit_code, 0) << by_text.err;
+  std::vector<int32_t> ids = (*tok)->encode(prompt, /*allow_special=*/true);
+  EXPECT_EQ(ids.front(), 200006);  // <|start|> became its id
+  RunResult by_ids = run_gptoss("complete" + m + " --tokens " + join(ids, ",") + " --print-ids");
+  EXPECT_EQ(by_ids.out, by_text.out);
+  std::vector<int32_t> out;
+  std::istringstream ss(by_ids.out);
+  for (int32_t id; ss >> id;) out.push_back(id);
+  ASSERT_EQ(out.size(), 6u);
+  RunResult text = run_gptoss("complete" + m + " --prompt '" + prompt + "'");
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  auto decoded = (*tok)->decode(out);
+  ASSERT_TRUE(decoded.ok());
+  EXPECT_EQ(text.out, *decoded + "\n");
+  RunResult both = run_gptoss("complete" + m + " --prompt x --tokens 1");
+  EXPECT_NE(both.exit_code, 0);
+  EXPECT_NE(both.err.find("not both"), std::string::npos) << both.err;
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -88,7 +88,10 @@ int render_main(int argc, char** argv) {
   auto rendered = harmony_render(*tok.value(), conv.value(), RenderOptions{});
   if (!rendered.ok()) return report_error(kName, rendered.status());
   std::string out = "[";
-  for (size_t i = 0; i < rendered.value().size(); ++i) out += (i ? "," : "") + std::to_string(rendered.value()[i]);
+  for (size_t i = 0; i < rendered.value().size(); ++i) {
+    if (i) out += ',';
+    out += std::to_string(rendered.value()[i]);
+  }
   out += "]\n";
   std::fwrite(out.data(), 1, out.size(), stdout);
   return 0;

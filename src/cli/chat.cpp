@@ -97,8 +97,10 @@ int ChatSession::loop() {
   LineReader reader(STDIN_FILENO);
   for (;;) {
     if (interactive_) {
-      std::fputs(kPrompt, stdout);
-      std::fflush(stdout);
+      // The prompt belongs to the terminal: with stdout redirected it goes to stderr instead.
+      FILE* f = is_terminal(stdout) ? stdout : stderr;
+      std::fputs(kPrompt, f);
+      std::fflush(f);
     }
     std::string line;
     const LineReader::Outcome got = reader.next(line);

@@ -202,6 +202,23 @@ TEST_F(CpuBackendApi, SteadyStateStepsDoNotAllocate) {
   EXPECT_EQ(g_allocations.load() - before, 0u);
 }
 
+// The kernels hand work to the pool without copying their (large) lambdas into a heap-allocated
+// std::function.
+TEST(CpuKernels, ThreadedMatmulsDoNotAllocate) {
+  ThreadPool pool(3);
+  const int64_t n = 40, in = 256, out = 512;
+  std::vector<float> x(static_cast<size_t>(n * in), 0.25f), y(static_cast<size_t>(n * out));
+  std::vector<uint16_t> w(static_cast<size_t>(out * in), 0x3f80);
+  std::vector<uint8_t> blocks(static_cast<size_t>(out * in / 2), 0x21), scales(static_cast<size_t>(out * in / 32), 127);
+  const uint64_t before = g_allocations.load();
+  cpu::matmul_bf16(x.data(), n, in, w.data(), nullptr, out, y.data(), &pool);
+  cpu::matmul_bf16(x.data(), 1, in, w.data(), nullptr, out, y.data(), &pool);
+  cpu::mxfp4_matmul(blocks.data(), scales.data(), nullptr, out, in, x.data(), n, y.data(), &pool);
+  cpu::mxfp4_matmul(blocks.data(), scales.data(), nullptr, out, in, x.data(), 1, y.data(), &pool);
+  EXPECT_EQ(g_allocations.load() - before, 0u);
+  EXPECT_EQ(y[0], 0.25f * 128 * (0.5f + 1.0f));  // codes 1 and 2: weights 0.5 and 1.0 alternate
+}
+
 TEST(CpuBackendThreads, ResultsDoNotDependOnThreadCount) {
   auto model = tiny_model(22);
   ASSERT_TRUE(model);
@@ -221,8 +238,9 @@ TEST(BackendFactory, CreatesKnownKindsAndRejectsOthers) {
   EXPECT_EQ((*cpu)->options().max_context, 16);
   const auto kinds = backend_kinds();
   EXPECT_NE(std::find(kinds.begin(), kinds.end(), "cpu"), kinds.end());
+  o.kind = "auto";  // a GPU when one is usable, else the CPU: never an error for a valid model
+  EXPECT_TRUE(backend_create(model, o).ok());
 #ifndef GPTOSS_HAVE_CUDA
-  o.kind = "auto";
   auto fallback = backend_create(model, o);
   ASSERT_TRUE(fallback.ok());
   EXPECT_EQ((*fallback)->name(), "cpu");

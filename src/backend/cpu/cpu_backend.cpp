@@ -3,6 +3,7 @@
 #include "backend/cpu/cpu_backend.h"
 
 #include <algorithm>
+#include <new>
 
 #include "backend/cpu/cpu_backend_impl.h"
 #include "backend/cpu/ops.h"
@@ -141,7 +142,12 @@ Status CpuBackend::forward(std::span<const SeqBatch> batch, const StepOutputs& o
     R += b.all_logits ? static_cast<int64_t>(b.tokens.size()) : 1;
   }
   // Logits land in the caller's buffer; scratch holds them only when just the argmax is wanted.
-  scratch_.ensure(cfg_, T, static_cast<int64_t>(batch.size()), out.logits == nullptr && out.argmax != nullptr ? R : 0);
+  try {
+    scratch_.ensure(cfg_, T, static_cast<int64_t>(batch.size()),
+                    out.logits == nullptr && out.argmax != nullptr ? R : 0);
+  } catch (const std::bad_alloc&) {
+    return make_error(ErrorCode::kResourceExhausted, "forward: cannot allocate scratch memory for {} tokens", T);
+  }
   prepare_rows(batch);
   batch_ = batch;
 
@@ -234,7 +240,19 @@ Result<std::unique_ptr<Backend>> cpu_backend_create(std::shared_ptr<const Model>
     return make_error(ErrorCode::kInvalidArgument, "cpu backend: threads {} must be >= 0", opts.threads);
   BackendOptions o = opts;
   o.kind = "cpu";
-  return std::unique_ptr<Backend>(std::make_unique<cpu::CpuBackend>(std::move(model), o));
+  try {
+    return std::unique_ptr<Backend>(std::make_unique<cpu::CpuBackend>(std::move(model), o));
+  } catch (const std::bad_alloc&) {
+    // The KV cache is allocated up front; say how big it was.
+    double bytes = 0;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      const int64_t cap = c.is_sliding(l) ? std::min(o.max_context, c.sliding_window + o.rollback) : o.max_context;
+      bytes += 2.0 * static_cast<double>(o.max_slots * cap * c.kv_dim()) * sizeof(float);
+    }
+    return make_error(ErrorCode::kResourceExhausted,
+                      "cpu backend: cannot allocate the KV cache ({:.2f} GiB for {} slots of {} tokens)",
+                      bytes / (1ull << 30), o.max_slots, o.max_context);
+  }
 }
 
 }  // namespace gptoss

@@ -89,7 +89,8 @@ Result<Conversation> conversation_from_openai_json(const std::string& request_js
 // unparsable header or a token other than <|start|> between messages is an error. Non-strict mode
 // never loses text: a header that ends with a stop token (no <|message|>) or at the end of the
 // stream becomes a message whose content is the header's words (channel and a leading to=
-// recipient taken out), and tokens after a finished message start a new assistant header.
+// recipient taken out), tokens after a finished message start a new assistant header, and
+// <|start|> inside content ends that message (strict mode keeps it as content text, as upstream).
 // Content bytes are decoded incrementally: incomplete UTF-8 is held until it completes, invalid
 // bytes and unknown ids become U+FFFD.
 class HarmonyParser {

@@ -242,6 +242,13 @@ Status HarmonyParser::push(int32_t token) {
         end_message();
         return {};
       }
+      if (token == ht::kStart && !options_.strict) {
+        // A model that forgot <|end|>: the new message's start also ends this one.
+        end_message();
+        state_ = State::kHeader;
+        header_tokens_.clear();
+        return {};
+      }
       last_delta_ = decoder_.push(token);
       current_.content += last_delta_;
       return {};

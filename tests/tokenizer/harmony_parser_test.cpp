@@ -176,6 +176,21 @@ TEST(HarmonyParser, TextAfterReturn) {
   expect_msg(r.messages[1], "assistant", "final", "", "", "b");
 }
 
+TEST(HarmonyParser, MissingEndBeforeNextStart) {
+  REQUIRE_TOKENIZER(tok);
+  const std::string text =
+      "<|channel|>analysis<|message|>Think<|start|>assistant<|channel|>final<|message|>Hi<|return|>";
+  ParseRun r = parse(*tok, text, /*strict=*/true);
+  ASSERT_TRUE(r.error.empty()) << r.error;
+  ASSERT_EQ(r.messages.size(), 1u);  // upstream: the special tokens are content text
+  EXPECT_EQ(r.messages[0].content, "Think<|start|>assistant<|channel|>final<|message|>Hi");
+  r = parse(*tok, text, /*strict=*/false);
+  ASSERT_TRUE(r.error.empty()) << r.error;
+  ASSERT_EQ(r.messages.size(), 2u);
+  expect_msg(r.messages[0], "assistant", "analysis", "", "", "Think");
+  expect_msg(r.messages[1], "assistant", "final", "", "", "Hi");
+}
+
 TEST(HarmonyParser, MalformedHeadersAreErrors) {
   REQUIRE_TOKENIZER(tok);
   ParseRun r = parse(*tok, "<|start|>robot<|message|>x<|end|>", true, true, std::nullopt);

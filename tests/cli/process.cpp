@@ -204,19 +204,27 @@ std::string make_temp_dir(const std::string& tag) {
   return tmpl;
 }
 
+namespace {
+// The demo checkpoint of this test process, removed when the process ends.
+struct DemoModel {
+  std::string dir;
+  ~DemoModel() {
+    std::error_code ec;
+    if (!dir.empty()) fs::remove_all(dir, ec);
+  }
+};
+}  // namespace
+
 std::string demo_model_dir() {
-  const fs::path dir = fs::path(GPTOSS_BIN).parent_path() / "test-data" / "cli-demo-seed7";
-  if (fs::exists(dir / "tokenizer.json")) return dir.string();
-  fs::create_directories(dir.parent_path());
-  // Built in a private folder and renamed into place, so parallel tests never see half a model.
-  const std::string tmp = make_temp_dir("demo");
-  const ProcResult r = run_gptoss({"init-random", "--preset", "demo", "--out", tmp, "--seed", "7"});
+  // Built fresh by each test process (0.2 s) so it always matches the binary under test.
+  static DemoModel demo;
+  if (!demo.dir.empty()) return demo.dir;
+  const std::string dir = make_temp_dir("demo");
+  const ProcResult r = run_gptoss({"init-random", "--preset", "demo", "--out", dir, "--seed", "7"});
   if (!r.exited || r.exit_code != 0) throw std::runtime_error("init-random failed: " + r.err);
-  fs::copy_file(GPTOSS_TOKENIZER, fs::path(tmp) / "tokenizer.json");
-  std::error_code ec;
-  fs::rename(tmp, dir, ec);
-  if (ec) fs::remove_all(tmp);  // another test won the race; its copy is identical
-  return dir.string();
+  fs::create_symlink(fs::absolute(GPTOSS_TOKENIZER), fs::path(dir) / "tokenizer.json");
+  demo.dir = dir;
+  return dir;
 }
 
 }  // namespace gptoss::testing

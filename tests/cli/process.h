@@ -56,8 +56,8 @@ class PtyProcess {
   int exit_code_ = -1, term_signal_ = 0;
 };
 
-// A demo checkpoint (init-random --preset demo --seed 7, plus the real tokenizer.json), built
-// once per build tree and shared by the CLI tests. Returns its folder.
+// A demo checkpoint (init-random --preset demo --seed 7, plus a link to the real tokenizer.json),
+// built once per test process in a temporary folder removed at exit. Returns its folder.
 std::string demo_model_dir();
 
 // A fresh empty temporary folder, removed by the caller (or left in /tmp on failure).

@@ -4,8 +4,11 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <numeric>
 #include <regex>
+
+#include <nlohmann/json.hpp>
 
 #include "cli/process.h"
 #include "cli/stats_parse.h"
@@ -96,35 +99,39 @@ TEST(CliRun, StatsExpertCountsSumToTokensTimesTopK) {
   ASSERT_EQ(sums.size(), 1u);
   const auto rep = parse_routing(r.err);
   ASSERT_TRUE(rep.has_value()) << r.err;
-  // demo preset: 2 layers, 4 experts, top-2.
-  EXPECT_EQ(rep->layers, 2);
-  EXPECT_EQ(rep->experts, 4);
-  EXPECT_EQ(rep->top_k, 2);
-  ASSERT_EQ(rep->per_layer.size(), 2u);
+  // The shape comes from the checkpoint's config.json.
+  std::ifstream cfg_file(fs::path(demo_model_dir()) / "config.json");
+  const auto cfg = nlohmann::json::parse(cfg_file);
+  const int64_t layers = cfg.at("num_hidden_layers"), experts = cfg.at("num_local_experts"),
+                k = cfg.at("num_experts_per_tok");
+  EXPECT_EQ(rep->layers, layers);
+  EXPECT_EQ(rep->experts, experts);
+  EXPECT_EQ(rep->top_k, k);
+  ASSERT_EQ(static_cast<int64_t>(rep->per_layer.size()), layers);
   // Every prompt token and every generated token except the last one ran through the model.
   const uint64_t routed = static_cast<uint64_t>(sums[0].prompt + sums[0].generated - 1);
   for (const RoutingLayer& l : rep->per_layer) {
-    ASSERT_EQ(l.counts.size(), 4u);
+    ASSERT_EQ(static_cast<int64_t>(l.counts.size()), experts);
     EXPECT_EQ(l.tokens, routed) << "layer " << l.layer;
-    EXPECT_EQ(std::accumulate(l.counts.begin(), l.counts.end(), uint64_t{0}), l.tokens * 2) << "layer " << l.layer;
+    EXPECT_EQ(std::accumulate(l.counts.begin(), l.counts.end(), uint64_t{0}), l.tokens * k) << "layer " << l.layer;
     // Each expert is chosen at most once per token.
     for (uint64_t c : l.counts) EXPECT_LE(c, l.tokens);
     // balance = E·Σf² from the printed counts (3 decimals printed).
     double sum_sq = 0, h = 0;
     for (uint64_t c : l.counts) {
-      const double f = static_cast<double>(c) / static_cast<double>(2 * l.tokens);
+      const double f = static_cast<double>(c) / static_cast<double>(k * l.tokens);
       sum_sq += f * f;
       if (f > 0) h -= f * std::log2(f);
     }
-    EXPECT_NEAR(l.balance, 4 * sum_sq, 1e-3);
+    EXPECT_NEAR(l.balance, static_cast<double>(experts) * sum_sq, 1e-3);
     EXPECT_NEAR(l.usage_entropy, h, 1e-3);
-    EXPECT_NEAR(l.usage_max, 2.0, 1e-3);
-    EXPECT_NEAR(l.token_max, 1.0, 1e-3);
+    EXPECT_NEAR(l.usage_max, std::log2(static_cast<double>(experts)), 1e-3);
+    EXPECT_NEAR(l.token_max, std::log2(static_cast<double>(k)), 1e-3);
     EXPECT_GE(l.balance, 1.0 - 1e-3);
-    EXPECT_LE(l.balance, 2.0 + 1e-3);  // E/k: the same two experts every time
+    EXPECT_LE(l.balance, static_cast<double>(experts) / static_cast<double>(k) + 1e-3);  // the same k every time
     EXPECT_GE(l.token_entropy, 0.0);
-    EXPECT_LE(l.token_entropy, 1.0 + 1e-3);
-    EXPECT_GE(l.top1, 0.5 - 1e-3);  // the largest of two weights summing to 1
+    EXPECT_LE(l.token_entropy, l.token_max + 1e-3);
+    EXPECT_GE(l.top1, 1.0 / static_cast<double>(k) - 1e-3);  // the largest of k weights summing to 1
     EXPECT_LE(l.top1, 1.0 + 1e-3);
   }
   for (const char* needle : {"weights", "KV cache", "scratch", "RSS", "device"}) {

@@ -2,6 +2,7 @@
 // a pipe). The KV cache is kept across turns (one sticky engine slot + prefix reuse, so only the
 // new part of the rendered history is prefilled); analysis is dropped from the history after a
 // final answer, as harmony does. Commands: /reset, /stats, /effort low|medium|high, /help, /exit.
+#include <poll.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -19,7 +20,9 @@ namespace {
 constexpr const char* kName = "chat";
 constexpr const char* kPrompt = ">>> ";
 
-// Reads lines from a file descriptor with read(2), so that Ctrl-C (EINTR) is seen at once.
+// Reads lines from a file descriptor. It waits with poll(2) and a short timeout rather than a
+// blocking read, because SIGINT may be delivered to any thread of the process (the engine's
+// included), in which case a blocked read in this thread would never see EINTR.
 class LineReader {
  public:
   enum class Outcome { kLine, kEof, kInterrupted, kError };
@@ -33,16 +36,18 @@ class LineReader {
         if (!line.empty() && line.back() == '\r') line.pop_back();
         return Outcome::kLine;
       }
+      if (SigintScope::triggered()) return Outcome::kInterrupted;
+      pollfd p{fd_, POLLIN, 0};
+      const int ready = ::poll(&p, 1, 100);
+      if (ready == 0 || (ready < 0 && errno == EINTR)) continue;
+      if (ready < 0) return Outcome::kError;
       char chunk[4096];
       const ssize_t n = ::read(fd_, chunk, sizeof chunk);
       if (n > 0) {
         buf_.append(chunk, static_cast<size_t>(n));
         continue;
       }
-      if (n < 0 && errno == EINTR) {
-        if (SigintScope::triggered()) return Outcome::kInterrupted;
-        continue;
-      }
+      if (n < 0 && errno == EINTR) continue;
       if (n < 0) return Outcome::kError;
       if (buf_.empty()) return Outcome::kEof;
       line.swap(buf_);  // last line without a newline

@@ -51,7 +51,9 @@ SigintScope::SigintScope() {
   struct sigaction sa {};
   sa.sa_handler = on_sigint;
   sigemptyset(&sa.sa_mask);
-  sa.sa_flags = 0;  // no SA_RESTART: a blocked read() returns EINTR so the caller sees the flag
+  // SA_RESTART: whichever thread takes the signal, its interrupted system calls resume; the
+  // commands notice Ctrl-C by polling the flag.
+  sa.sa_flags = SA_RESTART;
   sigaction(SIGINT, &sa, &g_previous_action);
 }
 

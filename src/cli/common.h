@@ -32,8 +32,9 @@ bool is_terminal(FILE* f);
 bool use_colors(FILE* f);
 
 // Installs a SIGINT handler for its lifetime (restores the previous one on destruction). The
-// handler only sets a flag, without SA_RESTART, so a blocking read returns EINTR and the caller
-// can look at the flag. One scope at a time per process.
+// handler only sets a flag; callers poll triggered() (any thread of the process may take the
+// signal, so a blocked call in the main thread is not guaranteed to see EINTR). One scope at a
+// time per process.
 class SigintScope {
  public:
   SigintScope();
@@ -169,10 +170,11 @@ class ConsoleSink : public TextSink {
   bool out_line_start_ = true, err_line_start_ = true;
 };
 
-// Turns generated token ids into text on a TextSink through the harmony parser. When the model's
-// output is not harmony at all (a parse error, a header longer than kMaxHeaderTokens, or a stream
-// that ends in a header without <|channel|> — what random demo weights produce) it warns once and
-// shows the rest as plain answer text (special tokens skipped) so nothing is silently lost.
+// Turns generated token ids into text on a TextSink through the harmony parser, in its tolerant
+// (non-strict) mode so a model that forgets an <|end|> still has its reasoning kept apart. When
+// the output is not harmony at all (a parse error, a header longer than kMaxHeaderTokens, or a
+// stream that ends in a header without <|channel|> — what random demo weights produce) it warns
+// once and shows the rest as plain answer text (special tokens skipped) so nothing is lost.
 class HarmonyStream {
  public:
   static constexpr size_t kMaxHeaderTokens = 32;

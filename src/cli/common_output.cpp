@@ -92,7 +92,7 @@ void ConsoleSink::end_turn() {
 HarmonyStream::HarmonyStream(const Tokenizer& tok, TextSink& sink)
     : tok_(tok),
       sink_(sink),
-      parser_(tok, HarmonyParser::Options{.strict = true, .initial_role = std::string("assistant")}),
+      parser_(tok, HarmonyParser::Options{.strict = false, .initial_role = std::string("assistant")}),
       plain_decoder_(tok) {}
 
 void HarmonyStream::route(const std::string& text, const HarmonyMessage& msg) {
@@ -129,24 +129,25 @@ void HarmonyStream::push(int32_t token) {
   }
   const bool was_content = parser_.in_content();
   const HarmonyMessage before = active_;
+  const size_t done_before = parser_.messages().size();
   if (Status st = parser_.push(token); !st.ok()) {
     if (!was_content) header_.push_back(token);
     to_plain(st.message());
     if (was_content) push(token);
     return;
   }
-  if (parser_.in_content()) {
-    if (!was_content) {
-      active_ = parser_.current();
-      header_.clear();
-    }
-  } else if (was_content) {
+  const bool ended = parser_.messages().size() > done_before;
+  if (parser_.in_content() && !was_content) active_ = parser_.current();
+  if (parser_.in_content() || ended || was_content) {
     header_.clear();
   } else {
     header_.push_back(token);
   }
-  route(parser_.last_content_delta(), was_content ? before : active_);
-  if (was_content && !parser_.in_content()) sink_.message_break();
+  // The text belongs to the message it was parsed into: the one streaming before this token, the
+  // one it opened, or one recovered whole from a header that met a stop token.
+  const HarmonyMessage& owner = was_content ? before : (ended ? parser_.messages().back() : active_);
+  route(parser_.last_content_delta(), owner);
+  if (ended) sink_.message_break();
   if (header_.size() > kMaxHeaderTokens) to_plain(fmt::format("no <|message|> after {} header tokens", header_.size()));
 }
 
@@ -166,8 +167,10 @@ void HarmonyStream::finish() {
   }
   const bool was_content = parser_.in_content();
   const HarmonyMessage before = active_;
+  const size_t done_before = parser_.messages().size();
   if (Status st = parser_.finish(); !st.ok()) log_debug("harmony parser at end of output: {}", st.message());
-  if (was_content) route(parser_.last_content_delta(), before);
+  if (parser_.messages().size() > done_before)
+    route(parser_.last_content_delta(), was_content ? before : parser_.messages().back());
 }
 
 std::vector<HarmonyMessage> HarmonyStream::messages() const {

@@ -71,6 +71,32 @@ TEST_F(HarmonyStreamTest, PreambleIsShownToolCallIsReasoning) {
   EXPECT_EQ(s.messages()[1].recipient, "functions.get_weather");
 }
 
+TEST_F(HarmonyStreamTest, ForgottenEndStillKeepsReasoningApart) {
+  RecordingSink sink;
+  HarmonyStream s(*tok_, sink);
+  // No <|end|> after the analysis: the next <|start|> closes it.
+  feed(s, "<|channel|>analysis<|message|>Thinking hard.<|start|>assistant<|channel|>final<|message|>Done.<|return|>");
+  s.finish();
+  EXPECT_FALSE(s.plain_mode());
+  EXPECT_EQ(sink.reasoning_, "Thinking hard.");
+  EXPECT_EQ(sink.answer_, "Done.");
+  ASSERT_EQ(s.messages().size(), 2u);
+  EXPECT_EQ(s.messages()[0].channel, "analysis");
+}
+
+TEST_F(HarmonyStreamTest, HeaderEndedByAStopTokenBecomesItsOwnMessage) {
+  RecordingSink sink;
+  HarmonyStream s(*tok_, sink);
+  // The second message never gets <|message|>: its header words are what the model said.
+  feed(s, "<|channel|>analysis<|message|>Hmm.<|end|><|start|>assistant hello world<|end|>");
+  s.finish();
+  EXPECT_EQ(sink.reasoning_, "Hmm.");
+  EXPECT_EQ(sink.answer_, "hello world");
+  // Streamed in order, each message closed by a break.
+  EXPECT_TRUE(sink.log_.ends_with("|/A:hello world|/")) << sink.log_;
+  EXPECT_EQ(sink.log_.find("A:"), sink.log_.rfind("A:"));
+}
+
 TEST_F(HarmonyStreamTest, ShortNonHarmonyOutputIsShownAsPlainText) {
   RecordingSink sink;
   HarmonyStream s(*tok_, sink);

@@ -150,11 +150,14 @@ TEST_P(CudaAttention, MatchesCpuSinkAttention) {
       const int first = c.window > 0 ? std::max(0, p - c.window + 1) : 0;
       cpu::attention_sinks(qrow.data(), hq, hkv, d, first, p, k_at, v_at, sinks.data(), a.scale, out.data());
       for (int h = 0; h < hq; ++h) {
-        const float* got = &o[(static_cast<size_t>(t) * hq + h) * d];
+        std::vector<float> got(static_cast<size_t>(d));  // o16 columns are stored in k_phys order
+        for (int x = 0; x < d; ++x)
+          got[static_cast<size_t>(x)] = o[static_cast<size_t>(t) * hq * d + cuda::k_phys(h * d + x)];
         const float* want = &out[static_cast<size_t>(h) * d];
         for (int x = 0; x < d; ++x)
-          ASSERT_TRUE(std::isfinite(got[x])) << "token " << t << " head " << h << " unwritten";
-        EXPECT_LE(rel_l2(got, want, static_cast<size_t>(d)), 4e-3) << "token " << t << " (pos " << p << ") head " << h;
+          ASSERT_TRUE(std::isfinite(got[static_cast<size_t>(x)])) << "token " << t << " head " << h << " unwritten";
+        EXPECT_LE(rel_l2(got.data(), want, static_cast<size_t>(d)), 4e-3)
+            << "token " << t << " (pos " << p << ") head " << h;
       }
     }
   }

@@ -56,11 +56,13 @@ DenseSetup make_dense(const DenseCase& c, uint64_t seed) {
   return s;
 }
 
+// fp16 copy padded to [rows_p][kp] with columns in the device's k_phys order (dense weights and
+// activations alike).
 std::vector<uint16_t> pad_f16(const std::vector<float>& m, int rows, int cols, int rows_p, int kp) {
   std::vector<uint16_t> out(static_cast<size_t>(rows_p) * kp, 0);
   for (int r = 0; r < rows; ++r)
     for (int k = 0; k < cols; ++k)
-      out[static_cast<size_t>(r) * kp + k] = f32_to_f16(m[static_cast<size_t>(r) * cols + k]);
+      out[static_cast<size_t>(r) * kp + cuda::k_phys(k)] = f32_to_f16(m[static_cast<size_t>(r) * cols + k]);
   return out;
 }
 
@@ -234,6 +236,9 @@ struct MoeDevice {
         tiles(static_cast<size_t>(s.max_tiles) * 4),
         n_tiles(1),
         kp(static_cast<int>(cuda::round_up(c.hidden, cuda::kKPad))) {}
+  cuda::MoeGroupOut group(const MoeSetup& s) const {
+    return cuda::MoeGroupOut{s.nt, sorted_token.get(), sorted_pair.get(), tiles.get(), n_tiles.get(), s.max_tiles};
+  }
   GemmArgs args(const MoeSetup& s) const {
     GemmArgs a;
     a.weights = GemmWeights::kMxfp4;
@@ -259,8 +264,7 @@ TEST_P(MoeGemmTest, GroupingCoversEveryPairOnce) {
   const MoeCase c = GetParam();
   const MoeSetup s = make_moe(c, 77 + c.experts + c.tokens);
   MoeDevice d(s, c);
-  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, s.nt, d.sorted_token.get(),
-                                     d.sorted_pair.get(), d.tiles.get(), d.n_tiles.get(), s.max_tiles, nullptr));
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, d.group(s), nullptr));
   const auto st = d.sorted_token.download(), sp = d.sorted_pair.download(), tl = d.tiles.download();
   const int n_tiles = d.n_tiles.download()[0];
   std::vector<int> seen(static_cast<size_t>(s.pairs), 0);
@@ -287,8 +291,7 @@ TEST_P(MoeGemmTest, ExpertOutputsMatchReferenceAndSwiglu) {
   const MoeCase c = GetParam();
   const MoeSetup s = make_moe(c, 99 + c.experts * 3 + c.hidden);
   MoeDevice d(s, c);
-  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, s.nt, d.sorted_token.get(),
-                                     d.sorted_pair.get(), d.tiles.get(), d.n_tiles.get(), s.max_tiles, nullptr));
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, d.group(s), nullptr));
   DevArray<float> y(static_cast<size_t>(s.pairs) * s.rows);
   y.fill_bytes(0xff);
   GemmArgs a = d.args(s);
@@ -327,7 +330,7 @@ TEST_P(MoeGemmTest, ExpertOutputsMatchReferenceAndSwiglu) {
     }
     cpu::swiglu_clamp(gu.data(), c.inter, 1.702f, 7.0f, ref_act.data());
     for (int j = 0; j < c.inter; ++j)
-      ASSERT_NEAR(ad[static_cast<size_t>(p) * ip + j], ref_act[static_cast<size_t>(j)],
+      ASSERT_NEAR(ad[static_cast<size_t>(p) * ip + cuda::k_phys(j)], ref_act[static_cast<size_t>(j)],
                   1e-3 * std::max(1.0f, std::fabs(ref_act[static_cast<size_t>(j)])))
           << "swiglu pair " << p << " j " << j;
     // CPU op on unrounded activations (the difference is the fp16 rounding of x only).
@@ -342,8 +345,7 @@ TEST_P(MoeGemmTest, SplitSwigluAndTokenAloneAreBitIdentical) {
   const MoeCase c = GetParam();
   const MoeSetup s = make_moe(c, 123 + c.tokens * 5 + c.inter);
   MoeDevice d(s, c);
-  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, s.nt, d.sorted_token.get(),
-                                     d.sorted_pair.get(), d.tiles.get(), d.n_tiles.get(), s.max_tiles, nullptr));
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, d.group(s), nullptr));
   const int ip = static_cast<int>(cuda::round_up(c.inter, cuda::kKPad));
   DevArray<uint16_t> fused(static_cast<size_t>(s.pairs) * ip), split(static_cast<size_t>(s.pairs) * ip);
   DevArray<float> parts(static_cast<size_t>(s.nseg) * s.pairs * s.rows);
@@ -377,8 +379,8 @@ TEST_P(MoeGemmTest, SplitSwigluAndTokenAloneAreBitIdentical) {
   const int nt1 = 8, max1 = cuda::moe_max_tiles(c.top_k, c.experts, nt1);
   DevArray<int32_t> st1(static_cast<size_t>(c.top_k)), sp1(static_cast<size_t>(c.top_k)),
       tl1(static_cast<size_t>(max1) * 4), n1(1);
-  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), 1, c.top_k, c.experts, nt1, st1.get(), sp1.get(), tl1.get(), n1.get(),
-                                     max1, nullptr));
+  const cuda::MoeGroupOut g1{nt1, st1.get(), sp1.get(), tl1.get(), n1.get(), max1};
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), 1, c.top_k, c.experts, g1, nullptr));
   GemmArgs b = d.args(s);
   b.x_gather = st1.get();
   b.tiles = tl1.get();

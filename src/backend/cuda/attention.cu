@@ -49,11 +49,19 @@ __global__ void qkv_rope_kernel(const QkvRopeArgs a, const AttnShape s, const Kv
   if (idx >= n_rot + n_v + n_pad) return;
   const int p = a.pos[t];
   const float* row = a.parts + static_cast<int64_t>(t) * a.stride;
-  auto value = [&](int col) {
-    float v = row[col];
-    for (int sp = 1; sp < a.nparts; ++sp) v += row[sp * a.part_stride + col];
+  auto value = [&](int col) {  // partial sums in segment order, loads issued together
+    float q[8];
+#pragma unroll
+    for (int sp = 0; sp < 8; ++sp)
+      if (sp < a.nparts) q[sp] = row[sp * a.part_stride + col];
+    float v = q[0];
+#pragma unroll
+    for (int sp = 1; sp < 8; ++sp)
+      if (sp < a.nparts) v += q[sp];
+    for (int sp = 8; sp < a.nparts; ++sp) v += row[sp * a.part_stride + col];
     return v + a.bias[col];
   };
+
   const int64_t cache_row = static_cast<int64_t>(p % kv.cap);
   auto head_ptr = [&](int head) {  // q heads, then k heads, then v heads
     if (head < s.n_heads) return reinterpret_cast<__half*>(a.q16) + (static_cast<int64_t>(t) * s.n_heads + head) * s.dp;
@@ -189,13 +197,15 @@ __device__ __forceinline__ void attn_epilogue(const AttnArgs& a, const AttnShape
       const float mm = fmaxf(m[r], sink);
       const float f = exp2f(m[r] - mm);
       const float inv = f / (lsum * f + exp2f(sink - mm));
-      __half* o =
-          reinterpret_cast<__half*>(a.o16) + static_cast<int64_t>(ri[r].token) * a.o_stride + ri[r].head * s.head_dim;
+      __half* o = reinterpret_cast<__half*>(a.o16) + static_cast<int64_t>(ri[r].token) * a.o_stride;
+      const int col = ri[r].head * s.head_dim;  // o-proj input column of d = 0 (stored in k_phys order)
 #pragma unroll
       for (int nd = 0; nd < DP / 8; ++nd) {
         const int d = nd * 8 + 2 * t;
-        if (d < s.head_dim)
-          *reinterpret_cast<uint32_t*>(o + d) = pack_half2(acc[nd][2 * r] * inv, acc[nd][2 * r + 1] * inv);
+        if (d < s.head_dim) {
+          o[k_phys(col + d)] = __float2half_rn(acc[nd][2 * r] * inv);
+          o[k_phys(col + d + 1)] = __float2half_rn(acc[nd][2 * r + 1] * inv);
+        }
       }
     } else {
       // Partials of one (token, head) are contiguous over the splits: [token][head][split].
@@ -319,7 +329,7 @@ __global__ void attention_combine_kernel(const AttnArgs a, const AttnShape s) {
   __syncthreads();
   if (gi == 0 && d < s.head_dim) {
     for (int g2 = 1; g2 < groups; ++g2) o += acc[g2 * s.dp + d];
-    reinterpret_cast<__half*>(a.o16)[static_cast<int64_t>(token) * a.o_stride + head * s.head_dim + d] =
+    reinterpret_cast<__half*>(a.o16)[static_cast<int64_t>(token) * a.o_stride + k_phys(head * s.head_dim + d)] =
         f32_to_f16_sat(o / lsum);
   }
 }

@@ -143,8 +143,6 @@ Status CudaBackend::alloc_scratch() {
     s.logits = c.take<float>(static_cast<size_t>(s.logit_rows) * V);
     s.argmax = c.take<int32_t>(s.logit_rows);
     s.argmax_keys = c.take<unsigned long long>(s.logit_rows);
-    s.norm_partials = c.take<float>(Tm * add_rmsnorm_chunks(static_cast<int>(H)));
-    s.norm_counters = c.take<unsigned int>(Tm);
     s.meta = c.take<int32_t>(8 * Tm);
     s.stat_counts = c.take<unsigned long long>(nl * E);
     s.stat_tokens = c.take<unsigned long long>(nl);
@@ -277,6 +275,7 @@ StepPlan CudaBackend::plan_step(std::span<const SeqBatch> batch, const StepOutpu
 }
 
 Status CudaBackend::run_layers(const StepPlan& p) {
+  replayed_marks_ = nullptr;
   if (!p.decode_only || p.stats || prof_.on()) return enqueue_layers(p);
   const auto key = std::make_tuple(p.T, p.splits_full, p.splits_sliding);
   auto it = graphs_.find(key);
@@ -334,7 +333,10 @@ Status CudaBackend::forward(std::span<const SeqBatch> batch, const StepOutputs& 
         "router statistics");
   }
   GPTOSS_CUDA_TRY(cudaStreamSynchronize(stream_), "running a forward step");
-  prof_.collect(p.decode_only ? "decode" : "prefill");
+  prof_.collect(replayed_marks_ ? "decode (graph replays)"
+                : p.decode_only ? "decode (eager)"
+                                : "prefill",
+                replayed_marks_);
   if (out.argmax) std::memcpy(out.argmax, host_argmax_.data(), static_cast<size_t>(p.R) * 4);
   if (p.stats) out.router_stats->merge(rs);
   for (const SeqBatch& s : batch) lengths_[static_cast<size_t>(s.slot)] = s.pos + static_cast<int64_t>(s.tokens.size());

@@ -37,8 +37,6 @@ struct Scratch {
   float* logits = nullptr;                    // [logit_rows][V]
   int32_t* argmax = nullptr;                  // [logit_rows]
   unsigned long long* argmax_keys = nullptr;  // [logit_rows] (zero between launches)
-  float* norm_partials = nullptr;             // [T][add_rmsnorm_chunks]
-  unsigned int* norm_counters = nullptr;      // [T] (zero between launches)
   int32_t* meta = nullptr;                    // per step: tokens, pos, slot, out_rows [T] each, then items (int4) [T]
   unsigned long long *stat_counts = nullptr, *stat_tokens = nullptr;  // [L][E], [L]
   double *stat_top1 = nullptr, *stat_entropy = nullptr;               // [L]
@@ -108,6 +106,8 @@ class CudaBackend final : public Backend {
   // runs eagerly once and is captured on its second use.
   std::map<std::tuple<int, int, int>, cudaGraphExec_t> graphs_;
   std::set<std::tuple<int, int, int>> seen_decode_;
+  std::map<std::tuple<int, int, int>, std::vector<KernelProfiler::Mark>> graph_marks_;  // profiling only
+  const std::vector<KernelProfiler::Mark>* replayed_marks_ = nullptr;  // set by run_layers for collect()
 };
 
 }  // namespace gptoss::cuda

@@ -105,35 +105,40 @@ struct ModelDev {
 // (checked to fit fp16), experts kept MXFP4, norms/biases/sinks as f32.
 Result<std::unique_ptr<ModelDev>> model_upload(const Model& model, cudaStream_t stream, ThreadPool* pool);
 
-// Per-kernel GPU times for performance work (enabled by GPTOSS_CUDA_PROFILE=1; steps then run
-// eagerly, without graphs): device events around each launch, summed per step kind and kernel name
-// (with the bytes each launch must read, for achieved GB/s), reported when the backend is destroyed.
+// Per-kernel GPU times for performance work (enabled by GPTOSS_CUDA_PROFILE=1): device events
+// around each launch, summed per step kind and kernel name (with the bytes each launch must read,
+// for achieved GB/s), reported when the backend is destroyed. Inside a captured decode graph the
+// events are graph nodes, so graph replays are timed without host launch gaps.
 // Not thread-safe (the backend's one thread drives it).
 class KernelProfiler {
  public:
-  ~KernelProfiler();
-  void enable(bool on) { on_ = on; }
-  bool on() const { return on_; }
-  void begin(cudaStream_t stream);
-  void end(const std::string& name, double bytes, cudaStream_t stream);
-  // After the step's sync: adds the step's kernel times to the totals of `kind` ("decode", "prefill").
-  void collect(const std::string& kind);
-  std::string report() const;
-
- private:
   struct Mark {
     std::string name;
     double bytes;
     cudaEvent_t start, stop;
   };
+  ~KernelProfiler();
+  void enable(bool on) { on_ = on; }
+  bool on() const { return on_; }
+  void begin(cudaStream_t stream);
+  void end(const std::string& name, double bytes, cudaStream_t stream);
+  // Hands over the marks recorded since the last collect (a captured graph keeps them for replays).
+  std::vector<Mark> take_marks();
+  // After the step's sync: adds the times of `graph` (marks of the replayed graph, may be null)
+  // and of the eagerly recorded marks to the totals of `kind`.
+  void collect(const std::string& kind, const std::vector<Mark>* graph);
+  std::string report() const;
+
+ private:
   struct Total {
     double ms = 0, bytes = 0;
     int64_t calls = 0;
   };
   cudaEvent_t event();
+  void add(std::map<std::string, Total>& totals, const Mark& m, float* step_ms);
   bool on_ = false;
   cudaEvent_t open_ = nullptr;
-  std::vector<Mark> marks_;
+  std::vector<Mark> marks_, retained_;
   std::vector<cudaEvent_t> free_;
   std::map<std::string, std::map<std::string, Total>> totals_;  // kind → kernel → total
   std::map<std::string, int64_t> steps_;

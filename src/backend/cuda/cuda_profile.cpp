@@ -10,7 +10,8 @@
 namespace gptoss::cuda {
 
 KernelProfiler::~KernelProfiler() {
-  for (const Mark& m : marks_) cudaEventDestroy(m.start), cudaEventDestroy(m.stop);
+  for (const std::vector<Mark>* list : {&marks_, &retained_})
+    for (const Mark& m : *list) cudaEventDestroy(m.start), cudaEventDestroy(m.stop);
   for (cudaEvent_t e : free_) cudaEventDestroy(e);
   if (open_) cudaEventDestroy(open_);
 }
@@ -41,23 +42,43 @@ void KernelProfiler::end(const std::string& name, double bytes, cudaStream_t str
   open_ = nullptr;
 }
 
-void KernelProfiler::collect(const std::string& kind) {
-  if (!on_ || marks_.empty()) return;
+std::vector<KernelProfiler::Mark> KernelProfiler::take_marks() {
+  std::vector<Mark> m;
+  m.swap(marks_);
+  retained_.insert(retained_.end(), m.begin(), m.end());  // destroyed with the profiler
+  return m;
+}
+
+void KernelProfiler::add(std::map<std::string, Total>& totals, const Mark& m, float* step_ms) {
+  float ms = 0;
+  if (cudaEventElapsedTime(&ms, m.start, m.stop) != cudaSuccess) {
+    cudaGetLastError();  // keep the failure from surfacing at the next launch
+    return;
+  }
+  Total& t = totals[m.name];
+  t.ms += ms, t.bytes += m.bytes, ++t.calls;
+  *step_ms += ms;
+}
+
+void KernelProfiler::collect(const std::string& kind, const std::vector<Mark>* graph) {
+  if (!on_) return;
+  const bool have_graph = graph && !graph->empty();
+  if (!have_graph && marks_.empty()) return;
   auto& totals = totals_[kind];
   float step = 0;
-  for (const Mark& m : marks_) {
-    float ms = 0;
-    if (cudaEventElapsedTime(&ms, m.start, m.stop) == cudaSuccess) {
-      Total& t = totals[m.name];
-      t.ms += ms, t.bytes += m.bytes, ++t.calls;
-      step += ms;
-    }
-    free_.push_back(m.start);
-    free_.push_back(m.stop);
-  }
+  if (have_graph)
+    for (const Mark& m : *graph) add(totals, m, &step);
+  for (const Mark& m : marks_) add(totals, m, &step);
+  const cudaEvent_t first = have_graph ? graph->front().start : marks_.front().start;
+  const cudaEvent_t last = marks_.empty() ? graph->back().stop : marks_.back().stop;
   float span = 0;
-  if (cudaEventElapsedTime(&span, marks_.front().start, marks_.back().stop) == cudaSuccess) step_ms_[kind] += span;
+  if (cudaEventElapsedTime(&span, first, last) == cudaSuccess) {
+    step_ms_[kind] += span;
+  } else {
+    cudaGetLastError();
+  }
   ++steps_[kind];
+  for (const Mark& m : marks_) free_.push_back(m.start), free_.push_back(m.stop);
   marks_.clear();
 }
 
@@ -67,8 +88,9 @@ std::string KernelProfiler::report() const {
     const double steps = static_cast<double>(steps_.at(kind));
     double sum = 0;
     for (const auto& [name, t] : totals) sum += t.ms;
+    const auto span = step_ms_.find(kind);
     out += fmt::format("cuda profile: {} ({} steps, {:.3f} ms/step first-to-last event, {:.3f} ms/step in kernels)\n",
-                       kind, steps_.at(kind), step_ms_.at(kind) / steps, sum / steps);
+                       kind, steps_.at(kind), span == step_ms_.end() ? 0.0 : span->second / steps, sum / steps);
     out += fmt::format("  {:<28} {:>8} {:>11} {:>7} {:>10}\n", "kernel", "calls", "us/step", "share", "GB/s");
     std::vector<std::pair<std::string, Total>> rows(totals.begin(), totals.end());
     std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });

@@ -117,7 +117,7 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   add.bias = L.o_b;
   GPTOSS_LAUNCH("residual add + norm", 0,
                 add_rmsnorm_launch(s.h, p.T, H, add, L.mlp_norm, static_cast<float>(cfg_.rms_norm_eps), s.x16, hp_,
-                                   s.x32, s.norm_partials, s.norm_counters, stream_));
+                                   s.x32, stream_));
   return Status::ok_status();
 }
 
@@ -134,12 +134,15 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
     st.entropy = s.stat_entropy + layer;
     st.tokens = s.stat_tokens + layer;
   }
-  GPTOSS_LAUNCH("router + top-k", static_cast<double>(E) * H * 2,
-                router_launch(s.x32, p.T, H, L.router_w, L.router_b, E, K, s.topk_idx, s.topk_w, st, stream_));
   const GemmPlan g1 = gemm_plan_moe(L.mlp1.rows, L.mlp1.kblocks, P, E, sm_count_);
-  GPTOSS_LAUNCH("expert grouping", 0,
-                moe_group_launch(s.topk_idx, p.T, K, E, g1.nt, s.sorted_token, s.sorted_pair, s.tiles, s.n_tiles,
-                                 g1.max_tiles, stream_));
+  MoeGroupOut grp;
+  grp.nt = g1.nt, grp.sorted_token = s.sorted_token, grp.sorted_pair = s.sorted_pair;
+  grp.tiles = s.tiles, grp.n_tiles = s.n_tiles, grp.max_tiles = g1.max_tiles;
+  const bool fused = router_fuses_grouping(p.T, H, E);
+  GPTOSS_LAUNCH(fused ? "router + top-k + grouping" : "router + top-k", static_cast<double>(E) * H * 2,
+                router_launch(s.x32, p.T, H, L.router_w, L.router_b, E, K, s.topk_idx, s.topk_w, st,
+                              fused ? &grp : nullptr, stream_));
+  if (!fused) GPTOSS_LAUNCH("expert grouping", 0, moe_group_launch(s.topk_idx, p.T, K, E, grp, stream_));
   const float alpha = static_cast<float>(cfg_.swiglu_alpha), limit = static_cast<float>(cfg_.swiglu_limit);
 
   GemmArgs a1 = expert_args(L.mlp1, g1, s);
@@ -201,13 +204,12 @@ Status CudaBackend::enqueue_layers(const StepPlan& p) {
   for (int l = 0; l < static_cast<int>(dev_->layers.size()); ++l) {
     GPTOSS_LAUNCH("residual add + norm", 0,
                   add_rmsnorm_launch(s.h, p.T, H, pending, dev_->layers[static_cast<size_t>(l)].attn_norm, eps, s.x16,
-                                     hp_, nullptr, s.norm_partials, s.norm_counters, stream_));
+                                     hp_, nullptr, stream_));
     GPTOSS_RETURN_IF_ERROR(attention_block(p, l));
     GPTOSS_RETURN_IF_ERROR(moe_block(p, l, &pending));
   }
   GPTOSS_LAUNCH("residual add + norm", 0,
-                add_rmsnorm_launch(s.h, p.T, H, pending, dev_->final_norm, eps, s.x16, hp_, nullptr, s.norm_partials,
-                                   s.norm_counters, stream_));
+                add_rmsnorm_launch(s.h, p.T, H, pending, dev_->final_norm, eps, s.x16, hp_, nullptr, stream_));
   return Status::ok_status();
 }
 

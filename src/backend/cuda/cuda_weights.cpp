@@ -115,7 +115,8 @@ Producer f32_vector(const Weight& w, int64_t count, int64_t count_p) {
   };
 }
 
-// Rows of several bf16 matrices stacked ([rows_i][cols] each) → fp16 [rows_p][kp], zero padded.
+// Rows of several bf16 matrices stacked ([rows_i][cols] each) → fp16 [rows_p][kp], zero padded,
+// columns in k_phys order (like the activations they multiply).
 Producer f16_rows(std::vector<const Weight*> parts, int64_t cols, int64_t kp, UploadErrors* errors) {
   return [parts, cols, kp, errors](size_t off, size_t n, uint8_t* dst) {
     uint16_t* out = reinterpret_cast<uint16_t*>(dst);
@@ -133,8 +134,9 @@ Producer f16_rows(std::vector<const Weight*> parts, int64_t cols, int64_t kp, Up
       }
       for (int64_t k = 0; k < run; ++k, ++c) {
         uint16_t h = 0;
-        if (src && c < cols) {
-          const float f = bf16_to_f32(src[c]);
+        const int64_t cl = (c & ~int64_t{7}) | ((c & 7) >> 1) | ((c & 1) << 2);  // inverse of k_phys
+        if (src && cl < cols) {
+          const float f = bf16_to_f32(src[cl]);
           if (std::isfinite(f) && std::fabs(f) > 65504.0f)
             errors->fail("a weight of magnitude " + std::to_string(f) + " does not fit fp16");
           h = f32_to_f16(f);

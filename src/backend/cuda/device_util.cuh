@@ -29,19 +29,24 @@ __device__ __forceinline__ float bf16_bits_to_f32(uint16_t v) {
   return __uint_as_float(static_cast<uint32_t>(v) << 16);
 }
 
-// Two E2M1 codes (one byte: low nibble = even element) → half2 of their exact values. The high
-// bytes of the fp16 values of 0, 0.5, 1, 1.5, 2, 3, 4, 6 form an 8-entry table that one byte
-// permute indexes (low bytes are all zero); the sign bits are copied separately.
-__device__ __forceinline__ uint32_t fp4x2_to_half2(uint32_t byte) {
-  const uint32_t sel = ((byte & 0x7u) << 4) | ((byte & 0x70u) << 8);
-  const uint32_t mag = __byte_perm(0x3E3C3800u, 0x46444240u, sel);
-  return mag | ((byte & 0x8u) << 12) | ((byte & 0x80u) << 24);
+// Eight E2M1 codes in one 32-bit word (nibble k = element k) → half2 (e_k, e_{k+4}) for K = k:
+// the 3 magnitude bits are shifted under the fp16 exponent/mantissa boundary (bits 9..11, giving
+// value·2^-14; 0.5 becomes the fp16 subnormal 2^-15, exact) and the sign bit to bit 15, for both
+// halves at once. Two shifts and two logic ops per pair of weights.
+template <int K>
+__device__ __forceinline__ uint32_t fp4_pair_x2m14(uint32_t w) {
+  constexpr int kSign = 12 - 4 * K;
+  uint32_t mag;
+  if constexpr (K < 3) {
+    mag = w << (9 - 4 * K);
+  } else {
+    mag = w >> 3;
+  }
+  return (mag & 0x0E000E00u) | ((w << kSign) & 0x80008000u);
 }
 
-// E8M0 scale byte → half2 of 2^(s−127): exact for 2^−24..2^15, 0 below (weights under 2^−24
-// contribute nothing measurable); the upload rejects scales that would overflow fp16.
-__device__ __forceinline__ uint32_t e8m0_to_half2(uint32_t s) {
-  const int e = static_cast<int>(s) - 127;
+// half2 of 2^e in both halves: exact for e in [-24, 15], 0 below, inf above.
+__device__ __forceinline__ uint32_t pow2_half2(int e) {
   uint32_t h;
   if (e >= -14) {
     h = static_cast<uint32_t>(min(e, 16) + 15) << 10;

@@ -9,8 +9,9 @@
 namespace gptoss::cuda {
 namespace {
 
-constexpr int kChunkBlocks = 8;                        // 32-blocks of B staged in shared memory at once
+constexpr int kChunkBlocks = 4;                        // 32-blocks of B per pipeline stage
 constexpr int kSmemRowHalfs = kChunkBlocks * 32 + 32;  // + 64 bytes: conflict-free 16-byte reads
+constexpr int kStages = 2;                             // shared-memory buffers of B (cp.async double buffering)
 
 // A fragments of one 32-block for rows g and g+8 of the warp's 16-row tile, as 4 half2 per row:
 // [0],[1] feed k-step 0 (a0/a2), [2],[3] k-step 1. Lane t owns the block's elements 8t..8t+7 (the
@@ -46,6 +47,20 @@ __device__ __forceinline__ ARaw load_a(const GemmArgs& a, const uint8_t* wbase, 
   return r;
 }
 
+// Scales the decoded value·2^-14 pairs of one row by its block scale 2^(s−127): one multiply by
+// 2^(s−113) while that is a normal fp16 (s ≤ 128, i.e. every realistic weight), else 2^14 first.
+__device__ __forceinline__ void scale_row(uint32_t (&h)[4], uint32_t s) {
+  if (s <= 128) {
+    const uint32_t f = pow2_half2(static_cast<int>(s) - 113);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) h[i] = hmul2_bits(h[i], f);
+  } else {
+    const uint32_t f = pow2_half2(static_cast<int>(s) - 127);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) h[i] = hmul2_bits(hmul2_bits(h[i], 0x74007400u), f);
+  }
+}
+
 template <GemmWeights WT>
 __device__ __forceinline__ AFrag decode_a(const ARaw& r) {
   AFrag f;
@@ -53,30 +68,35 @@ __device__ __forceinline__ AFrag decode_a(const ARaw& r) {
     f.lo[0] = r.f16_lo.x, f.lo[1] = r.f16_lo.y, f.lo[2] = r.f16_lo.z, f.lo[3] = r.f16_lo.w;
     f.hi[0] = r.f16_hi.x, f.hi[1] = r.f16_hi.y, f.hi[2] = r.f16_hi.z, f.hi[3] = r.f16_hi.w;
   } else {
-    const uint32_t sl = e8m0_to_half2(r.s_lo), sh = e8m0_to_half2(r.s_hi);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      f.lo[i] = hmul2_bits(fp4x2_to_half2((r.q_lo >> (8 * i)) & 0xffu), sl);
-      f.hi[i] = hmul2_bits(fp4x2_to_half2((r.q_hi >> (8 * i)) & 0xffu), sh);
-    }
+    // Pairs (e0,e4), (e1,e5), (e2,e6), (e3,e7) match the activations' storage order (k_phys).
+    f.lo[0] = fp4_pair_x2m14<0>(r.q_lo), f.lo[1] = fp4_pair_x2m14<1>(r.q_lo);
+    f.lo[2] = fp4_pair_x2m14<2>(r.q_lo), f.lo[3] = fp4_pair_x2m14<3>(r.q_lo);
+    f.hi[0] = fp4_pair_x2m14<0>(r.q_hi), f.hi[1] = fp4_pair_x2m14<1>(r.q_hi);
+    f.hi[2] = fp4_pair_x2m14<2>(r.q_hi), f.hi[3] = fp4_pair_x2m14<3>(r.q_hi);
+    scale_row(f.lo, r.s_lo);
+    scale_row(f.hi, r.s_hi);
   }
   return f;
 }
 
-// Stages B columns [0, NT) × blocks [kb0, kb0 + cb) into shared memory (zeros past `count`).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 16 : 0));
+}
+
+// Issues the asynchronous copy of B columns [0, NT) × blocks [kb0, kb0 + cb) into a shared-memory
+// stage (zeros past `count`) as one commit group.
 template <int NT>
-__device__ __forceinline__ void stage_b(const GemmArgs& a, const int* xrow, int count, int kb0, int cb,
-                                        uint16_t* smem) {
+__device__ __forceinline__ void issue_b(const GemmArgs& a, const int* xrow, int count, int kb0, int cb,
+                                        uint16_t* stage) {
   const int quads = cb * 4;  // 16-byte pieces per column
   for (int i = threadIdx.x; i < NT * quads; i += blockDim.x) {
     const int j = i / quads, q = i - j * quads;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (j < count) {
-      const uint16_t* src = a.x + static_cast<int64_t>(xrow[j]) * a.x_stride + kb0 * 32 + q * 8;
-      v = *reinterpret_cast<const uint4*>(src);
-    }
-    *reinterpret_cast<uint4*>(smem + j * kSmemRowHalfs + q * 8) = v;
+    const bool valid = j < count;
+    const uint16_t* src = valid ? a.x + static_cast<int64_t>(xrow[j]) * a.x_stride + kb0 * 32 + q * 8 : a.x;
+    cp_async16(stage + j * kSmemRowHalfs + q * 8, src, valid);
   }
+  asm volatile("cp.async.commit_group;\n" ::);
 }
 
 template <int NS>
@@ -114,10 +134,10 @@ __device__ __forceinline__ void store_swiglu(const GemmArgs& a, const float (&ac
       __half* out = reinterpret_cast<__half*>(a.out16) + orow * a.out16_stride;
       const int r_lo = row0 + g, r_hi = row0 + g + 8;
       if (r_lo < a.rows)
-        out[r_lo / 2] =
+        out[k_phys(r_lo / 2)] =
             __float2half_rn(swiglu(acc[ns][c] + bias[r_lo], up_lo + bias[r_lo + 1], a.swiglu_alpha, a.swiglu_limit));
       if (r_hi < a.rows)
-        out[r_hi / 2] = __float2half_rn(
+        out[k_phys(r_hi / 2)] = __float2half_rn(
             swiglu(acc[ns][2 + c] + bias[r_hi], up_hi + bias[r_hi + 1], a.swiglu_alpha, a.swiglu_limit));
     }
   }
@@ -172,28 +192,44 @@ __global__ void __launch_bounds__(kGemmWarps * 32) gemm_kernel(const GemmArgs a)
 #pragma unroll
     for (int i = 0; i < 4; ++i) part[ns][i] = 0.0f, total[ns][i] = 0.0f;
 
-  for (int kb0 = kb_begin; kb0 < kb_end; kb0 += kChunkBlocks) {
-    const int cb = min(kChunkBlocks, kb_end - kb0);
-    // Issue every A load of the chunk first so they are in flight while B is staged.
-    ARaw raw[kChunkBlocks];
+  // Pipeline: while chunk c is multiplied, the B copy of chunk c+1 is in flight (cp.async) and its
+  // A fragments are being loaded into registers.
+  const int nchunks = (kb_end - kb_begin + kChunkBlocks - 1) / kChunkBlocks;
+  ARaw cur[kChunkBlocks], nxt[kChunkBlocks];
 #pragma unroll
-    for (int i = 0; i < kChunkBlocks; ++i)
-      if (i < cb) raw[i] = load_a<WT>(a, wbase, sbase, row0 + g, kb0 + i, t);
+  for (int i = 0; i < kChunkBlocks; ++i)
+    if (kb_begin + i < kb_end) cur[i] = load_a<WT>(a, wbase, sbase, row0 + g, kb_begin + i, t);
+  __syncthreads();  // xrow
+  if (nchunks > 0) issue_b<NT>(a, xrow, count, kb_begin, min(kChunkBlocks, kb_end - kb_begin), smem);
+  for (int c = 0; c < nchunks; ++c) {
+    const int kb0 = kb_begin + c * kChunkBlocks, cb = min(kChunkBlocks, kb_end - kb0);
+    if (c + 1 < nchunks) {
+      const int kn = kb0 + kChunkBlocks;
+      issue_b<NT>(a, xrow, count, kn, min(kChunkBlocks, kb_end - kn), smem + ((c + 1) % kStages) * NT * kSmemRowHalfs);
+#pragma unroll
+      for (int i = 0; i < kChunkBlocks; ++i)
+        if (kn + i < kb_end) nxt[i] = load_a<WT>(a, wbase, sbase, row0 + g, kn + i, t);
+      asm volatile("cp.async.wait_group 1;\n" ::);
+    } else {
+      asm volatile("cp.async.wait_group 0;\n" ::);
+    }
     __syncthreads();
-    stage_b<NT>(a, xrow, count, kb0, cb, smem);
-    __syncthreads();
+    const uint16_t* stage = smem + (c % kStages) * NT * kSmemRowHalfs;
 #pragma unroll
     for (int i = 0; i < kChunkBlocks; ++i) {
       if (i >= cb) break;
-      mma_block<NS>(part, decode_a<WT>(raw[i]), smem, i, g, t);
+      mma_block<NS>(part, decode_a<WT>(cur[i]), stage, i, g, t);
       const int kb = kb0 + i;
       if (MODE != GemmOut::kPartial && ((kb + 1) % a.seg_blocks == 0 || kb + 1 == a.kblocks)) {
 #pragma unroll
         for (int ns = 0; ns < NS; ++ns)
 #pragma unroll
-          for (int c = 0; c < 4; ++c) total[ns][c] += part[ns][c], part[ns][c] = 0.0f;
+          for (int q = 0; q < 4; ++q) total[ns][q] += part[ns][q], part[ns][q] = 0.0f;
       }
     }
+    __syncthreads();  // the stage is refilled two chunks later
+#pragma unroll
+    for (int i = 0; i < kChunkBlocks; ++i) cur[i] = nxt[i];
   }
   if constexpr (MODE == GemmOut::kPartial) {
     store_f32<NS>(a, part, start, count, row0, a.out + blockIdx.z * a.part_stride, g, t);
@@ -210,7 +246,7 @@ cudaError_t launch_one(const GemmArgs& a, cudaStream_t stream) {
   const int col_tiles = a.tiles ? a.max_tiles : (a.n + NT - 1) / NT;
   if (row_blocks == 0 || col_tiles == 0) return cudaSuccess;
   const dim3 grid(row_blocks, col_tiles, MODE == GemmOut::kPartial ? a.nseg : 1);
-  const size_t smem = static_cast<size_t>(NT) * kSmemRowHalfs * sizeof(uint16_t);
+  const size_t smem = static_cast<size_t>(kStages) * NT * kSmemRowHalfs * sizeof(uint16_t);
   gemm_kernel<WT, NT, MODE><<<grid, kGemmWarps * 32, smem, stream>>>(a);
   return cudaGetLastError();
 }
@@ -250,7 +286,7 @@ int gemm_tile_cols(int64_t cols_per_group) {
 
 bool gemm_use_split(int64_t rows, int64_t col_tiles, int sm_count) {
   const int64_t blocks = (rows + kGemmWarps * 16 - 1) / (kGemmWarps * 16) * col_tiles;
-  return blocks < 4LL * sm_count;
+  return blocks < 2LL * sm_count;
 }
 
 void gemm_segments(int kblocks, int* seg_blocks, int* nseg) {

@@ -20,6 +20,18 @@ inline int64_t round_up(int64_t x, int64_t m) {
   return (x + m - 1) / m * m;
 }
 
+// Every GEMM reduction dimension (fp16 activations and dense weight columns) is stored with each
+// group of 8 permuted to [0, 4, 1, 5, 2, 6, 3, 7]: then the half2 pairs (k, k+4) that the MXFP4
+// dequantizer produces from one 32-bit word of codes line up with the activation pairs in memory.
+// Returns the storage position of logical index k.
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+    inline int64_t
+    k_phys(int64_t k) {
+  return (k & ~int64_t{7}) | ((k & 3) << 1) | ((k >> 2) & 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // GEMM: out[n, r] = Σ_k W[r, k]·x[n, k] on tensor cores (fp16 operands, f32 accumulation).
 // W is fp16 [E][rows_p][kblocks·32] (dense) or MXFP4 in the checkpoint layout: blocks
@@ -104,14 +116,11 @@ struct ResidualAdd {
   const float* expert_bias = nullptr;
   int64_t expert_bias_stride = 0;
 };
-// h[t] += contribution (in place), then x = gain ⊙ h / rms(h): x16 fp16 [n, x16_stride] and, when
-// x32 is not null, f32 [n, dim]. Runs add_rmsnorm_chunks(dim) blocks per token; the sum of squares
-// is reduced per chunk of 256 and the chunk sums added in order (batch-invariant). Workspaces:
-// partials [n · chunks] floats and counters [n] (zero before the first launch; left zero).
-int add_rmsnorm_chunks(int dim);
+// h[t] += contribution (in place), then x = gain ⊙ h / rms(h): x16 fp16 [n, x16_stride] (in
+// k_phys order) and, when x32 is not null, f32 [n, dim]. One block per token; dim % 4 == 0 and
+// dim ≤ 10240. The sum of squares is reduced in a fixed order (batch-invariant).
 cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add, const float* gain, float eps,
-                               uint16_t* x16, int64_t x16_stride, float* x32, float* partials, unsigned int* counters,
-                               cudaStream_t stream);
+                               uint16_t* x16, int64_t x16_stride, float* x32, cudaStream_t stream);
 
 // SwiGLU of split-mode gate/up partials: parts [nparts][pairs][rows_p] f32 (interleaved gate/up),
 // bias [E][rows_p] (expert of each pair from the tile list), out a16 [pairs][out_stride].
@@ -135,15 +144,28 @@ struct RouterStatsDev {
   double* entropy = nullptr;
   unsigned long long* tokens = nullptr;
 };
-cudaError_t router_launch(const float* x, int n, int dim, const uint16_t* w, const float* b, int experts, int top_k,
-                          int32_t* idx, float* weight, const RouterStatsDev& stats, cudaStream_t stream);
 
-// Groups the n·top_k (token, expert) pairs by expert: sorted_token[i] / sorted_pair[i] for the
+// Pairs (token, k) grouped by expert: sorted_token[i] / sorted_pair[i] (= token·top_k + k) for the
 // pairs of expert 0, then expert 1, ...; tiles of ≤ nt columns {expert, start, count, 0}; n_tiles.
 // max_tiles must be ≥ moe_max_tiles(pairs, experts, nt).
+struct MoeGroupOut {
+  int nt = 8;
+  int32_t* sorted_token = nullptr;
+  int32_t* sorted_pair = nullptr;
+  int32_t* tiles = nullptr;
+  int32_t* n_tiles = nullptr;
+  int max_tiles = 0;
+};
 int moe_max_tiles(int pairs, int experts, int nt);
-cudaError_t moe_group_launch(const int32_t* idx, int n, int top_k, int experts, int nt, int32_t* sorted_token,
-                             int32_t* sorted_pair, int32_t* tiles, int32_t* n_tiles, int max_tiles,
+
+// True when router_launch can also do the grouping (all n tokens fit in one router block).
+bool router_fuses_grouping(int n, int dim, int experts);
+// `group` (optional, only when router_fuses_grouping) is filled in the same launch.
+cudaError_t router_launch(const float* x, int n, int dim, const uint16_t* w, const float* b, int experts, int top_k,
+                          int32_t* idx, float* weight, const RouterStatsDev& stats, const MoeGroupOut* group,
+                          cudaStream_t stream);
+// The grouping as its own single-block launch (idx [n, top_k]); experts ≤ 256.
+cudaError_t moe_group_launch(const int32_t* idx, int n, int top_k, int experts, const MoeGroupOut& group,
                              cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@
 namespace gptoss::cuda {
 namespace {
 
-constexpr int kNormThreads = 256;
+constexpr int kNormThreads = 512;
 
 __global__ void embed_kernel(const uint16_t* table, int64_t dim, const int32_t* tokens, float* h) {
   const int t = blockIdx.x;
@@ -22,59 +22,87 @@ __device__ __forceinline__ float sum_parts(const float* p, int nparts, int64_t p
   return v;
 }
 
-__device__ __forceinline__ float residual_value(const float* hr, int t, int i, const ResidualAdd& add) {
-  float v = hr[i];
-  if (add.nparts == 0) return v;
-  if (add.top_k == 0) {
-    float d = sum_parts(add.parts + t * add.stride + i, add.nparts, add.part_stride);
-    if (add.bias) d += add.bias[i];
-    return v + d;
+constexpr int kNormMaxVec = 5;  // float4s per thread: dim ≤ 10240
+
+// Σ_s parts[s·stride] of 4 consecutive floats, in segment order (loads issued 8 at a time).
+__device__ __forceinline__ float4 sum_parts4(const float* p, int nparts, int64_t part_stride) {
+  float4 v = *reinterpret_cast<const float4*>(p);
+  for (int s0 = 1; s0 < nparts; s0 += 8) {
+    float4 q[8];
+#pragma unroll
+    for (int s = 0; s < 8; ++s)
+      if (s0 + s < nparts) q[s] = *reinterpret_cast<const float4*>(p + (s0 + s) * part_stride);
+#pragma unroll
+    for (int s = 0; s < 8; ++s)
+      if (s0 + s < nparts) v.x += q[s].x, v.y += q[s].y, v.z += q[s].z, v.w += q[s].w;
   }
-  float moe = 0.0f;
-  for (int j = 0; j < add.top_k; ++j) {
-    const int pair = t * add.top_k + j;
-    const float y = sum_parts(add.parts + pair * add.stride + i, add.nparts, add.part_stride) +
-                    add.expert_bias[add.experts[pair] * add.expert_bias_stride + i];
-    moe += add.weights[pair] * y;
-  }
-  return v + moe;
+  return v;
 }
 
-// grid (token, chunk of kNormThreads elements). Each block updates its chunk of the residual and
-// publishes the chunk's sum of squares; the last block of a token to finish adds the chunk sums in
-// chunk order (a fixed order whatever the arrival order or batch) and normalises the whole row.
-__global__ void add_rmsnorm_kernel(float* h, int dim, const ResidualAdd add, const float* gain, float eps,
-                                   uint16_t* x16, int64_t x16_stride, float* x32, float* partials,
-                                   unsigned int* counters) {
+__device__ __forceinline__ float4 ld4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+
+// The residual plus this step's contribution at [i, i+4) of token t.
+__device__ __forceinline__ float4 residual4(const float* hr, int t, int i, const ResidualAdd& add) {
+  float4 v = ld4(hr + i);
+  if (add.nparts == 0) return v;
+  if (add.top_k == 0) {
+    float4 d = sum_parts4(add.parts + t * add.stride + i, add.nparts, add.part_stride);
+    if (add.bias) {
+      const float4 b = ld4(add.bias + i);
+      d.x += b.x, d.y += b.y, d.z += b.z, d.w += b.w;
+    }
+    return make_float4(v.x + d.x, v.y + d.y, v.z + d.z, v.w + d.w);
+  }
+  float4 moe = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  for (int j = 0; j < add.top_k; ++j) {
+    const int pair = t * add.top_k + j;
+    float4 y = sum_parts4(add.parts + pair * add.stride + i, add.nparts, add.part_stride);
+    const float4 b = ld4(add.expert_bias + add.experts[pair] * add.expert_bias_stride + i);
+    const float w = add.weights[pair];
+    moe.x += w * (y.x + b.x), moe.y += w * (y.y + b.y), moe.z += w * (y.z + b.z), moe.w += w * (y.w + b.w);
+  }
+  return make_float4(v.x + moe.x, v.y + moe.y, v.z + moe.z, v.w + moe.w);
+}
+
+// One block per token; each thread keeps its float4s in registers between the update and the
+// normalisation. The sum of squares is summed per thread in order, then by a fixed block tree:
+// the same arithmetic whatever the batch.
+__global__ void __launch_bounds__(kNormThreads)
+    add_rmsnorm_kernel(float* h, int dim, const ResidualAdd add, const float* gain, float eps, uint16_t* x16,
+                       int64_t x16_stride, float* x32) {
   __shared__ float scratch[32];
-  __shared__ bool last;
-  const int t = blockIdx.x, chunk = blockIdx.y, chunks = gridDim.y;
+  const int t = blockIdx.x;
   float* hr = h + static_cast<int64_t>(t) * dim;
-  const int i = chunk * kNormThreads + threadIdx.x;
-  float v = 0.0f;
-  if (i < dim) {
-    v = residual_value(hr, t, i, add);
-    if (add.nparts > 0) hr[i] = v;
+  float4 v[kNormMaxVec];
+  float ss = 0.0f;
+#pragma unroll
+  for (int c = 0; c < kNormMaxVec; ++c) {
+    const int i = (c * kNormThreads + static_cast<int>(threadIdx.x)) * 4;
+    if (i < dim) {
+      v[c] = residual4(hr, t, i, add);
+      if (add.nparts > 0) *reinterpret_cast<float4*>(hr + i) = v[c];
+      ss += v[c].x * v[c].x + v[c].y * v[c].y + v[c].z * v[c].z + v[c].w * v[c].w;
+    }
   }
-  __threadfence();  // this block's residual writes are visible before the arrival count below
-  const float ss = block_sum(v * v, scratch);
-  if (threadIdx.x == 0) {
-    partials[static_cast<int64_t>(t) * chunks + chunk] = ss;
-    __threadfence();
-    last = atomicAdd(&counters[t], 1u) == static_cast<unsigned>(chunks - 1);
+  ss = block_sum(ss, scratch);
+  const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
+  __half* xo = reinterpret_cast<__half*>(x16) + t * x16_stride;
+#pragma unroll
+  for (int c = 0; c < kNormMaxVec; ++c) {
+    const int i = (c * kNormThreads + static_cast<int>(threadIdx.x)) * 4;
+    if (i < dim) {
+      const float4 g = ld4(gain + i);
+      const float4 y =
+          make_float4(g.x * (v[c].x * inv), g.y * (v[c].y * inv), g.z * (v[c].z * inv), g.w * (v[c].w * inv));
+      xo[k_phys(i)] = f32_to_f16_sat(y.x);
+      xo[k_phys(i + 1)] = f32_to_f16_sat(y.y);
+      xo[k_phys(i + 2)] = f32_to_f16_sat(y.z);
+      xo[k_phys(i + 3)] = f32_to_f16_sat(y.w);
+      if (x32) *reinterpret_cast<float4*>(x32 + static_cast<int64_t>(t) * dim + i) = y;
+    }
   }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  float total = 0.0f;
-  for (int c = 0; c < chunks; ++c) total += __ldcg(&partials[static_cast<int64_t>(t) * chunks + c]);
-  const float inv = rsqrtf(total / static_cast<float>(dim) + eps);
-  for (int k = threadIdx.x; k < dim; k += blockDim.x) {
-    const float y = gain[k] * (__ldcg(&hr[k]) * inv);
-    reinterpret_cast<__half*>(x16)[t * x16_stride + k] = f32_to_f16_sat(y);
-    if (x32) x32[static_cast<int64_t>(t) * dim + k] = y;
-  }
-  if (threadIdx.x == 0) counters[t] = 0;  // ready for the next launch
 }
 
 // One block per (tile, output chunk): tile columns are pairs in sorted order.
@@ -93,7 +121,7 @@ __global__ void swiglu_parts_kernel(const float* parts, int nparts, int64_t part
     const float up = sum_parts(p + 2 * jj + 1, nparts, part_stride) + b[2 * jj + 1];
     const float g = fminf(gate, limit), l = fminf(fmaxf(up, -limit), limit);
     const float v = g / (1.0f + expf(-alpha * g)) * (l + 1.0f);
-    reinterpret_cast<__half*>(a16)[pair * out_stride + jj] = __float2half_rn(v);
+    reinterpret_cast<__half*>(a16)[pair * out_stride + k_phys(jj)] = __float2half_rn(v);
   }
 }
 
@@ -147,19 +175,13 @@ cudaError_t embed_launch(const uint16_t* table, int64_t dim, const int32_t* toke
   return cudaGetLastError();
 }
 
-int add_rmsnorm_chunks(int dim) {
-  return (dim + kNormThreads - 1) / kNormThreads;
-}
-
 cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add, const float* gain, float eps,
-                               uint16_t* x16, int64_t x16_stride, float* x32, float* partials, unsigned int* counters,
-                               cudaStream_t stream) {
+                               uint16_t* x16, int64_t x16_stride, float* x32, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
+  if (dim % 4 != 0 || dim > kNormMaxVec * kNormThreads * 4) return cudaErrorInvalidValue;
   if (add.nparts > 0 && add.top_k > 0 && (add.experts == nullptr || add.weights == nullptr || !add.expert_bias))
     return cudaErrorInvalidValue;
-  const dim3 grid(n, add_rmsnorm_chunks(dim));
-  add_rmsnorm_kernel<<<grid, kNormThreads, 0, stream>>>(h, dim, add, gain, eps, x16, x16_stride, x32, partials,
-                                                        counters);
+  add_rmsnorm_kernel<<<n, kNormThreads, 0, stream>>>(h, dim, add, gain, eps, x16, x16_stride, x32);
   return cudaGetLastError();
 }
 

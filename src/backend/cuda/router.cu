@@ -1,6 +1,7 @@
 // MoE routing on the device: router logits in f32 over bf16 weights (the same inputs as the CPU
 // reference, so expert choices agree), top-k + softmax over the k, optional statistics, and the
-// grouping of (token, expert) pairs by expert into column tiles for the expert GEMMs.
+// grouping of (token, expert) pairs by expert into column tiles for the expert GEMMs (fused into
+// the router when one block routes every token, i.e. decode steps).
 #include <algorithm>
 #include <cfloat>
 
@@ -14,55 +15,44 @@ constexpr int kRouterThreads = 1024;
 constexpr int kRouterMaxTokens = 4;
 constexpr int kMaxExpertsPerLane = 8;  // experts ≤ 256
 
-// Block: up to kRouterMaxTokens tokens, one warp per expert (round-robin), 16-byte weight loads
-// (8 bf16) so a decode step's router is a couple of memory latencies, not one per element.
-template <int TT>
-__global__ void __launch_bounds__(kRouterThreads)
-    router_kernel(const float* x, int n, int dim, const uint16_t* w, const float* b, int experts, int top_k,
-                  int32_t* idx, float* weight, RouterStatsDev stats) {
-  extern __shared__ float sm[];
-  float* xs = sm;                 // [TT][dim]
-  float* logits = sm + TT * dim;  // [TT][experts]
-  const int t0 = blockIdx.x * TT;
-  const int nt = min(TT, n - t0);
-  for (int i = threadIdx.x; i < nt * dim; i += blockDim.x) xs[i] = x[static_cast<int64_t>(t0) * dim + i];
+// Groups the pairs idx[0, pairs) by expert (whole block; counts/offsets/cursor: 3·experts ints of
+// shared memory). Order inside one expert's range is arbitrary: every GEMM column is independent.
+__device__ void group_pairs(const int32_t* idx, int pairs, int top_k, int experts, const MoeGroupOut& g, int* gsm) {
+  int* counts = gsm;
+  int* offsets = gsm + experts;
+  int* cursor = gsm + 2 * experts;
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) counts[e] = 0, cursor[e] = 0;
   __syncthreads();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-  for (int e = warp; e < experts; e += nw) {
-    const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(e) * dim);
-    float acc[TT];
-#pragma unroll
-    for (int tt = 0; tt < TT; ++tt) acc[tt] = 0.0f;
-#pragma unroll 4
-    for (int i = lane; i < dim / 8; i += 32) {
-      const uint4 q = __ldg(wr + i);
-      const uint32_t u[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const float w0 = __uint_as_float(u[k] << 16), w1 = __uint_as_float(u[k] & 0xffff0000u);
-#pragma unroll
-        for (int tt = 0; tt < TT; ++tt) {
-          const float2 xv = *reinterpret_cast<const float2*>(xs + tt * dim + 8 * i + 2 * k);
-          acc[tt] = fmaf(w0, xv.x, acc[tt]);
-          acc[tt] = fmaf(w1, xv.y, acc[tt]);
-        }
-      }
+  for (int p = threadIdx.x; p < pairs; p += blockDim.x) atomicAdd(&counts[idx[p]], 1);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int off = 0, nt_total = 0;
+    for (int e = 0; e < experts; ++e) {
+      offsets[e] = off;
+      for (int s = 0; s < counts[e] && nt_total < g.max_tiles; s += g.nt)
+        reinterpret_cast<int4*>(g.tiles)[nt_total++] = make_int4(e, off + s, min(g.nt, counts[e] - s), 0);
+      off += counts[e];
     }
-#pragma unroll
-    for (int tt = 0; tt < TT; ++tt) {
-      const float s = warp_sum(acc[tt]);
-      if (lane == 0) logits[tt * experts + e] = s + b[e];
-    }
+    *g.n_tiles = nt_total;
   }
   __syncthreads();
-  if (warp >= nt) return;
-  // Warp `warp` selects the top-k of token t0 + warp: k rounds of a warp argmax (ties → lower index).
-  const int t = t0 + warp;
+  for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+    const int e = idx[p];
+    const int at = offsets[e] + atomicAdd(&cursor[e], 1);
+    g.sorted_token[at] = p / top_k;
+    g.sorted_pair[at] = p;
+  }
+}
+
+// Warp-wide top-k of one token's logits (ties → lower index) and softmax over the k; lane 0 writes.
+__device__ void topk_softmax(const float* logits, int experts, int top_k, int t, int32_t* idx, float* weight,
+                             const RouterStatsDev& stats) {
+  const int lane = threadIdx.x & 31;
   float v[kMaxExpertsPerLane];
 #pragma unroll
   for (int i = 0; i < kMaxExpertsPerLane; ++i) {
     const int e = lane + 32 * i;
-    v[i] = e < experts ? logits[warp * experts + e] : -INFINITY;
+    v[i] = e < experts ? logits[e] : -INFINITY;
   }
   float sel_logit[8];
   int sel_idx[8];
@@ -104,59 +94,75 @@ __global__ void __launch_bounds__(kRouterThreads)
   }
 }
 
-__global__ void moe_group_kernel(const int32_t* idx, int pairs, int top_k, int experts, int nt, int32_t* sorted_token,
-                                 int32_t* sorted_pair, int4* tiles, int32_t* n_tiles, int max_tiles) {
-  extern __shared__ int gsm[];
-  int* counts = gsm;
-  int* offsets = gsm + experts;
-  int* cursor = gsm + 2 * experts;
-  for (int e = threadIdx.x; e < experts; e += blockDim.x) counts[e] = 0, cursor[e] = 0;
+// Block: up to TT tokens; one warp per expert (round-robin). Each lane reads 8 bf16 weights (16
+// bytes) and the matching 8 activations (two conflict-free 16-byte shared loads) per step, so a
+// decode step's router costs a few memory latencies.
+template <int TT>
+__global__ void __launch_bounds__(kRouterThreads)
+    router_kernel(const float* x, int n, int dim, const uint16_t* w, const float* b, int experts, int top_k,
+                  int32_t* idx, float* weight, RouterStatsDev stats, MoeGroupOut group) {
+  extern __shared__ float sm[];
+  float* xs = sm;                 // [TT][dim]
+  float* logits = sm + TT * dim;  // [TT][experts]
+  __shared__ int gsm[3 * 32 * kMaxExpertsPerLane];
+  const int t0 = blockIdx.x * TT;
+  const int nt = min(TT, n - t0);
+  for (int i = threadIdx.x; i < nt * dim / 4; i += blockDim.x)
+    reinterpret_cast<float4*>(xs)[i] = reinterpret_cast<const float4*>(x + static_cast<int64_t>(t0) * dim)[i];
   __syncthreads();
-  for (int p = threadIdx.x; p < pairs; p += blockDim.x) atomicAdd(&counts[idx[p]], 1);
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int off = 0, nt_total = 0;
-    for (int e = 0; e < experts; ++e) {
-      offsets[e] = off;
-      for (int s = 0; s < counts[e] && nt_total < max_tiles; s += nt)
-        tiles[nt_total++] = make_int4(e, off + s, min(nt, counts[e] - s), 0);
-      off += counts[e];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  for (int e = warp; e < experts; e += nw) {
+    const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(e) * dim);
+    float acc[TT];
+#pragma unroll
+    for (int tt = 0; tt < TT; ++tt) acc[tt] = 0.0f;
+#pragma unroll 4
+    for (int i = lane; i < dim / 8; i += 32) {
+      const uint4 q = __ldg(wr + i);
+      const float wv[8] = {__uint_as_float(q.x << 16), __uint_as_float(q.x & 0xffff0000u),
+                           __uint_as_float(q.y << 16), __uint_as_float(q.y & 0xffff0000u),
+                           __uint_as_float(q.z << 16), __uint_as_float(q.z & 0xffff0000u),
+                           __uint_as_float(q.w << 16), __uint_as_float(q.w & 0xffff0000u)};
+#pragma unroll
+      for (int tt = 0; tt < TT; ++tt) {
+        if (tt >= nt) break;
+        const float4 x0 = *reinterpret_cast<const float4*>(xs + tt * dim + 8 * i);
+        const float4 x1 = *reinterpret_cast<const float4*>(xs + tt * dim + 8 * i + 4);
+        const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+        for (int k = 0; k < 8; ++k) acc[tt] = fmaf(wv[k], xv[k], acc[tt]);
+      }
     }
-    *n_tiles = nt_total;
+#pragma unroll
+    for (int tt = 0; tt < TT; ++tt) {
+      if (tt >= nt) break;
+      const float s = warp_sum(acc[tt]);
+      if (lane == 0) logits[tt * experts + e] = s + b[e];
+    }
   }
   __syncthreads();
-  // Order inside one expert's range is arbitrary: every column of the expert GEMM is independent.
-  for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
-    const int e = idx[p];
-    const int at = offsets[e] + atomicAdd(&cursor[e], 1);
-    sorted_token[at] = p / top_k;
-    sorted_pair[at] = p;
-  }
+  if (warp < nt) topk_softmax(logits + warp * experts, experts, top_k, t0 + warp, idx, weight, stats);
+  if (group.tiles == nullptr) return;  // uniform: grouping is fused only into a single-block launch
+  __syncthreads();
+  group_pairs(idx, n * top_k, top_k, experts, group, gsm);
+}
+
+__global__ void moe_group_kernel(const int32_t* idx, int pairs, int top_k, int experts, MoeGroupOut group) {
+  __shared__ int gsm[3 * 32 * kMaxExpertsPerLane];
+  group_pairs(idx, pairs, top_k, experts, group, gsm);
 }
 
 }  // namespace
 
-cudaError_t router_launch(const float* x, int n, int dim, const uint16_t* w, const float* b, int experts, int top_k,
-                          int32_t* idx, float* weight, const RouterStatsDev& stats, cudaStream_t stream) {
-  if (n <= 0) return cudaSuccess;
-  if (experts > 32 * kMaxExpertsPerLane || top_k > 8 || top_k < 1 || top_k > experts || dim % 8 != 0)
-    return cudaErrorInvalidValue;
+// Tokens per router block: as many as kRouterMaxTokens whose activations fit in 40 KB of shared memory.
+int router_tokens_per_block(int dim, int experts) {
   int tt = kRouterMaxTokens;
-  while (tt > 1 && static_cast<size_t>(tt) * (dim + experts) * sizeof(float) > 48 * 1024) tt /= 2;
-  const size_t smem = static_cast<size_t>(tt) * (dim + experts) * sizeof(float);
-  if (smem > 48 * 1024) return cudaErrorInvalidValue;
-  const int blocks = (n + tt - 1) / tt;
-  switch (tt) {
-    case 4:
-      router_kernel<4><<<blocks, kRouterThreads, smem, stream>>>(x, n, dim, w, b, experts, top_k, idx, weight, stats);
-      break;
-    case 2:
-      router_kernel<2><<<blocks, kRouterThreads, smem, stream>>>(x, n, dim, w, b, experts, top_k, idx, weight, stats);
-      break;
-    default:
-      router_kernel<1><<<blocks, kRouterThreads, smem, stream>>>(x, n, dim, w, b, experts, top_k, idx, weight, stats);
-  }
-  return cudaGetLastError();
+  while (tt > 1 && static_cast<size_t>(tt) * (dim + experts) * sizeof(float) > 40 * 1024) tt /= 2;
+  return tt;
+}
+
+bool router_fuses_grouping(int n, int dim, int experts) {
+  return n <= router_tokens_per_block(dim, experts);
 }
 
 // Every tile holds ≥ 1 pair and each expert's last tile may be partial.
@@ -164,15 +170,45 @@ int moe_max_tiles(int pairs, int experts, int nt) {
   return std::min(pairs, (pairs + nt - 1) / nt + experts);
 }
 
-cudaError_t moe_group_launch(const int32_t* idx, int n, int top_k, int experts, int nt, int32_t* sorted_token,
-                             int32_t* sorted_pair, int32_t* tiles, int32_t* n_tiles, int max_tiles,
+cudaError_t router_launch(const float* x, int n, int dim, const uint16_t* w, const float* b, int experts, int top_k,
+                          int32_t* idx, float* weight, const RouterStatsDev& stats, const MoeGroupOut* group,
+                          cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (experts > 32 * kMaxExpertsPerLane || top_k > 8 || top_k < 1 || top_k > experts || dim % 8 != 0)
+    return cudaErrorInvalidValue;
+  MoeGroupOut g;
+  if (group) {
+    if (!router_fuses_grouping(n, dim, experts) || group->max_tiles < moe_max_tiles(n * top_k, experts, group->nt))
+      return cudaErrorInvalidValue;
+    g = *group;
+  }
+  const int tt = router_tokens_per_block(dim, experts);
+  const size_t smem = static_cast<size_t>(tt) * (dim + experts) * sizeof(float);
+  if (smem > 40 * 1024) return cudaErrorInvalidValue;
+  const int blocks = (n + tt - 1) / tt;
+  switch (tt) {
+    case 4:
+      router_kernel<4>
+          <<<blocks, kRouterThreads, smem, stream>>>(x, n, dim, w, b, experts, top_k, idx, weight, stats, g);
+      break;
+    case 2:
+      router_kernel<2>
+          <<<blocks, kRouterThreads, smem, stream>>>(x, n, dim, w, b, experts, top_k, idx, weight, stats, g);
+      break;
+    default:
+      router_kernel<1>
+          <<<blocks, kRouterThreads, smem, stream>>>(x, n, dim, w, b, experts, top_k, idx, weight, stats, g);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t moe_group_launch(const int32_t* idx, int n, int top_k, int experts, const MoeGroupOut& group,
                              cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   const int pairs = n * top_k;
-  if (max_tiles < moe_max_tiles(pairs, experts, nt)) return cudaErrorInvalidValue;
-  const size_t smem = static_cast<size_t>(3) * experts * sizeof(int);
-  moe_group_kernel<<<1, 1024, smem, stream>>>(idx, pairs, top_k, experts, nt, sorted_token, sorted_pair,
-                                              reinterpret_cast<int4*>(tiles), n_tiles, max_tiles);
+  if (experts > 32 * kMaxExpertsPerLane || group.max_tiles < moe_max_tiles(pairs, experts, group.nt))
+    return cudaErrorInvalidValue;
+  moe_group_kernel<<<1, 1024, 0, stream>>>(idx, pairs, top_k, experts, group);
   return cudaGetLastError();
 }
 

@@ -219,13 +219,10 @@ int chat_main(int argc, char** argv) {
   if (auto code = parse_flags(app, argc, argv, kName)) return *code;
   if (Status st = finalize_flags(mflags, gflags); !st.ok()) return report_error(kName, st);
 
-  EngineOptions eopts;
-  eopts.collect_router_stats = true;  // /stats can be asked for at any time
-  BackendOptions bopts = backend_options_from(mflags);
-  // A new turn rewinds the slot to where the history first differs (the dropped analysis), so
-  // allow rewinding across the whole context.
-  bopts.rollback = mflags.context;
-  auto loaded = load_model(mflags, bopts, eopts);
+  LoadOptions lopts;
+  lopts.engine.collect_router_stats = true;  // /stats can be asked for at any time
+  lopts.rewind_anywhere = true;
+  auto loaded = load_model(mflags, lopts);
   if (!loaded.ok()) return report_error(kName, loaded.status());
   ChatSession session(*loaded, mflags, gflags);
   return session.loop();

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
@@ -76,7 +77,7 @@ void add_model_flags(CLI::App& app, ModelFlags& f) {
   app.add_option("--tokenizer", f.tokenizer, "tokenizer.json (default: MODEL/tokenizer.json)");
   app.add_option("--backend", f.backend, "cpu | cuda | auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   app.add_option("--threads", f.threads, "CPU threads (0 = all cores)");
-  app.add_option("--context", f.context, "context length in tokens (KV cache per sequence)");
+  app.add_option("--context", f.context, "context length in tokens (default: min(4096, the model's maximum))");
   app.add_flag("--stats", f.stats, "print memory and MoE routing statistics");
   app.add_flag("-v,--verbose", f.verbose, "debug logging with timestamps on stderr (also GPTOSS_LOG=debug)");
 }
@@ -167,7 +168,7 @@ Status finalize_flags(ModelFlags& model, GenerationFlags& gen) {
   if (model.verbose) log_set_level(LogLevel::kDebug);
   if (model.threads < 0)
     return make_error(ErrorCode::kInvalidArgument, "--threads must be >= 0, got {}", model.threads);
-  if (model.context < 2)
+  if (model.context != 0 && model.context < 2)
     return make_error(ErrorCode::kInvalidArgument, "--context must be >= 2, got {}", model.context);
   if (gen.max_tokens < 1) {
     return make_error(ErrorCode::kInvalidArgument, "--max-tokens must be >= 1, got {}", gen.max_tokens);
@@ -236,16 +237,19 @@ std::string format_bytes(size_t bytes) {
 // ---------------------------------------------------------------------------------------------
 // Loading
 
-BackendOptions backend_options_from(const ModelFlags& flags) {
+namespace {
+constexpr int64_t kDefaultContext = 4096;
+
+BackendOptions backend_options_from(const ModelFlags& flags, bool rewind_anywhere) {
   BackendOptions o;
   o.kind = flags.backend;
   o.threads = flags.threads;
   o.max_slots = 1;
   o.max_context = flags.context;
+  if (rewind_anywhere) o.rollback = flags.context;
   return o;
 }
 
-namespace {
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -263,14 +267,16 @@ Result<std::unique_ptr<Tokenizer>> load_tokenizer(const ModelFlags& flags) {
   return tok;
 }
 
-// The prompt uses harmony's structural ids, so the model must have rows for them.
-Status check_compatible(const Config& config, const Tokenizer& tok, const ModelFlags& flags) {
+// The prompt uses harmony's structural ids, so the model must have rows for them. Resolves the
+// default context.
+Status check_compatible(const Config& config, const Tokenizer& tok, ModelFlags& flags) {
   if (config.vocab_size < tok.vocab_size()) {
     return make_error(ErrorCode::kInvalidArgument,
                       "the model's vocabulary ({} ids) is smaller than the tokenizer's ({} ids): use the tokenizer "
                       "that belongs to this model",
                       config.vocab_size, tok.vocab_size());
   }
+  if (flags.context == 0) flags.context = std::min(kDefaultContext, config.max_position_embeddings);
   if (flags.context > config.max_position_embeddings) {
     return make_error(ErrorCode::kInvalidArgument, "--context {} exceeds the model's max_position_embeddings {}",
                       flags.context, config.max_position_embeddings);
@@ -279,7 +285,7 @@ Status check_compatible(const Config& config, const Tokenizer& tok, const ModelF
 }
 }  // namespace
 
-Result<LoadedModel> load_model(const ModelFlags& flags, const BackendOptions& backend, const EngineOptions& engine) {
+Result<LoadedModel> load_model(ModelFlags& flags, const LoadOptions& options) {
   std::error_code ec;
   if (!fs::is_directory(flags.model_dir, ec)) {
     return make_error(ErrorCode::kNotFound, "model folder '{}' does not exist or is not a folder", flags.model_dir);
@@ -299,7 +305,8 @@ Result<LoadedModel> load_model(const ModelFlags& flags, const BackendOptions& ba
   }
   GPTOSS_RETURN_IF_ERROR(check_compatible(out.model->config(), *out.tokenizer, flags));
   const double t_model = seconds_since(t0);
-  GPTOSS_ASSIGN_OR_RETURN(out.engine, Engine::create(out.model, backend, engine));
+  const BackendOptions backend = backend_options_from(flags, options.rewind_anywhere);
+  GPTOSS_ASSIGN_OR_RETURN(out.engine, Engine::create(out.model, backend, options.engine));
   const Config& c = out.model->config();
   std::fprintf(stderr, "loaded %s in %.2f s (%s; %lld layers, %lld experts, top-%lld; context %lld)\n",
                format_bytes(out.model->param_counts().weight_bytes).c_str(), seconds_since(t0),

@@ -57,8 +57,8 @@ struct ModelFlags {
   std::string model_dir;
   std::string tokenizer;  // empty: DIR/tokenizer.json
   std::string backend = "auto";
-  int threads = 0;         // CPU threads, 0 = all cores
-  int64_t context = 4096;  // tokens of KV cache per sequence
+  int threads = 0;      // CPU threads, 0 = all cores
+  int64_t context = 0;  // tokens of KV cache per sequence; 0 = min(4096, max_position_embeddings)
   bool verbose = false;
   bool stats = false;
 };
@@ -123,12 +123,18 @@ struct LoadedModel {
   std::unique_ptr<Engine> engine;
 };
 
-// Loads the tokenizer (DIR/tokenizer.json unless --tokenizer), the model (progress bar on a
-// terminal) and starts an Engine; prints "loaded N GB in X s ..." on stderr.
-Result<LoadedModel> load_model(const ModelFlags& flags, const BackendOptions& backend, const EngineOptions& engine);
+// How the loaded model will be used.
+struct LoadOptions {
+  EngineOptions engine;
+  // A conversation rewinds its slot to where the re-rendered history first differs from what the
+  // cache holds (the dropped analysis): allow rewinding across the whole context.
+  bool rewind_anywhere = false;
+};
 
-// Backend options from the flags (kind, threads, context) with one slot.
-BackendOptions backend_options_from(const ModelFlags& flags);
+// Loads the tokenizer (DIR/tokenizer.json unless --tokenizer), the model (progress bar on a
+// terminal) and starts an Engine with one slot of `flags.context` tokens (resolved here when 0);
+// prints "loaded N GB in X s ..." on stderr.
+Result<LoadedModel> load_model(ModelFlags& flags, const LoadOptions& options);
 
 // The system + developer part of a conversation for these flags (no messages yet).
 Conversation make_conversation(const GenerationFlags& flags);

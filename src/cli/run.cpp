@@ -36,9 +36,9 @@ int run_main(int argc, char** argv) {
   if (auto code = parse_flags(app, argc, argv, kName)) return *code;
   if (Status st = finalize_flags(mflags, gflags); !st.ok()) return report_error(kName, st);
 
-  EngineOptions eopts;
-  eopts.collect_router_stats = mflags.stats;
-  auto loaded = load_model(mflags, backend_options_from(mflags), eopts);
+  LoadOptions lopts;
+  lopts.engine.collect_router_stats = mflags.stats;
+  auto loaded = load_model(mflags, lopts);
   if (!loaded.ok()) return report_error(kName, loaded.status());
   Engine& engine = *loaded->engine;
   const Tokenizer& tok = *loaded->tokenizer;

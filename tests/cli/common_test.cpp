@@ -203,6 +203,7 @@ TEST(FlagsTest, FinalizeChecksEveryValue) {
       {[](ModelFlags&, GenerationFlags& g) { g.max_tokens = 0; }, "--max-tokens"},
       {[](ModelFlags& m, GenerationFlags&) { m.threads = -2; }, "--threads"},
       {[](ModelFlags& m, GenerationFlags&) { m.context = 1; }, "--context"},
+      {[](ModelFlags& m, GenerationFlags&) { m.context = -5; }, "--context"},
   };
   for (const Case& c : bad) {
     const Status st = check(c.mutate);

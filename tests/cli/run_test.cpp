@@ -194,6 +194,29 @@ TEST(CliRun, HelpListsTheOptions) {
   }
 }
 
+TEST(CliRun, ContextDefaultsToTheSmallerOf4096AndTheModelMaximum) {
+  const std::string demo = demo_model_dir();
+  const ProcResult big = run_gptoss(with(base_args("hi"), {"--max-tokens", "1"}));
+  ASSERT_EQ(big.exit_code, 0) << big.err;
+  EXPECT_NE(big.err.find("context 4096)"), std::string::npos) << big.err;
+  // The same weights with a config that allows only 256 positions.
+  const std::string dir = make_temp_dir("ctx");
+  for (const char* f : {"model.safetensors", "tokenizer.json"}) {
+    fs::create_symlink(fs::canonical(fs::path(demo) / f), fs::path(dir) / f);
+  }
+  std::ifstream in(fs::path(demo) / "config.json");
+  auto cfg = nlohmann::json::parse(in);
+  cfg["max_position_embeddings"] = 256;
+  std::ofstream(fs::path(dir) / "config.json") << cfg.dump(2);
+  auto args = base_args("hi");
+  args[2] = dir;
+  const ProcResult small = run_gptoss(with(args, {"--max-tokens", "1"}));
+  ASSERT_EQ(small.exit_code, 0) << small.err;
+  EXPECT_NE(small.err.find("context 256)"), std::string::npos) << small.err;
+  expect_clean_failure(run_gptoss(with(args, {"--context", "1000"})), "max_position_embeddings 256");
+  fs::remove_all(dir);
+}
+
 TEST(CliRun, BadInputFailsWithAClearMessage) {
   const std::string demo = demo_model_dir();
   expect_clean_failure(run_gptoss({"run", "--model", "/nonexistent/model", "--prompt", "hi"}), "does not exist");

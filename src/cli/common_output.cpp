@@ -67,13 +67,10 @@ void ConsoleSink::reasoning(const std::string& text) {
 }
 
 void ConsoleSink::message_break() {
-  if (where_ == Where::kAnswer || (where_ == Where::kReasoning && dim_)) {
-    if (!out_line_start_) {
-      if (where_ == Where::kReasoning) std::fputs(kReset, out_);
-      write(out_, "\n", out_line_start_);
-      if (where_ == Where::kReasoning) std::fputs(kDim, out_);
-    }
-  }
+  // The style ends with the message; the next one starts on a fresh line in its own style.
+  if (where_ == Where::kReasoning && dim_) std::fputs(kReset, out_);
+  if (where_ != Where::kNone && !out_line_start_) write(out_, "\n", out_line_start_);
+  where_ = Where::kNone;
   if (!err_line_start_) write(err_, "\n", err_line_start_);
 }
 

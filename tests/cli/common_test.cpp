@@ -3,7 +3,11 @@
 // metrics against hand-derived values.
 #include <gtest/gtest.h>
 
+#include <pty.h>
+#include <termios.h>
+#include <unistd.h>
 #include <cmath>
+
 #include <cstdio>
 
 #include "cli/common.h"
@@ -160,6 +164,38 @@ TEST(ConsoleSinkTest, OffTerminalReasoningGoesToStderrPrefixedPerLine) {
   EXPECT_EQ(slurp(err), "[reasoning] first line\n[reasoning] second half\n");
   std::fclose(out);
   std::fclose(err);
+}
+
+TEST(ConsoleSinkTest, OnATerminalReasoningIsDimAndTheAnswerStartsItsOwnLine) {
+  int master = -1, slave = -1;
+  ASSERT_EQ(openpty(&master, &slave, nullptr, nullptr, nullptr), 0);
+  struct termios t {};
+  tcgetattr(slave, &t);
+  cfmakeraw(&t);  // no newline translation: read back exactly what was written
+  tcsetattr(slave, TCSANOW, &t);
+  setenv("TERM", "xterm", 1);
+  unsetenv("NO_COLOR");
+  FILE* out = fdopen(slave, "w");
+  FILE* err = std::tmpfile();
+  ASSERT_TRUE(is_terminal(out));
+  {
+    ConsoleSink sink(out, err, /*show_reasoning=*/true);
+    sink.reasoning("think");
+    sink.message_break();
+    sink.answer("ans");
+    sink.end_turn();
+  }
+  std::string got;
+  char buf[256];
+  for (ssize_t n; (n = read(master, buf, sizeof buf)) > 0;) {
+    got.append(buf, static_cast<size_t>(n));
+    if (got.ends_with("ans\n")) break;
+  }
+  EXPECT_EQ(got, "\033[2mthink\033[0m\nans\n");
+  EXPECT_EQ(slurp(err), "");  // nothing on stderr: reasoning stayed on the terminal
+  std::fclose(out);
+  std::fclose(err);
+  close(master);
 }
 
 TEST(ConsoleSinkTest, HiddenReasoningWritesNothing) {

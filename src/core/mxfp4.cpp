@@ -42,7 +42,8 @@ void mxfp4_quantize_row(const float* in, int cols, uint8_t* blocks, uint8_t* sca
     float amax = 0.0f;
     for (int t = 0; t < kMxfp4BlockSize; ++t) amax = std::max(amax, std::fabs(x[t]));
     // OCP MX rule: shared exponent = floor(log2(amax)) - emax(E2M1)=2, clamped to E8M0 range.
-    int e = amax > 0.0f ? static_cast<int>(std::floor(std::log2(amax))) - 2 : -127;
+    // ilogb is exact; log2 rounds up for values just below a power of two (nextafter(8, 0) → 3).
+    int e = amax > 0.0f ? std::ilogb(amax) - 2 : -127;
     e = std::clamp(e, -127, 127);
     scales[g] = static_cast<uint8_t>(e + 127);
     const float inv = std::ldexp(1.0f, -e);

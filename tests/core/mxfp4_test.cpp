@@ -159,3 +159,21 @@ TEST(Mxfp4, QuantizeIsExactOnRepresentableRowsAndZeroBlocks) {
 
 }  // namespace
 }  // namespace gptoss
+
+// A block max just below a power of two must keep the lower exponent: floor(log2(x)) computed
+// through a rounded log2 would pick 2^(e+1) and flush the smallest codes to zero.
+TEST(Mxfp4, QuantizeScaleExactJustBelowPowerOfTwo) {
+  for (float top : {8.0f, 1.0f, 0.25f, 1024.0f}) {
+    std::vector<float> x(32, 0.0f);
+    x[0] = std::nextafter(top, 0.0f);  // amax in [top/2, top) → exponent ilogb(top) - 1
+    const int expect_e = std::ilogb(top) - 1 - 2;
+    x[1] = std::ldexp(0.5f, expect_e);  // smallest nonzero E2M1 magnitude at that scale
+    std::vector<uint8_t> blocks(16), scales(1);
+    std::vector<float> back(32);
+    gptoss::mxfp4_quantize_row(x.data(), 32, blocks.data(), scales.data());
+    EXPECT_EQ(static_cast<int>(scales[0]) - 127, expect_e) << "top " << top;
+    gptoss::mxfp4_dequantize_row(blocks.data(), scales.data(), 32, back.data());
+    EXPECT_EQ(back[1], x[1]) << "top " << top;
+    EXPECT_EQ(back[0], std::ldexp(6.0f, expect_e)) << "top " << top;  // saturates to the largest code
+  }
+}

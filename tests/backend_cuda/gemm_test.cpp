@@ -179,7 +179,7 @@ MoeSetup make_moe(const MoeCase& c, uint64_t seed) {
   s.rows = 2 * c.inter;
   s.rows_p = static_cast<int>(cuda::round_up(s.rows, cuda::kRowTile));
   s.nb = c.hidden / 32;
-  s.kblocks = static_cast<int>(cuda::round_up(s.nb, 2));
+  s.kblocks = static_cast<int>(cuda::round_up(s.nb, 4));
   cuda::gemm_segments(s.kblocks, &s.seg, &s.nseg);
   s.pairs = c.tokens * c.top_k;
   s.nt = cuda::gemm_tile_cols((s.pairs + c.experts - 1) / c.experts);
@@ -201,7 +201,7 @@ MoeSetup make_moe(const MoeCase& c, uint64_t seed) {
   for (int e = 0; e < c.experts; ++e)
     for (int r = 0; r < s.rows; ++r) {
       const size_t src = static_cast<size_t>(e) * s.rows + r, dst = static_cast<size_t>(e) * s.rows_p + r;
-      std::memcpy(&s.dev_blocks[dst * s.kblocks * 16], &s.blocks[src * s.nb * 16], static_cast<size_t>(s.nb) * 16);
+      cuda::mxfp4_repack_row(&s.blocks[src * s.nb * 16], s.nb, s.kblocks, &s.dev_blocks[dst * s.kblocks * 16]);
       std::memcpy(&s.dev_scales[dst * s.kblocks], &s.scales[src * s.nb], static_cast<size_t>(s.nb));
       s.bias_dev[dst] = bf16_to_f32(s.bias[src]);
     }

@@ -145,6 +145,14 @@ TEST(CudaArgmax, SmallAndOddRows) {
   }
 }
 
+// Router workspace (logits + zeroed arrival counters) for n tokens.
+struct RouterWorkspace {
+  DevArray<float> logits;
+  DevArray<unsigned int> counters;
+  RouterWorkspace(int n, int experts) : logits(static_cast<size_t>(n) * experts), counters(static_cast<size_t>(n)) {}
+  cuda::RouterWork get() const { return cuda::RouterWork{logits.get(), counters.get()}; }
+};
+
 struct RouterCase {
   int n, dim, experts, top_k;
 };
@@ -167,8 +175,9 @@ TEST_P(CudaRouter, MatchesCpuTopkSoftmaxAndStats) {
   DevArray<unsigned long long> counts(static_cast<size_t>(c.experts)), tokens(1);
   DevArray<double> top1(1), entropy(1);
   cuda::RouterStatsDev st{counts.get(), top1.get(), entropy.get(), tokens.get()};
+  RouterWorkspace work(c.n, c.experts);
   CUDA_ASSERT(cuda::router_launch(xd.get(), c.n, c.dim, wd.get(), bd.get(), c.experts, c.top_k, idx.get(), wt.get(), st,
-                                  nullptr, nullptr));
+                                  nullptr, work.get(), nullptr));
   const auto gi = idx.download();
   const auto gw = wt.download();
 
@@ -220,8 +229,9 @@ TEST(CudaRouterTies, EqualLogitsPickLowerIndexFirst) {
   DevArray<uint16_t> wd(w);
   DevArray<float> bd(bias), xd(random_f32(dim, 3, 1.0f)), wt(top_k);
   DevArray<int32_t> idx(top_k);
+  RouterWorkspace work(1, experts);
   CUDA_ASSERT(cuda::router_launch(xd.get(), 1, dim, wd.get(), bd.get(), experts, top_k, idx.get(), wt.get(), {},
-                                  nullptr, nullptr));
+                                  nullptr, work.get(), nullptr));
   EXPECT_EQ(idx.download(), (std::vector<int32_t>{1, 2, 4}));
   for (float v : wt.download()) EXPECT_NEAR(v, 1.0f / 3, 1e-6f);
 }
@@ -240,8 +250,10 @@ TEST(CudaRouterFusedGrouping, MatchesSeparateGrouping) {
         sp(static_cast<size_t>(n) * top_k), tiles(64 * 4), n_tiles(1);
     const cuda::MoeGroupOut g{8,           st.get(),      sp.get(),
                               tiles.get(), n_tiles.get(), cuda::moe_max_tiles(n * top_k, experts, 8)};
+    RouterWorkspace work(n, experts);
     CUDA_ASSERT(cuda::router_launch(xd.get(), n, dim, wd.get(), bd.get(), experts, top_k, idx.get(), wt.get(), {}, &g,
-                                    nullptr));
+                                    work.get(), nullptr));
+    for (unsigned v : work.counters.download()) EXPECT_EQ(v, 0u) << "arrival counters must be left at zero";
     const auto ids = idx.download(), sorted = sp.download(), tl = tiles.download();
     const int nt = n_tiles.download()[0];
     EXPECT_EQ(nt, n * top_k <= experts ? static_cast<int>(std::set<int32_t>(ids.begin(), ids.end()).size()) : nt);

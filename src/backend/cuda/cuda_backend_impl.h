@@ -30,6 +30,8 @@ struct Scratch {
   float* proj = nullptr;        // o-proj output [nparts][T][H]
   int32_t* topk_idx = nullptr;  // [T·K]
   float* topk_w = nullptr;
+  float* router_logits = nullptr;           // [T][E]
+  unsigned int* router_counters = nullptr;  // [T] (zero between launches)
   int32_t *sorted_token = nullptr, *sorted_pair = nullptr, *tiles = nullptr, *n_tiles = nullptr;
   float* mlp1 = nullptr;                      // split-mode gate/up partials [nseg][P][2I]
   uint16_t* a16 = nullptr;                    // SwiGLU output [P][ip]

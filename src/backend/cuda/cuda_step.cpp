@@ -141,7 +141,7 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
   const bool fused = router_fuses_grouping(p.T, H, E);
   GPTOSS_LAUNCH(fused ? "router + top-k + grouping" : "router + top-k", static_cast<double>(E) * H * 2,
                 router_launch(s.x32, p.T, H, L.router_w, L.router_b, E, K, s.topk_idx, s.topk_w, st,
-                              fused ? &grp : nullptr, stream_));
+                              fused ? &grp : nullptr, RouterWork{s.router_logits, s.router_counters}, stream_));
   if (!fused) GPTOSS_LAUNCH("expert grouping", 0, moe_group_launch(s.topk_idx, p.T, K, E, grp, stream_));
   const float alpha = static_cast<float>(cfg_.swiglu_alpha), limit = static_cast<float>(cfg_.swiglu_limit);
 

@@ -163,6 +163,26 @@ Producer padded_rows(const uint8_t* src, int64_t rows, int64_t bytes_per_row, in
   };
 }
 
+// MXFP4 code bytes of every expert row in the device layout (mxfp4_repack_row), rows padded.
+Producer mxfp4_rows(const uint8_t* src, int64_t rows, int nb, int64_t rows_p, int kblocks) {
+  return [=](size_t off, size_t n, uint8_t* dst) {
+    const int64_t row_bytes = static_cast<int64_t>(kblocks) * 16;
+    std::vector<uint8_t> tmp(static_cast<size_t>(row_bytes));
+    for (int64_t row = static_cast<int64_t>(off) / row_bytes; row * row_bytes < static_cast<int64_t>(off + n); ++row) {
+      const int64_t e = row / rows_p, r = row % rows_p;
+      if (r < rows) {
+        mxfp4_repack_row(src + (e * rows + r) * nb * 16, nb, kblocks, tmp.data());
+      } else {
+        std::fill(tmp.begin(), tmp.end(), 0);
+      }
+      const int64_t lo = std::max<int64_t>(row * row_bytes, static_cast<int64_t>(off));
+      const int64_t hi = std::min<int64_t>((row + 1) * row_bytes, static_cast<int64_t>(off + n));
+      std::memcpy(dst + (lo - static_cast<int64_t>(off)), tmp.data() + (lo - row * row_bytes),
+                  static_cast<size_t>(hi - lo));
+    }
+  };
+}
+
 Producer raw_bytes(const void* src) {
   return [src](size_t off, size_t n, uint8_t* dst) { std::memcpy(dst, static_cast<const uint8_t*>(src) + off, n); };
 }
@@ -203,9 +223,9 @@ struct Planner {
     x.rows = static_cast<int>(m.rows);
     x.rows_p = static_cast<int>(round_up(m.rows, kRowTile));
     const int64_t nb = m.cols / 32;
-    x.kblocks = static_cast<int>(round_up(nb, 2));
+    x.kblocks = static_cast<int>(round_up(nb, 4));
     place(&x.blocks, static_cast<size_t>(n_experts * x.rows_p * x.kblocks * 16),
-          padded_rows(m.blocks.u8(), m.rows, nb * 16, x.rows_p, x.kblocks * 16));
+          mxfp4_rows(m.blocks.u8(), m.rows, static_cast<int>(nb), x.rows_p, x.kblocks));
     place(&x.scales, static_cast<size_t>(n_experts * x.rows_p * x.kblocks),
           padded_rows(m.scales.u8(), m.rows, nb, x.rows_p, x.kblocks));
     f32(&x.bias, m.bias, m.rows, x.rows_p, n_experts);
@@ -306,6 +326,15 @@ Result<std::unique_ptr<ModelDev>> model_upload(const Model& model, cudaStream_t 
   for (auto& [field, off] : pl.fixups) *field = dev->arena.data() + off;
   GPTOSS_RETURN_IF_ERROR(copy_items(pl.layout, dev->arena.data(), stream, pool, &pl.errors));
   return dev;
+}
+
+void mxfp4_repack_row(const uint8_t* blocks, int nb, int kblocks, uint8_t* out) {
+  for (int g = 0; g < kblocks / 4; ++g)
+    for (int t = 0; t < 4; ++t)
+      for (int b = 0; b < 4; ++b) {
+        const int blk = 4 * g + b;
+        for (int i = 0; i < 4; ++i) out[64 * g + 16 * t + 4 * b + i] = blk < nb ? blocks[blk * 16 + 4 * t + i] : 0;
+      }
 }
 
 GemmPlan gemm_plan_dense(int rows, int kblocks, int n, int sm_count) {

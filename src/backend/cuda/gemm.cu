@@ -9,42 +9,64 @@
 namespace gptoss::cuda {
 namespace {
 
-constexpr int kChunkBlocks = 4;                        // 32-blocks of B per pipeline stage
-constexpr int kSmemRowHalfs = kChunkBlocks * 32 + 32;  // + 64 bytes: conflict-free 16-byte reads
-constexpr int kStages = 2;                             // shared-memory buffers of B (cp.async double buffering)
+constexpr int kStages = 2;  // shared-memory buffers of B (cp.async double buffering)
+
+// 32-blocks per pipeline chunk: 8 for narrow column tiles (decode: more weight bytes in flight per
+// warp), 4 for wide ones (register and shared-memory budget). Always a multiple of the 4-block
+// MXFP4 load group.
+template <int NT>
+constexpr int chunk_blocks() {
+  return NT <= 16 ? 8 : 4;
+}
+// Shared-memory row of one B column in a chunk: + 64 bytes keeps 16-byte reads conflict-free.
+template <int CB>
+constexpr int smem_row_halfs() {
+  return CB * 32 + 32;
+}
 
 // A fragments of one 32-block for rows g and g+8 of the warp's 16-row tile, as 4 half2 per row:
-// [0],[1] feed k-step 0 (a0/a2), [2],[3] k-step 1. Lane t owns the block's elements 8t..8t+7 (the
-// same k permutation is applied to B, so the dot products are unchanged).
+// [0],[1] feed k-step 0 (a0/a2), [2],[3] k-step 1. Lane t owns 8 of the block's elements (the same
+// k permutation is applied to B, so the dot products are unchanged).
 struct AFrag {
   uint32_t lo[4], hi[4];
 };
 
-struct ARaw {
-  uint4 f16_lo, f16_hi;  // dense
-  uint32_t q_lo, q_hi;   // MXFP4 codes (8 per row)
-  uint32_t s_lo, s_hi;   // MXFP4 scale bytes
+// Raw A registers of one chunk of CB blocks. Dense: one 16-byte load per block and row. MXFP4
+// (device layout of mxfp4_repack_row): one 16-byte load per 4 blocks and row (lane t's 4 code bytes
+// of each block) plus the 4 scale bytes.
+template <GemmWeights WT, int CB>
+struct AChunk {
+  static constexpr int kLoads = WT == GemmWeights::kF16 ? CB : CB / 4;
+  uint4 lo[kLoads], hi[kLoads];
+  uint32_t s_lo[CB / 4], s_hi[CB / 4];
 };
 
-template <GemmWeights WT>
-__device__ __forceinline__ ARaw load_a(const GemmArgs& a, const uint8_t* wbase, const uint8_t* sbase, int row, int kb,
-                                       int t) {
-  ARaw r;
+// Loads the blocks [kb, kb + cb) of rows row and row + 8 (cb ≤ CB, a multiple of 4 for MXFP4).
+template <GemmWeights WT, int CB>
+__device__ __forceinline__ void load_a(AChunk<WT, CB>& r, const GemmArgs& a, const uint8_t* wbase, const uint8_t* sbase,
+                                       int row, int kb, int cb, int t) {
   if constexpr (WT == GemmWeights::kF16) {
     const int64_t rs = static_cast<int64_t>(a.kblocks) * 64;  // bytes per row
     const uint8_t* p = wbase + row * rs + kb * 64 + t * 16;
-    r.f16_lo = __ldg(reinterpret_cast<const uint4*>(p));
-    r.f16_hi = __ldg(reinterpret_cast<const uint4*>(p + 8 * rs));
+#pragma unroll
+    for (int i = 0; i < CB; ++i) {
+      if (i >= cb) break;
+      r.lo[i] = __ldg(reinterpret_cast<const uint4*>(p + i * 64));
+      r.hi[i] = __ldg(reinterpret_cast<const uint4*>(p + i * 64 + 8 * rs));
+    }
   } else {
     const int64_t rs = static_cast<int64_t>(a.kblocks) * 16;
-    const uint8_t* p = wbase + row * rs + kb * 16 + t * 4;
-    r.q_lo = __ldg(reinterpret_cast<const uint32_t*>(p));
-    r.q_hi = __ldg(reinterpret_cast<const uint32_t*>(p + 8 * rs));
+    const uint8_t* p = wbase + row * rs + kb * 16 + t * 16;
     const uint8_t* s = sbase + static_cast<int64_t>(row) * a.kblocks + kb;
-    r.s_lo = __ldg(s);
-    r.s_hi = __ldg(s + 8 * static_cast<int64_t>(a.kblocks));
+#pragma unroll
+    for (int i = 0; i < CB / 4; ++i) {
+      if (4 * i >= cb) break;
+      r.lo[i] = __ldg(reinterpret_cast<const uint4*>(p + i * 64));
+      r.hi[i] = __ldg(reinterpret_cast<const uint4*>(p + i * 64 + 8 * rs));
+      r.s_lo[i] = __ldg(reinterpret_cast<const uint32_t*>(s + 4 * i));
+      r.s_hi[i] = __ldg(reinterpret_cast<const uint32_t*>(s + 4 * i + 8 * a.kblocks));
+    }
   }
-  return r;
 }
 
 // Scales the decoded value·2^-14 pairs of one row by its block scale 2^(s−127): one multiply by
@@ -61,20 +83,26 @@ __device__ __forceinline__ void scale_row(uint32_t (&h)[4], uint32_t s) {
   }
 }
 
-template <GemmWeights WT>
-__device__ __forceinline__ AFrag decode_a(const ARaw& r) {
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// Fragments of block i of the chunk (i a compile-time constant after unrolling).
+template <GemmWeights WT, int CB>
+__device__ __forceinline__ AFrag decode_a(const AChunk<WT, CB>& r, int i) {
   AFrag f;
   if constexpr (WT == GemmWeights::kF16) {
-    f.lo[0] = r.f16_lo.x, f.lo[1] = r.f16_lo.y, f.lo[2] = r.f16_lo.z, f.lo[3] = r.f16_lo.w;
-    f.hi[0] = r.f16_hi.x, f.hi[1] = r.f16_hi.y, f.hi[2] = r.f16_hi.z, f.hi[3] = r.f16_hi.w;
+    f.lo[0] = r.lo[i].x, f.lo[1] = r.lo[i].y, f.lo[2] = r.lo[i].z, f.lo[3] = r.lo[i].w;
+    f.hi[0] = r.hi[i].x, f.hi[1] = r.hi[i].y, f.hi[2] = r.hi[i].z, f.hi[3] = r.hi[i].w;
   } else {
     // Pairs (e0,e4), (e1,e5), (e2,e6), (e3,e7) match the activations' storage order (k_phys).
-    f.lo[0] = fp4_pair_x2m14<0>(r.q_lo), f.lo[1] = fp4_pair_x2m14<1>(r.q_lo);
-    f.lo[2] = fp4_pair_x2m14<2>(r.q_lo), f.lo[3] = fp4_pair_x2m14<3>(r.q_lo);
-    f.hi[0] = fp4_pair_x2m14<0>(r.q_hi), f.hi[1] = fp4_pair_x2m14<1>(r.q_hi);
-    f.hi[2] = fp4_pair_x2m14<2>(r.q_hi), f.hi[3] = fp4_pair_x2m14<3>(r.q_hi);
-    scale_row(f.lo, r.s_lo);
-    scale_row(f.hi, r.s_hi);
+    const uint32_t ql = word_of(r.lo[i / 4], i % 4), qh = word_of(r.hi[i / 4], i % 4);
+    f.lo[0] = fp4_pair_x2m14<0>(ql), f.lo[1] = fp4_pair_x2m14<1>(ql);
+    f.lo[2] = fp4_pair_x2m14<2>(ql), f.lo[3] = fp4_pair_x2m14<3>(ql);
+    f.hi[0] = fp4_pair_x2m14<0>(qh), f.hi[1] = fp4_pair_x2m14<1>(qh);
+    f.hi[2] = fp4_pair_x2m14<2>(qh), f.hi[3] = fp4_pair_x2m14<3>(qh);
+    scale_row(f.lo, (r.s_lo[i / 4] >> (8 * (i % 4))) & 0xffu);
+    scale_row(f.hi, (r.s_hi[i / 4] >> (8 * (i % 4))) & 0xffu);
   }
   return f;
 }
@@ -86,25 +114,26 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
 
 // Issues the asynchronous copy of B columns [0, NT) × blocks [kb0, kb0 + cb) into a shared-memory
 // stage (zeros past `count`) as one commit group.
-template <int NT>
+template <int NT, int CB>
 __device__ __forceinline__ void issue_b(const GemmArgs& a, const int* xrow, int count, int kb0, int cb,
                                         uint16_t* stage) {
+  constexpr int kRow = smem_row_halfs<CB>();
   const int quads = cb * 4;  // 16-byte pieces per column
   for (int i = threadIdx.x; i < NT * quads; i += blockDim.x) {
     const int j = i / quads, q = i - j * quads;
     const bool valid = j < count;
     const uint16_t* src = valid ? a.x + static_cast<int64_t>(xrow[j]) * a.x_stride + kb0 * 32 + q * 8 : a.x;
-    cp_async16(stage + j * kSmemRowHalfs + q * 8, src, valid);
+    cp_async16(stage + j * kRow + q * 8, src, valid);
   }
   asm volatile("cp.async.commit_group;\n" ::);
 }
 
-template <int NS>
+template <int NS, int CB>
 __device__ __forceinline__ void mma_block(float (&acc)[NS][4], const AFrag& f, const uint16_t* smem, int kbl, int g,
                                           int t) {
 #pragma unroll
   for (int ns = 0; ns < NS; ++ns) {
-    const uint4 b = *reinterpret_cast<const uint4*>(smem + (ns * 8 + g) * kSmemRowHalfs + kbl * 32 + t * 8);
+    const uint4 b = *reinterpret_cast<const uint4*>(smem + (ns * 8 + g) * smem_row_halfs<CB>() + kbl * 32 + t * 8);
     mma_f16(acc[ns], f.lo[0], f.hi[0], f.lo[1], f.hi[1], b.x, b.y);
     mma_f16(acc[ns], f.lo[2], f.hi[2], f.lo[3], f.hi[3], b.z, b.w);
   }
@@ -194,31 +223,29 @@ __global__ void __launch_bounds__(kGemmWarps * 32) gemm_kernel(const GemmArgs a)
 
   // Pipeline: while chunk c is multiplied, the B copy of chunk c+1 is in flight (cp.async) and its
   // A fragments are being loaded into registers.
-  const int nchunks = (kb_end - kb_begin + kChunkBlocks - 1) / kChunkBlocks;
-  ARaw cur[kChunkBlocks], nxt[kChunkBlocks];
-#pragma unroll
-  for (int i = 0; i < kChunkBlocks; ++i)
-    if (kb_begin + i < kb_end) cur[i] = load_a<WT>(a, wbase, sbase, row0 + g, kb_begin + i, t);
+  constexpr int CB = chunk_blocks<NT>();
+  constexpr int kStage = NT * smem_row_halfs<CB>();
+  const int nchunks = (kb_end - kb_begin + CB - 1) / CB;
+  AChunk<WT, CB> cur, nxt;
+  if (nchunks > 0) load_a<WT, CB>(cur, a, wbase, sbase, row0 + g, kb_begin, min(CB, kb_end - kb_begin), t);
   __syncthreads();  // xrow
-  if (nchunks > 0) issue_b<NT>(a, xrow, count, kb_begin, min(kChunkBlocks, kb_end - kb_begin), smem);
+  if (nchunks > 0) issue_b<NT, CB>(a, xrow, count, kb_begin, min(CB, kb_end - kb_begin), smem);
   for (int c = 0; c < nchunks; ++c) {
-    const int kb0 = kb_begin + c * kChunkBlocks, cb = min(kChunkBlocks, kb_end - kb0);
+    const int kb0 = kb_begin + c * CB, cb = min(CB, kb_end - kb0);
     if (c + 1 < nchunks) {
-      const int kn = kb0 + kChunkBlocks;
-      issue_b<NT>(a, xrow, count, kn, min(kChunkBlocks, kb_end - kn), smem + ((c + 1) % kStages) * NT * kSmemRowHalfs);
-#pragma unroll
-      for (int i = 0; i < kChunkBlocks; ++i)
-        if (kn + i < kb_end) nxt[i] = load_a<WT>(a, wbase, sbase, row0 + g, kn + i, t);
+      const int kn = kb0 + CB, cn = min(CB, kb_end - kn);
+      issue_b<NT, CB>(a, xrow, count, kn, cn, smem + ((c + 1) % kStages) * kStage);
+      load_a<WT, CB>(nxt, a, wbase, sbase, row0 + g, kn, cn, t);
       asm volatile("cp.async.wait_group 1;\n" ::);
     } else {
       asm volatile("cp.async.wait_group 0;\n" ::);
     }
     __syncthreads();
-    const uint16_t* stage = smem + (c % kStages) * NT * kSmemRowHalfs;
+    const uint16_t* stage = smem + (c % kStages) * kStage;
 #pragma unroll
-    for (int i = 0; i < kChunkBlocks; ++i) {
+    for (int i = 0; i < CB; ++i) {
       if (i >= cb) break;
-      mma_block<NS>(part, decode_a<WT>(cur[i]), stage, i, g, t);
+      mma_block<NS, CB>(part, decode_a<WT, CB>(cur, i), stage, i, g, t);
       const int kb = kb0 + i;
       if (MODE != GemmOut::kPartial && ((kb + 1) % a.seg_blocks == 0 || kb + 1 == a.kblocks)) {
 #pragma unroll
@@ -228,8 +255,7 @@ __global__ void __launch_bounds__(kGemmWarps * 32) gemm_kernel(const GemmArgs a)
       }
     }
     __syncthreads();  // the stage is refilled two chunks later
-#pragma unroll
-    for (int i = 0; i < kChunkBlocks; ++i) cur[i] = nxt[i];
+    cur = nxt;
   }
   if constexpr (MODE == GemmOut::kPartial) {
     store_f32<NS>(a, part, start, count, row0, a.out + blockIdx.z * a.part_stride, g, t);
@@ -246,7 +272,7 @@ cudaError_t launch_one(const GemmArgs& a, cudaStream_t stream) {
   const int col_tiles = a.tiles ? a.max_tiles : (a.n + NT - 1) / NT;
   if (row_blocks == 0 || col_tiles == 0) return cudaSuccess;
   const dim3 grid(row_blocks, col_tiles, MODE == GemmOut::kPartial ? a.nseg : 1);
-  const size_t smem = static_cast<size_t>(kStages) * NT * kSmemRowHalfs * sizeof(uint16_t);
+  const size_t smem = static_cast<size_t>(kStages) * NT * smem_row_halfs<chunk_blocks<NT>()>() * sizeof(uint16_t);
   gemm_kernel<WT, NT, MODE><<<grid, kGemmWarps * 32, smem, stream>>>(a);
   return cudaGetLastError();
 }
@@ -294,17 +320,17 @@ void gemm_segments(int kblocks, int* seg_blocks, int* nseg) {
   int n = (kblocks + target - 1) / target;
   if (n < 1) n = 1;
   int sb = (kblocks + n - 1) / n;
-  sb += sb & 1;
+  sb = (sb + 3) / 4 * 4;  // whole MXFP4 load groups and pipeline chunks
   *seg_blocks = sb;
   *nseg = (kblocks + sb - 1) / sb;
 }
 
 cudaError_t gemm_launch(const GemmArgs& a, int nt, cudaStream_t stream) {
-  if (a.kblocks <= 0 || a.seg_blocks <= 0 || a.seg_blocks % 2 != 0 ||
+  if (a.kblocks <= 0 || a.seg_blocks <= 0 || a.seg_blocks % 4 != 0 ||
       a.nseg != (a.kblocks + a.seg_blocks - 1) / a.seg_blocks)
     return cudaErrorInvalidValue;
   if (a.x_stride < static_cast<int64_t>(a.kblocks) * 32) return cudaErrorInvalidValue;
-  if (a.weights == GemmWeights::kMxfp4 && (a.kblocks % 2 != 0 || a.scales == nullptr)) return cudaErrorInvalidValue;
+  if (a.weights == GemmWeights::kMxfp4 && (a.kblocks % 4 != 0 || a.scales == nullptr)) return cudaErrorInvalidValue;
   if (a.tiles && (a.n_tiles == nullptr || a.max_tiles <= 0)) return cudaErrorInvalidValue;
   if (a.weights == GemmWeights::kF16) return launch_mode<GemmWeights::kF16>(a, nt, stream);
   return launch_mode<GemmWeights::kMxfp4>(a, nt, stream);

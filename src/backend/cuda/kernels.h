@@ -34,8 +34,9 @@ __host__ __device__
 
 // ---------------------------------------------------------------------------------------------
 // GEMM: out[n, r] = Σ_k W[r, k]·x[n, k] on tensor cores (fp16 operands, f32 accumulation).
-// W is fp16 [E][rows_p][kblocks·32] (dense) or MXFP4 in the checkpoint layout: blocks
-// [E][rows_p][kblocks][16], scales [E][rows_p][kblocks] (rows padded to kRowTile, kblocks to even). The reduction runs
+// W is fp16 [E][rows_p][kblocks·32] (dense, columns in k_phys order) or MXFP4 in the layout of
+// mxfp4_repack_row: blocks [E][rows_p][kblocks·16 bytes], scales [E][rows_p][kblocks] (rows padded to
+// kRowTile, kblocks to a multiple of 4). The reduction runs
 // over `nseg` segments of `seg_blocks` blocks of 32; each segment is summed on its own and the segment sums are added
 // in order, in every mode, so one output never depends on the batch size or on whether the segments ran in one block or
 // many.
@@ -53,8 +54,8 @@ struct GemmArgs {
   int64_t w_expert_bytes = 0;       // stride between experts (bytes)
   int64_t s_expert_bytes = 0;
   int rows = 0;        // valid output rows (≤ rows_p of the weight)
-  int kblocks = 0;     // reduction length / 32 (padded; even for MXFP4)
-  int seg_blocks = 0;  // blocks per segment (even)
+  int kblocks = 0;     // reduction length / 32 (padded; a multiple of 4 for MXFP4)
+  int seg_blocks = 0;  // blocks per segment (a multiple of 4)
   int nseg = 1;
 
   const uint16_t* x = nullptr;        // fp16 activations [*, x_stride]
@@ -88,8 +89,14 @@ cudaError_t gemm_launch(const GemmArgs& a, int nt, cudaStream_t stream);
 // True when (row blocks × column tiles) is too small to fill the device and segments should run
 // in separate blocks (kPartial).
 bool gemm_use_split(int64_t rows, int64_t col_tiles, int sm_count);
-// Segmenting of a reduction of `kblocks` blocks of 32: ≈512 values per segment, even block counts.
+// Segmenting of a reduction of `kblocks` blocks of 32: ≈512 values per segment, multiples of 4 blocks.
 void gemm_segments(int kblocks, int* seg_blocks, int* nseg);
+
+// Device layout of one MXFP4 row (host function): checkpoint blocks [nb][16] → kblocks (a multiple
+// of 4, ≥ nb) blocks regrouped by 4 so that lane t of a GEMM quad reads its code bytes 4t..4t+3 of
+// four consecutive blocks with one 16-byte load: out[64·g + 16·t + 4·b + i] = block 4g+b byte 4t+i
+// (zero past nb). Scales keep the block order (padded with zeros).
+void mxfp4_repack_row(const uint8_t* blocks, int nb, int kblocks, uint8_t* out);
 
 // ---------------------------------------------------------------------------------------------
 // Per-token elementwise kernels.
@@ -158,12 +165,18 @@ struct MoeGroupOut {
 };
 int moe_max_tiles(int pairs, int experts, int nt);
 
-// True when router_launch can also do the grouping (all n tokens fit in one router block).
+// Workspace of the router: logits [n][experts] f32 and one arrival counter per token tile
+// (router_max_tiles(n)); counters must be zero before the first launch and are left zero.
+struct RouterWork {
+  float* logits = nullptr;
+  unsigned int* counters = nullptr;
+};
+// True when router_launch can also do the grouping (all n tokens in one token tile).
 bool router_fuses_grouping(int n, int dim, int experts);
 // `group` (optional, only when router_fuses_grouping) is filled in the same launch.
 cudaError_t router_launch(const float* x, int n, int dim, const uint16_t* w, const float* b, int experts, int top_k,
                           int32_t* idx, float* weight, const RouterStatsDev& stats, const MoeGroupOut* group,
-                          cudaStream_t stream);
+                          const RouterWork& ws, cudaStream_t stream);
 // The grouping as its own single-block launch (idx [n, top_k]); experts ≤ 256.
 cudaError_t moe_group_launch(const int32_t* idx, int n, int top_k, int experts, const MoeGroupOut& group,
                              cudaStream_t stream);

@@ -55,13 +55,19 @@ __device__ __forceinline__ float4 residual4(const float* hr, int t, int i, const
     }
     return make_float4(v.x + d.x, v.y + d.y, v.z + d.z, v.w + d.w);
   }
+  // Unrolled over the (≤ 8) experts with the indices read first, so every load is in flight at once.
+  int e[8];
+  float w[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    if (j < add.top_k) e[j] = add.experts[t * add.top_k + j], w[j] = add.weights[t * add.top_k + j];
   float4 moe = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  for (int j = 0; j < add.top_k; ++j) {
-    const int pair = t * add.top_k + j;
-    float4 y = sum_parts4(add.parts + pair * add.stride + i, add.nparts, add.part_stride);
-    const float4 b = ld4(add.expert_bias + add.experts[pair] * add.expert_bias_stride + i);
-    const float w = add.weights[pair];
-    moe.x += w * (y.x + b.x), moe.y += w * (y.y + b.y), moe.z += w * (y.z + b.z), moe.w += w * (y.w + b.w);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    if (j >= add.top_k) break;
+    const float4 y = sum_parts4(add.parts + (t * add.top_k + j) * add.stride + i, add.nparts, add.part_stride);
+    const float4 b = ld4(add.expert_bias + e[j] * add.expert_bias_stride + i);
+    moe.x += w[j] * (y.x + b.x), moe.y += w[j] * (y.y + b.y), moe.z += w[j] * (y.z + b.z), moe.w += w[j] * (y.w + b.w);
   }
   return make_float4(v.x + moe.x, v.y + moe.y, v.z + moe.z, v.w + moe.w);
 }
@@ -181,6 +187,7 @@ cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add,
   if (dim % 4 != 0 || dim > kNormMaxVec * kNormThreads * 4) return cudaErrorInvalidValue;
   if (add.nparts > 0 && add.top_k > 0 && (add.experts == nullptr || add.weights == nullptr || !add.expert_bias))
     return cudaErrorInvalidValue;
+  if (add.top_k > 8) return cudaErrorInvalidValue;
   add_rmsnorm_kernel<<<n, kNormThreads, 0, stream>>>(h, dim, add, gain, eps, x16, x16_stride, x32);
   return cudaGetLastError();
 }

@@ -11,7 +11,7 @@
 namespace gptoss::cuda {
 namespace {
 
-constexpr int kRouterThreads = 1024;
+constexpr int kRouterThreads = 256;  // 8 warps: 8 experts per block
 constexpr int kRouterMaxTokens = 4;
 constexpr int kMaxExpertsPerLane = 8;  // experts ≤ 256
 
@@ -94,24 +94,26 @@ __device__ void topk_softmax(const float* logits, int experts, int top_k, int t,
   }
 }
 
-// Block: up to TT tokens; one warp per expert (round-robin). Each lane reads 8 bf16 weights (16
-// bytes) and the matching 8 activations (two conflict-free 16-byte shared loads) per step, so a
-// decode step's router costs a few memory latencies.
+// grid (token tile of TT tokens, expert group of 8 experts): each warp computes one expert's logits
+// for the tile (16-byte weight loads: 8 bf16 per lane and step) into the global logits workspace.
+// The last block of a tile to finish (arrival counter) selects every token's top-k; with a single
+// tile it also groups the pairs. Spreading the weights over several blocks keeps a decode step's
+// router from being limited by one SM's bandwidth.
 template <int TT>
 __global__ void __launch_bounds__(kRouterThreads)
     router_kernel(const float* x, int n, int dim, const uint16_t* w, const float* b, int experts, int top_k,
-                  int32_t* idx, float* weight, RouterStatsDev stats, MoeGroupOut group) {
-  extern __shared__ float sm[];
-  float* xs = sm;                 // [TT][dim]
-  float* logits = sm + TT * dim;  // [TT][experts]
+                  int32_t* idx, float* weight, RouterStatsDev stats, MoeGroupOut group, RouterWork ws) {
+  extern __shared__ float xs[];  // [TT][dim]
   __shared__ int gsm[3 * 32 * kMaxExpertsPerLane];
+  __shared__ bool last;
   const int t0 = blockIdx.x * TT;
   const int nt = min(TT, n - t0);
   for (int i = threadIdx.x; i < nt * dim / 4; i += blockDim.x)
     reinterpret_cast<float4*>(xs)[i] = reinterpret_cast<const float4*>(x + static_cast<int64_t>(t0) * dim)[i];
   __syncthreads();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-  for (int e = warp; e < experts; e += nw) {
+  const int e = blockIdx.y * nw + warp;
+  if (e < experts) {
     const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(e) * dim);
     float acc[TT];
 #pragma unroll
@@ -137,12 +139,24 @@ __global__ void __launch_bounds__(kRouterThreads)
     for (int tt = 0; tt < TT; ++tt) {
       if (tt >= nt) break;
       const float s = warp_sum(acc[tt]);
-      if (lane == 0) logits[tt * experts + e] = s + b[e];
+      if (lane == 0) ws.logits[static_cast<int64_t>(t0 + tt) * experts + e] = s + b[e];
     }
   }
+  __threadfence();
   __syncthreads();
-  if (warp < nt) topk_softmax(logits + warp * experts, experts, top_k, t0 + warp, idx, weight, stats);
-  if (group.tiles == nullptr) return;  // uniform: grouping is fused only into a single-block launch
+  if (threadIdx.x == 0) last = atomicAdd(&ws.counters[blockIdx.x], 1u) == gridDim.y - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  if (warp < nt) {
+    float* lg = xs;  // this block's activations are no longer needed: stage the tile's logits
+    for (int k = lane; k < experts; k += 32)
+      lg[warp * experts + k] = __ldcg(&ws.logits[static_cast<int64_t>(t0 + warp) * experts + k]);
+    __syncwarp();
+    topk_softmax(lg + warp * experts, experts, top_k, t0 + warp, idx, weight, stats);
+  }
+  if (threadIdx.x == 0) ws.counters[blockIdx.x] = 0;  // ready for the next launch
+  if (group.tiles == nullptr) return;                 // uniform: grouping is fused only into a single-tile launch
   __syncthreads();
   group_pairs(idx, n * top_k, top_k, experts, group, gsm);
 }
@@ -154,10 +168,11 @@ __global__ void moe_group_kernel(const int32_t* idx, int pairs, int top_k, int e
 
 }  // namespace
 
-// Tokens per router block: as many as kRouterMaxTokens whose activations fit in 40 KB of shared memory.
+// Tokens per router tile: as many as kRouterMaxTokens whose activations (and, in the last block,
+// logits) fit in 40 KB of shared memory.
 int router_tokens_per_block(int dim, int experts) {
   int tt = kRouterMaxTokens;
-  while (tt > 1 && static_cast<size_t>(tt) * (dim + experts) * sizeof(float) > 40 * 1024) tt /= 2;
+  while (tt > 1 && static_cast<size_t>(tt) * std::max(dim, experts) * sizeof(float) > 40 * 1024) tt /= 2;
   return tt;
 }
 
@@ -172,9 +187,10 @@ int moe_max_tiles(int pairs, int experts, int nt) {
 
 cudaError_t router_launch(const float* x, int n, int dim, const uint16_t* w, const float* b, int experts, int top_k,
                           int32_t* idx, float* weight, const RouterStatsDev& stats, const MoeGroupOut* group,
-                          cudaStream_t stream) {
+                          const RouterWork& ws, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  if (experts > 32 * kMaxExpertsPerLane || top_k > 8 || top_k < 1 || top_k > experts || dim % 8 != 0)
+  if (experts > 32 * kMaxExpertsPerLane || top_k > 8 || top_k < 1 || top_k > experts || dim % 8 != 0 || !ws.logits ||
+      !ws.counters)
     return cudaErrorInvalidValue;
   MoeGroupOut g;
   if (group) {
@@ -183,21 +199,21 @@ cudaError_t router_launch(const float* x, int n, int dim, const uint16_t* w, con
     g = *group;
   }
   const int tt = router_tokens_per_block(dim, experts);
-  const size_t smem = static_cast<size_t>(tt) * (dim + experts) * sizeof(float);
+  const size_t smem = static_cast<size_t>(tt) * std::max(dim, experts) * sizeof(float);
   if (smem > 40 * 1024) return cudaErrorInvalidValue;
-  const int blocks = (n + tt - 1) / tt;
+  const dim3 grid((n + tt - 1) / tt, (experts + kRouterThreads / 32 - 1) / (kRouterThreads / 32));
   switch (tt) {
     case 4:
       router_kernel<4>
-          <<<blocks, kRouterThreads, smem, stream>>>(x, n, dim, w, b, experts, top_k, idx, weight, stats, g);
+          <<<grid, kRouterThreads, smem, stream>>>(x, n, dim, w, b, experts, top_k, idx, weight, stats, g, ws);
       break;
     case 2:
       router_kernel<2>
-          <<<blocks, kRouterThreads, smem, stream>>>(x, n, dim, w, b, experts, top_k, idx, weight, stats, g);
+          <<<grid, kRouterThreads, smem, stream>>>(x, n, dim, w, b, experts, top_k, idx, weight, stats, g, ws);
       break;
     default:
       router_kernel<1>
-          <<<blocks, kRouterThreads, smem, stream>>>(x, n, dim, w, b, experts, top_k, idx, weight, stats, g);
+          <<<grid, kRouterThreads, smem, stream>>>(x, n, dim, w, b, experts, top_k, idx, weight, stats, g, ws);
   }
   return cudaGetLastError();
 }

@@ -249,7 +249,8 @@ int bench_main(int argc, char** argv) {
   int64_t kv_entries = 0;
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
     kv_entries += cfg.is_sliding(l) ? std::min(mid_ctx, cfg.sliding_window) : mid_ctx;
-  const double kv_bytes = static_cast<double>(kv_entries) * static_cast<double>(cfg.kv_dim()) * 2 * (on_gpu ? 2 : 4);
+  // Both backends keep K and V in f32.
+  const double kv_bytes = static_cast<double>(kv_entries) * static_cast<double>(cfg.kv_dim()) * 2 * sizeof(float);
   double bw = f.bandwidth_gbs * 1e9;
   std::string bw_source = "--bandwidth flag";
   if (bw == 0) {

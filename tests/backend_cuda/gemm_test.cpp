@@ -20,10 +20,11 @@ using cuda::GemmArgs;
 using cuda::GemmOut;
 using cuda::GemmWeights;
 
-// f32 tensor-core accumulation of fp16 products: each mma adds 16 exact products with at most a
-// few ulps of truncation, so the error of one output stays below ~(K/16 + 16)·2^-23·Σ|w·x|.
+// Activations enter as fp16 pairs (hi + lo carries x to 2^-22 relative) and the f32 tensor-core
+// accumulation adds 16 exact products per mma with a few ulps of truncation: the error of one
+// output stays below ~(2·K/16 + 16)·2^-23·Σ|w·x| + 2^-21·Σ|w·x|.
 double mma_tolerance(int cols, double abs_sum) {
-  return (cols / 16.0 + 16.0) * std::ldexp(1.0, -23) * abs_sum + 1e-30;
+  return ((2.0 * cols / 16.0 + 16.0) * std::ldexp(1.0, -23) + std::ldexp(1.0, -21)) * abs_sum + 1e-30;
 }
 
 bool same_bits(float a, float b) {
@@ -40,7 +41,6 @@ struct DenseSetup {
   int rows_p, kp, kblocks, seg, nseg;
   std::vector<uint16_t> wb;  // bf16 [rows][cols]
   std::vector<float> x;      // f32 [n][cols]
-  std::vector<float> x_r;    // x rounded to fp16 [n][cols]
 };
 
 DenseSetup make_dense(const DenseCase& c, uint64_t seed) {
@@ -51,8 +51,6 @@ DenseSetup make_dense(const DenseCase& c, uint64_t seed) {
   cuda::gemm_segments(s.kblocks, &s.seg, &s.nseg);
   s.wb = random_bf16(static_cast<size_t>(c.rows) * c.cols, seed, 2.0f / std::sqrt(static_cast<float>(c.cols)));
   s.x = random_f32(static_cast<size_t>(c.n) * c.cols, seed + 1, 3.0f);
-  s.x_r = s.x;
-  for (float& v : s.x_r) v = f16_round(v);
   return s;
 }
 
@@ -66,6 +64,26 @@ std::vector<uint16_t> pad_f16(const std::vector<float>& m, int rows, int cols, i
   return out;
 }
 
+// Activations as the device's fp16 pairs: row r = [hi: kp][lo: kp], columns in k_phys order.
+std::vector<uint16_t> pad_pairs(const std::vector<float>& m, int rows, int cols, int kp) {
+  std::vector<uint16_t> out(static_cast<size_t>(rows) * 2 * kp, 0);
+  for (int r = 0; r < rows; ++r)
+    for (int k = 0; k < cols; ++k) {
+      const float v = m[static_cast<size_t>(r) * cols + k];
+      const uint16_t hi = f32_to_f16(v);
+      const size_t at = static_cast<size_t>(r) * 2 * kp + cuda::k_phys(k);
+      out[at] = hi;
+      out[at + kp] = f32_to_f16(v - f16_to_f32(hi));
+    }
+  return out;
+}
+
+// Value of pair element k of row r ([hi: kp][lo: kp]).
+float pair_value(const std::vector<uint16_t>& v, size_t r, int kp, int k) {
+  const size_t at = r * 2 * kp + cuda::k_phys(k);
+  return f16_to_f32(v[at]) + f16_to_f32(v[at + kp]);
+}
+
 GemmArgs dense_args(const DenseSetup& s, const DenseCase& c, const uint16_t* w, const uint16_t* x, int n, float* out) {
   GemmArgs a;
   a.weights = GemmWeights::kF16;
@@ -75,7 +93,8 @@ GemmArgs dense_args(const DenseSetup& s, const DenseCase& c, const uint16_t* w, 
   a.seg_blocks = s.seg;
   a.nseg = s.nseg;
   a.x = x;
-  a.x_stride = s.kp;
+  a.x_stride = 2 * s.kp;
+  a.x_lo = s.kp;
   a.n = n;
   a.out = out;
   a.out_stride = c.rows;
@@ -89,7 +108,7 @@ TEST_P(DenseGemmTest, MatchesFloat64AndCpuReference) {
   std::vector<float> wf(s.wb.size());
   for (size_t i = 0; i < wf.size(); ++i) wf[i] = bf16_to_f32(s.wb[i]);
   DevArray<uint16_t> w(pad_f16(wf, c.rows, c.cols, s.rows_p, s.kp));
-  DevArray<uint16_t> x(pad_f16(s.x, c.n, c.cols, c.n, s.kp));
+  DevArray<uint16_t> x(pad_pairs(s.x, c.n, c.cols, s.kp));
   DevArray<float> out(static_cast<size_t>(c.n) * c.rows);
   out.fill_bytes(0xff);  // NaN poison: every output must be written
   CUDA_ASSERT(
@@ -102,16 +121,16 @@ TEST_P(DenseGemmTest, MatchesFloat64AndCpuReference) {
       double ref = 0, abs_sum = 0;
       for (int k = 0; k < c.cols; ++k) {
         const double p =
-            static_cast<double>(wf[static_cast<size_t>(r) * c.cols + k]) * s.x_r[static_cast<size_t>(t) * c.cols + k];
+            static_cast<double>(wf[static_cast<size_t>(r) * c.cols + k]) * s.x[static_cast<size_t>(t) * c.cols + k];
         ref += p, abs_sum += std::fabs(p);
       }
       const float got = y[static_cast<size_t>(t) * c.rows + r];
       ASSERT_NEAR(got, ref, mma_tolerance(c.cols, abs_sum)) << "token " << t << " row " << r;
     }
-  // Against the CPU op on the unrounded activations: the only extra error is fp16 rounding of x.
+  // Against the CPU op: both are near-f32 (pairs carry x to 2^-22).
   std::vector<float> cpu(static_cast<size_t>(c.n) * c.rows);
   cpu::matmul_bf16(s.x.data(), c.n, c.cols, s.wb.data(), nullptr, c.rows, cpu.data(), nullptr);
-  EXPECT_LE(rel_l2(y.data(), cpu.data(), cpu.size()), 2e-3);
+  EXPECT_LE(rel_l2(y.data(), cpu.data(), cpu.size()), 1e-5);
 }
 
 TEST_P(DenseGemmTest, SplitPartialsAndBatchSizeDoNotChangeBits) {
@@ -120,7 +139,7 @@ TEST_P(DenseGemmTest, SplitPartialsAndBatchSizeDoNotChangeBits) {
   std::vector<float> wf(s.wb.size());
   for (size_t i = 0; i < wf.size(); ++i) wf[i] = bf16_to_f32(s.wb[i]);
   DevArray<uint16_t> w(pad_f16(wf, c.rows, c.cols, s.rows_p, s.kp));
-  DevArray<uint16_t> x(pad_f16(s.x, c.n, c.cols, c.n, s.kp));
+  DevArray<uint16_t> x(pad_pairs(s.x, c.n, c.cols, s.kp));
   DevArray<float> full(static_cast<size_t>(c.n) * c.rows), parts(static_cast<size_t>(s.nseg) * c.n * c.rows),
       single(static_cast<size_t>(c.rows));
   GemmArgs a = dense_args(s, c, w.get(), x.get(), c.n, full.get());
@@ -129,7 +148,7 @@ TEST_P(DenseGemmTest, SplitPartialsAndBatchSizeDoNotChangeBits) {
   a.out = parts.get();
   CUDA_ASSERT(cuda::gemm_launch(a, 8, nullptr));
   // The last column alone, with the widest column tile.
-  GemmArgs one = dense_args(s, c, w.get(), x.get() + static_cast<size_t>(c.n - 1) * s.kp, 1, single.get());
+  GemmArgs one = dense_args(s, c, w.get(), x.get() + static_cast<size_t>(c.n - 1) * 2 * s.kp, 1, single.get());
   CUDA_ASSERT(cuda::gemm_launch(one, 64, nullptr));
   const std::vector<float> yf = full.download(), yp = parts.download(), y1 = single.download();
   for (int t = 0; t < c.n; ++t)
@@ -170,7 +189,7 @@ struct MoeSetup {
   std::vector<uint8_t> dev_blocks, dev_scales;  // device layout
   std::vector<uint16_t> bias;                   // bf16 [E][rows]
   std::vector<float> bias_dev;                  // f32 [E][rows_p]
-  std::vector<float> x, x_r;                    // [tokens][hidden]
+  std::vector<float> x;                         // [tokens][hidden]
   std::vector<int32_t> idx;                     // [tokens][top_k]
 };
 
@@ -206,8 +225,6 @@ MoeSetup make_moe(const MoeCase& c, uint64_t seed) {
       s.bias_dev[dst] = bf16_to_f32(s.bias[src]);
     }
   s.x = random_f32(static_cast<size_t>(c.tokens) * c.hidden, seed + 9, 2.0f);
-  s.x_r = s.x;
-  for (float& v : s.x_r) v = f16_round(v);
   s.idx.resize(static_cast<size_t>(s.pairs));
   std::vector<int32_t> perm(static_cast<size_t>(c.experts));
   for (int t = 0; t < c.tokens; ++t) {
@@ -229,13 +246,13 @@ struct MoeDevice {
       : blocks(s.dev_blocks),
         scales(s.dev_scales),
         bias(s.bias_dev),
-        x(pad_f16(s.x, c.tokens, c.hidden, c.tokens, static_cast<int>(cuda::round_up(c.hidden, cuda::kKPad)))),
+        x(pad_pairs(s.x, c.tokens, c.hidden, static_cast<int>(cuda::round_up(c.hidden, cuda::kActPad)))),
         idx(s.idx),
         sorted_token(static_cast<size_t>(s.pairs)),
         sorted_pair(static_cast<size_t>(s.pairs)),
         tiles(static_cast<size_t>(s.max_tiles) * 4),
         n_tiles(1),
-        kp(static_cast<int>(cuda::round_up(c.hidden, cuda::kKPad))) {}
+        kp(static_cast<int>(cuda::round_up(c.hidden, cuda::kActPad))) {}
   cuda::MoeGroupOut group(const MoeSetup& s) const {
     return cuda::MoeGroupOut{s.nt, sorted_token.get(), sorted_pair.get(), tiles.get(), n_tiles.get(), s.max_tiles};
   }
@@ -251,7 +268,8 @@ struct MoeDevice {
     a.seg_blocks = s.seg;
     a.nseg = s.nseg;
     a.x = x.get();
-    a.x_stride = kp;
+    a.x_stride = 2 * kp;
+    a.x_lo = kp;
     a.x_gather = sorted_token.get();
     a.tiles = tiles.get();
     a.n_tiles = n_tiles.get();
@@ -299,25 +317,26 @@ TEST_P(MoeGemmTest, ExpertOutputsMatchReferenceAndSwiglu) {
   a.out_stride = s.rows;
   a.out_scatter = d.sorted_pair.get();
   CUDA_ASSERT(cuda::gemm_launch(a, s.nt, nullptr));
-  const int ip = static_cast<int>(cuda::round_up(c.inter, cuda::kKPad));
-  DevArray<uint16_t> act(static_cast<size_t>(s.pairs) * ip);
+  const int ip = static_cast<int>(cuda::round_up(c.inter, cuda::kActPad));
+  DevArray<uint16_t> act(static_cast<size_t>(s.pairs) * 2 * ip);
   GemmArgs sw = d.args(s);
   sw.mode = GemmOut::kSwiglu;
   sw.out16 = act.get();
-  sw.out16_stride = ip;
+  sw.out16_stride = 2 * ip;
+  sw.out16_lo = ip;
   sw.out_scatter = d.sorted_pair.get();
   sw.bias = d.bias.get();
   sw.bias_expert_stride = s.rows_p;
   CUDA_ASSERT(cuda::gemm_launch(sw, s.nt, nullptr));
   const std::vector<float> yd = y.download();
-  const std::vector<float> ad = from_f16(act.download());
+  const std::vector<uint16_t> ad = act.download();
 
   std::vector<float> wrow(static_cast<size_t>(c.hidden)), gu(static_cast<size_t>(s.rows)),
       ref_act(static_cast<size_t>(c.inter));
   std::vector<float> cpu_y(static_cast<size_t>(s.rows));
   for (int p = 0; p < s.pairs; ++p) {
     const int t = p / c.top_k, e = s.idx[static_cast<size_t>(p)];
-    const float* xr = &s.x_r[static_cast<size_t>(t) * c.hidden];
+    const float* xr = &s.x[static_cast<size_t>(t) * c.hidden];
     for (int r = 0; r < s.rows; ++r) {
       const size_t row = static_cast<size_t>(e) * s.rows + r;
       mxfp4_dequantize_row(&s.blocks[row * s.nb * 16], &s.scales[row * s.nb], c.hidden, wrow.data());
@@ -330,14 +349,14 @@ TEST_P(MoeGemmTest, ExpertOutputsMatchReferenceAndSwiglu) {
     }
     cpu::swiglu_clamp(gu.data(), c.inter, 1.702f, 7.0f, ref_act.data());
     for (int j = 0; j < c.inter; ++j)
-      ASSERT_NEAR(ad[static_cast<size_t>(p) * ip + cuda::k_phys(j)], ref_act[static_cast<size_t>(j)],
-                  1e-3 * std::max(1.0f, std::fabs(ref_act[static_cast<size_t>(j)])))
+      ASSERT_NEAR(pair_value(ad, static_cast<size_t>(p), ip, j), ref_act[static_cast<size_t>(j)],
+                  1e-5 * std::max(1.0f, std::fabs(ref_act[static_cast<size_t>(j)])))
           << "swiglu pair " << p << " j " << j;
-    // CPU op on unrounded activations (the difference is the fp16 rounding of x only).
+    // The CPU op (f32 dequantize + f32 dot products in its canonical order).
     const size_t e0 = static_cast<size_t>(e) * s.rows;
     cpu::mxfp4_matmul(&s.blocks[e0 * s.nb * 16], &s.scales[e0 * s.nb], nullptr, s.rows, c.hidden,
                       &s.x[static_cast<size_t>(t) * c.hidden], 1, cpu_y.data(), nullptr);
-    EXPECT_LE(rel_l2(&yd[static_cast<size_t>(p) * s.rows], cpu_y.data(), cpu_y.size()), 2e-3) << "pair " << p;
+    EXPECT_LE(rel_l2(&yd[static_cast<size_t>(p) * s.rows], cpu_y.data(), cpu_y.size()), 1e-5) << "pair " << p;
   }
 }
 
@@ -346,13 +365,14 @@ TEST_P(MoeGemmTest, SplitSwigluAndTokenAloneAreBitIdentical) {
   const MoeSetup s = make_moe(c, 123 + c.tokens * 5 + c.inter);
   MoeDevice d(s, c);
   CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, d.group(s), nullptr));
-  const int ip = static_cast<int>(cuda::round_up(c.inter, cuda::kKPad));
-  DevArray<uint16_t> fused(static_cast<size_t>(s.pairs) * ip), split(static_cast<size_t>(s.pairs) * ip);
+  const int ip = static_cast<int>(cuda::round_up(c.inter, cuda::kActPad));
+  DevArray<uint16_t> fused(static_cast<size_t>(s.pairs) * 2 * ip), split(static_cast<size_t>(s.pairs) * 2 * ip);
   DevArray<float> parts(static_cast<size_t>(s.nseg) * s.pairs * s.rows);
   GemmArgs sw = d.args(s);
   sw.mode = GemmOut::kSwiglu;
   sw.out16 = fused.get();
-  sw.out16_stride = ip;
+  sw.out16_stride = 2 * ip;
+  sw.out16_lo = ip;
   sw.bias = d.bias.get();
   sw.bias_expert_stride = s.rows_p;
   CUDA_ASSERT(cuda::gemm_launch(sw, s.nt, nullptr));
@@ -364,7 +384,7 @@ TEST_P(MoeGemmTest, SplitSwigluAndTokenAloneAreBitIdentical) {
   CUDA_ASSERT(cuda::gemm_launch(pa, s.nt, nullptr));
   CUDA_ASSERT(cuda::swiglu_parts_launch(parts.get(), s.nseg, pa.part_stride, s.rows, c.inter, d.tiles.get(),
                                         d.n_tiles.get(), s.max_tiles, d.bias.get(), s.rows_p, 1.702f, 7.0f, split.get(),
-                                        ip, nullptr));
+                                        2 * ip, ip, nullptr));
   const auto f = fused.download(), sp = split.download();
   for (size_t i = 0; i < f.size(); ++i) ASSERT_EQ(f[i], sp[i]) << "element " << i;
 

@@ -51,7 +51,7 @@ TEST_P(CudaAddRmsNorm, MatchesReference) {
 
   DevArray<float> h(h0), p(parts), b(bias), g(gain_f), w(weights), x32(static_cast<size_t>(c.n) * c.dim);
   DevArray<int32_t> ex(experts);
-  DevArray<uint16_t> x16(static_cast<size_t>(c.n) * x16_stride);
+  DevArray<uint16_t> x16(static_cast<size_t>(c.n) * 2 * x16_stride);  // fp16 pairs: [hi][lo] per row
   cuda::ResidualAdd add;
   add.parts = p.get();
   add.nparts = c.nparts;
@@ -63,8 +63,8 @@ TEST_P(CudaAddRmsNorm, MatchesReference) {
     add.top_k = c.top_k, add.experts = ex.get(), add.weights = w.get();
     add.expert_bias = b.get(), add.expert_bias_stride = c.dim;
   }
-  CUDA_ASSERT(
-      cuda::add_rmsnorm_launch(h.get(), c.n, c.dim, add, g.get(), 1e-5f, x16.get(), x16_stride, x32.get(), nullptr));
+  CUDA_ASSERT(cuda::add_rmsnorm_launch(h.get(), c.n, c.dim, add, g.get(), 1e-5f, x16.get(), 2 * x16_stride, x16_stride,
+                                       x32.get(), nullptr));
 
   // Host: the same sums in double, then the CPU RMSNorm.
   std::vector<float> href = h0;
@@ -86,21 +86,21 @@ TEST_P(CudaAddRmsNorm, MatchesReference) {
   std::vector<float> xref(href.size());
   cpu::rmsnorm(href.data(), c.n, c.dim, gain.data(), 1e-5f, xref.data());
   const std::vector<float> hd = h.download(), xd = x32.download();
-  const std::vector<float> x16d = from_f16(x16.download());
+  const std::vector<float> x16d = from_f16(x16.download());  // hi at [0, half), lo at [half, 2·half)
   for (size_t i = 0; i < href.size(); ++i) ASSERT_NEAR(hd[i], href[i], 1e-5 * (std::fabs(href[i]) + 10)) << i;
   EXPECT_LE(rel_l2(xd.data(), xref.data(), xref.size()), 1e-6);
   // A second launch with no contribution: the norm of the updated residual, residual untouched.
   DevArray<float> x32b(static_cast<size_t>(c.n) * c.dim);
-  CUDA_ASSERT(cuda::add_rmsnorm_launch(h.get(), c.n, c.dim, cuda::ResidualAdd{}, g.get(), 1e-5f, x16.get(), x16_stride,
-                                       x32b.get(), nullptr));
+  CUDA_ASSERT(cuda::add_rmsnorm_launch(h.get(), c.n, c.dim, cuda::ResidualAdd{}, g.get(), 1e-5f, x16.get(),
+                                       2 * x16_stride, x16_stride, x32b.get(), nullptr));
   const std::vector<float> xb = x32b.download();
   EXPECT_LE(rel_l2(xb.data(), xref.data(), xref.size()), 1e-6);
   EXPECT_EQ(h.download(), hd);
   for (int t = 0; t < c.n; ++t)
     for (int i = 0; i < c.dim; ++i) {
       const float r = xref[static_cast<size_t>(t) * c.dim + i];
-      ASSERT_NEAR(x16d[static_cast<size_t>(t) * x16_stride + cuda::k_phys(i)], r, std::ldexp(std::fabs(r), -10) + 1e-6)
-          << t << "," << i;
+      const size_t at = static_cast<size_t>(t) * 2 * x16_stride + cuda::k_phys(i);
+      ASSERT_NEAR(x16d[at] + x16d[at + x16_stride], r, 1e-6 * std::fabs(r) + 1e-7) << t << "," << i;
     }
 }
 

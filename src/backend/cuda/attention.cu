@@ -64,11 +64,10 @@ __global__ void qkv_rope_kernel(const QkvRopeArgs a, const AttnShape s, const Kv
 
   const int64_t cache_row = static_cast<int64_t>(p % kv.cap);
   auto head_ptr = [&](int head) {  // q heads, then k heads, then v heads
-    if (head < s.n_heads) return reinterpret_cast<__half*>(a.q16) + (static_cast<int64_t>(t) * s.n_heads + head) * s.dp;
+    if (head < s.n_heads) return a.q32 + (static_cast<int64_t>(t) * s.n_heads + head) * s.dp;
     const bool is_k = head < s.n_heads + s.n_kv_heads;
     const int kvh = is_k ? head - s.n_heads : head - s.n_heads - s.n_kv_heads;
-    return reinterpret_cast<__half*>(is_k ? kv.k : kv.v) +
-           ((static_cast<int64_t>(a.slot[t]) * s.n_kv_heads + kvh) * kv.cap + cache_row) * s.dp;
+    return (is_k ? kv.k : kv.v) + ((static_cast<int64_t>(a.slot[t]) * s.n_kv_heads + kvh) * kv.cap + cache_row) * s.dp;
   };
   if (idx < n_rot) {
     const int head = idx / half, i = idx - head * half;
@@ -76,28 +75,34 @@ __global__ void qkv_rope_kernel(const QkvRopeArgs a, const AttnShape s, const Kv
     const float c = cosf(angle) * a.concentration, sn = sinf(angle) * a.concentration;
     const int col = head * d;  // k heads follow the q heads in the fused projection
     const float x0 = value(col + i), x1 = value(col + i + half);
-    __half* dst = head_ptr(head);
-    dst[i] = __float2half_rn(x0 * c - x1 * sn);
-    dst[i + half] = __float2half_rn(x1 * c + x0 * sn);
+    float* dst = head_ptr(head);
+    dst[i] = x0 * c - x1 * sn;
+    dst[i + half] = x1 * c + x0 * sn;
   } else if (idx < n_rot + n_v) {
     const int j = idx - n_rot, kvh = j / d, i = j - kvh * d;
-    head_ptr(s.n_heads + s.n_kv_heads + kvh)[i] = __float2half_rn(value(s.n_heads * d + s.n_kv_heads * d + j));
+    head_ptr(s.n_heads + s.n_kv_heads + kvh)[i] = value(s.n_heads * d + s.n_kv_heads * d + j);
   } else {
     // Zero padding keeps the padded dot products exact.
     const int j = idx - n_rot - n_v, head = j / pad;
-    head_ptr(head)[d + j - head * pad] = __float2half_rn(0.0f);
+    head_ptr(head)[d + j - head * pad] = 0.0f;
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Shared-memory row strides (halfs): K rows are read as 8-byte pieces (stride ≡ 32 bytes mod 128
+// Per key tile, the f32 K and V rows land in shared memory by cp.async (two stages) and are split
+// into fp16 hi/lo tiles; scores are Qh·Kh + Qh·Kl + Ql·Kh and outputs Ph·Vh + Ph·Vl + Pl·Vh (the
+// dropped lo·lo terms are ~2^-22 relative), i.e. near-f32 attention on tensor cores.
+// fp16 tile row strides (halfs): K rows are read as 8-byte pieces (stride ≡ 32 bytes mod 128
 // spreads a half-warp over all banks), V rows by ldmatrix (stride ≡ 16 bytes mod 128).
 template <int DP>
 struct AttnLayout {
   static constexpr int kK = DP + (((32 - DP * 2) % 128 + 128) % 128) / 2;
   static constexpr int kV = DP + (((16 - DP * 2) % 128 + 128) % 128) / 2;
-  static constexpr int kBufHalfs = kAttnKeyTile * (kK + kV);
-  static constexpr size_t kSmemBytes = 2 * kBufHalfs * sizeof(uint16_t);
+  static constexpr int kRawFloats = 2 * kAttnKeyTile * DP;  // one stage: K then V
+  static constexpr int kKh = 0, kKl = kAttnKeyTile * kK, kVh = 2 * kAttnKeyTile * kK,
+                       kVl = 2 * kAttnKeyTile * kK + kAttnKeyTile * kV;  // offsets in the fp16 area
+  static constexpr int kHalfs = 2 * kAttnKeyTile * (kK + kV);
+  static constexpr size_t kSmemBytes = 2 * kRawFloats * sizeof(float) + kHalfs * sizeof(uint16_t);
 };
 
 struct RowInfo {
@@ -105,26 +110,60 @@ struct RowInfo {
   int token, head, pos, lo;
 };
 
+// hi/lo fp16 pairs of (a, b): hi = fp16 rounding, lo = fp16 of the remainder.
+__device__ __forceinline__ void split2(float a, float b, uint32_t& hi, uint32_t& lo) {
+  const __half2 h = __floats2half2_rn(a, b);
+  const float2 f = __half22float2(h);
+  const __half2 l = __floats2half2_rn(a - f.x, b - f.y);
+  hi = *reinterpret_cast<const uint32_t*>(&h);
+  lo = *reinterpret_cast<const uint32_t*>(&l);
+}
+
 template <int DP>
-__device__ __forceinline__ void attn_issue_tile(const uint16_t* kbase, const uint16_t* vbase, int64_t cap, int kt,
-                                                int ke, uint16_t* buf) {
-  using L = AttnLayout<DP>;
-  constexpr int kPieces = DP / 8;
+__device__ __forceinline__ void attn_issue_tile(const float* kbase, const float* vbase, int64_t cap, int kt, int ke,
+                                                float* raw) {
+  constexpr int kPieces = DP / 4;  // 16-byte pieces per row
   for (int i = threadIdx.x; i < kAttnKeyTile * kPieces; i += blockDim.x) {
     const int key = i / kPieces, c = i - key * kPieces;
     const int j = kt + key;
     const bool valid = j <= ke;
-    const int64_t off = valid ? (j % cap) * DP + c * 8 : 0;
-    cp_async16(buf + key * L::kK + c * 8, kbase + off, valid);
-    cp_async16(buf + kAttnKeyTile * L::kK + key * L::kV + c * 8, vbase + off, valid);
+    const int64_t off = valid ? (j % cap) * DP + c * 4 : 0;
+    cp_async16(raw + key * DP + c * 4, kbase + off, valid);
+    cp_async16(raw + kAttnKeyTile * DP + key * DP + c * 4, vbase + off, valid);
   }
   cp_async_commit();
 }
 
+// Splits one landed f32 tile into the fp16 hi/lo K and V tiles.
+template <int DP>
+__device__ __forceinline__ void attn_split_tile(const float* raw, uint16_t* f16) {
+  using L = AttnLayout<DP>;
+  for (int i = threadIdx.x; i < kAttnKeyTile * DP / 4; i += blockDim.x) {
+    const int key = i / (DP / 4), d = (i - key * (DP / 4)) * 4;
+    const float4 k = *reinterpret_cast<const float4*>(raw + key * DP + d);
+    const float4 v = *reinterpret_cast<const float4*>(raw + kAttnKeyTile * DP + key * DP + d);
+    uint2 kh, kl, vh, vl;
+    split2(k.x, k.y, kh.x, kl.x);
+    split2(k.z, k.w, kh.y, kl.y);
+    split2(v.x, v.y, vh.x, vl.x);
+    split2(v.z, v.w, vh.y, vl.y);
+    *reinterpret_cast<uint2*>(f16 + L::kKh + key * L::kK + d) = kh;
+    *reinterpret_cast<uint2*>(f16 + L::kKl + key * L::kK + d) = kl;
+    *reinterpret_cast<uint2*>(f16 + L::kVh + key * L::kV + d) = vh;
+    *reinterpret_cast<uint2*>(f16 + L::kVl + key * L::kV + d) = vl;
+  }
+}
+
+// Q fragments (hi and lo) of the warp's rows: [step][a0 a1 a2 a3].
+template <int DP>
+struct QFrag {
+  uint32_t hi[DP / 16][4], lo[DP / 16][4];
+};
+
 // Scores of one 64-key tile for the warp's 16 rows, masked, folded into the running softmax
 // state, and accumulated into acc (P·V).
 template <int DP>
-__device__ __forceinline__ void attn_tile(const uint32_t (&qf)[DP / 16][4], const uint16_t* buf, int kt, int ks, int ke,
+__device__ __forceinline__ void attn_tile(const QFrag<DP>& q, const uint16_t* f16, int kt, int ks, int ke,
                                           const RowInfo (&ri)[2], float scale_log2, float (&m)[2], float (&l)[2],
                                           float (&acc)[DP / 8][4], int lane) {
   using L = AttnLayout<DP>;
@@ -135,8 +174,12 @@ __device__ __forceinline__ void attn_tile(const uint32_t (&qf)[DP / 16][4], cons
     sc[ns][0] = sc[ns][1] = sc[ns][2] = sc[ns][3] = 0.0f;
 #pragma unroll
     for (int s = 0; s < DP / 16; ++s) {
-      const uint2 kf = *reinterpret_cast<const uint2*>(buf + (ns * 8 + g) * L::kK + s * 16 + t * 4);
-      mma_f16(sc[ns], qf[s][0], qf[s][1], qf[s][2], qf[s][3], kf.x, kf.y);
+      const int at = (ns * 8 + g) * L::kK + s * 16 + t * 4;
+      const uint2 kh = *reinterpret_cast<const uint2*>(f16 + L::kKh + at);
+      const uint2 kl = *reinterpret_cast<const uint2*>(f16 + L::kKl + at);
+      mma_f16(sc[ns], q.hi[s][0], q.hi[s][1], q.hi[s][2], q.hi[s][3], kh.x, kh.y);
+      mma_f16(sc[ns], q.hi[s][0], q.hi[s][1], q.hi[s][2], q.hi[s][3], kl.x, kl.y);
+      mma_f16(sc[ns], q.lo[s][0], q.lo[s][1], q.lo[s][2], q.lo[s][3], kh.x, kh.y);
     }
   }
 #pragma unroll
@@ -169,18 +212,22 @@ __device__ __forceinline__ void attn_tile(const uint32_t (&qf)[DP / 16][4], cons
         l[r] += p;
       }
   }
-  const uint16_t* vbuf = buf + kAttnKeyTile * L::kK;
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
-    const uint32_t a0 = pack_half2(sc[2 * kk][0], sc[2 * kk][1]);
-    const uint32_t a1 = pack_half2(sc[2 * kk][2], sc[2 * kk][3]);
-    const uint32_t a2 = pack_half2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-    const uint32_t a3 = pack_half2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+    uint32_t ah[4], al[4];
+    split2(sc[2 * kk][0], sc[2 * kk][1], ah[0], al[0]);
+    split2(sc[2 * kk][2], sc[2 * kk][3], ah[1], al[1]);
+    split2(sc[2 * kk + 1][0], sc[2 * kk + 1][1], ah[2], al[2]);
+    split2(sc[2 * kk + 1][2], sc[2 * kk + 1][3], ah[3], al[3]);
 #pragma unroll
     for (int nd = 0; nd < DP / 8; ++nd) {
-      uint32_t b0, b1;
-      ldmatrix_x2_trans(b0, b1, vbuf + (kk * 16 + (lane & 15)) * L::kV + nd * 8);
-      mma_f16(acc[nd], a0, a1, a2, a3, b0, b1);
+      const int at = (kk * 16 + (lane & 15)) * L::kV + nd * 8;
+      uint32_t bh0, bh1, bl0, bl1;
+      ldmatrix_x2_trans(bh0, bh1, f16 + L::kVh + at);
+      ldmatrix_x2_trans(bl0, bl1, f16 + L::kVl + at);
+      mma_f16(acc[nd], ah[0], ah[1], ah[2], ah[3], bh0, bh1);
+      mma_f16(acc[nd], ah[0], ah[1], ah[2], ah[3], bl0, bl1);
+      mma_f16(acc[nd], al[0], al[1], al[2], al[3], bh0, bh1);
     }
   }
 }
@@ -203,8 +250,8 @@ __device__ __forceinline__ void attn_epilogue(const AttnArgs& a, const AttnShape
       for (int nd = 0; nd < DP / 8; ++nd) {
         const int d = nd * 8 + 2 * t;
         if (d < s.head_dim) {
-          o[k_phys(col + d)] = __float2half_rn(acc[nd][2 * r] * inv);
-          o[k_phys(col + d + 1)] = __float2half_rn(acc[nd][2 * r + 1] * inv);
+          store_f16_pair(o + k_phys(col + d), a.o_lo, acc[nd][2 * r] * inv);
+          store_f16_pair(o + k_phys(col + d + 1), a.o_lo, acc[nd][2 * r + 1] * inv);
         }
       }
     } else {
@@ -224,7 +271,8 @@ template <int DP>
 __global__ void attention_kernel(const AttnArgs a, const AttnShape s, const KvLayer kv, int n_chunks, int hc) {
   using L = AttnLayout<DP>;
   extern __shared__ uint4 attn_smem[];
-  uint16_t* bufs = reinterpret_cast<uint16_t*>(attn_smem);
+  float* raw = reinterpret_cast<float*>(attn_smem);                      // 2 stages of f32 K, V
+  uint16_t* f16 = reinterpret_cast<uint16_t*>(raw + 2 * L::kRawFloats);  // Kh, Kl, Vh, Vl
   const AttnItem item = a.items[blockIdx.x];
   const int chunk = blockIdx.y % n_chunks, kvh = blockIdx.y / n_chunks;
   const int group = s.n_heads / s.n_kv_heads;
@@ -247,37 +295,40 @@ __global__ void attention_kernel(const AttnArgs a, const AttnShape s, const KvLa
     ri[r].pos = p0 + i;
     ri[r].lo = kv.window > 0 ? ri[r].pos - kv.window + 1 : 0;
   }
-  uint32_t qf[DP / 16][4];
+  QFrag<DP> q;
 #pragma unroll
   for (int sidx = 0; sidx < DP / 16; ++sidx)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      uint2 q = make_uint2(0, 0);
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       if (ri[r].valid)
-        q = *reinterpret_cast<const uint2*>(a.q16 + (static_cast<int64_t>(ri[r].token) * s.n_heads + ri[r].head) * DP +
-                                            sidx * 16 + t * 4);
-      qf[sidx][r] = q.x;      // a0 (row g) / a1 (row g+8): dims 4t, 4t+1 of the 16-dim step
-      qf[sidx][2 + r] = q.y;  // a2 / a3: dims 4t+2, 4t+3
+        v = *reinterpret_cast<const float4*>(a.q32 + (static_cast<int64_t>(ri[r].token) * s.n_heads + ri[r].head) * DP +
+                                             sidx * 16 + t * 4);
+      // a0 (row g) / a1 (row g+8): dims 4t, 4t+1 of the 16-dim step; a2 / a3: dims 4t+2, 4t+3.
+      split2(v.x, v.y, q.hi[sidx][r], q.lo[sidx][r]);
+      split2(v.z, v.w, q.hi[sidx][2 + r], q.lo[sidx][2 + r]);
     }
   float acc[DP / 8][4];
 #pragma unroll
   for (int nd = 0; nd < DP / 8; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   const int64_t head_off = (static_cast<int64_t>(item.slot) * s.n_kv_heads + kvh) * kv.cap * DP;
-  const uint16_t* kbase = kv.k + head_off;
-  const uint16_t* vbase = kv.v + head_off;
+  const float* kbase = kv.k + head_off;
+  const float* vbase = kv.v + head_off;
   const float scale_log2 = a.scale * kLog2e;
   const int n_tiles = ks <= ke ? (ke - ks) / kAttnKeyTile + 1 : 0;
-  if (n_tiles > 0) attn_issue_tile<DP>(kbase, vbase, kv.cap, ks, ke, bufs);
+  if (n_tiles > 0) attn_issue_tile<DP>(kbase, vbase, kv.cap, ks, ke, raw);
   for (int it = 0; it < n_tiles; ++it) {
     if (it + 1 < n_tiles) {
-      attn_issue_tile<DP>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke, bufs + ((it + 1) & 1) * L::kBufHalfs);
+      attn_issue_tile<DP>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke, raw + ((it + 1) & 1) * L::kRawFloats);
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
     __syncthreads();
-    attn_tile<DP>(qf, bufs + (it & 1) * L::kBufHalfs, ks + it * kAttnKeyTile, ks, ke, ri, scale_log2, m, l, acc, lane);
+    attn_split_tile<DP>(raw + (it & 1) * L::kRawFloats, f16);
+    __syncthreads();
+    attn_tile<DP>(q, f16, ks + it * kAttnKeyTile, ks, ke, ri, scale_log2, m, l, acc, lane);
     __syncthreads();
   }
   attn_epilogue<DP>(a, s, ri, m, l, acc, t);
@@ -288,17 +339,15 @@ cudaError_t attention_launch_dp(const AttnArgs& a, const AttnShape& s, const KvL
                                 int n_chunks, int hc, cudaStream_t stream) {
   const size_t smem = AttnLayout<DP>::kSmemBytes;
   if (smem > 48 * 1024) {
-    const cudaError_t e =
+    // Opt in once per instantiation (first launches are eager, never inside a graph capture).
+    static const cudaError_t opt_in =
         cudaFuncSetAttribute(attention_kernel<DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (e != cudaSuccess) return e;
+    if (opt_in != cudaSuccess) return opt_in;
   }
   attention_kernel<DP><<<grid, warps * 32, smem, stream>>>(a, s, kv, n_chunks, hc);
   return cudaGetLastError();
 }
 
-// Block per (token, head); 256 threads = (256 / dp) groups of dp. Weights exp2(m_z − M) go to shared
-// memory, each group sums the partial outputs of every (256/dp)-th split, and the groups are added
-// in a fixed order.
 __global__ void attention_combine_kernel(const AttnArgs a, const AttnShape s) {
   __shared__ float wz[256];
   __shared__ float red[32];
@@ -329,8 +378,9 @@ __global__ void attention_combine_kernel(const AttnArgs a, const AttnShape s) {
   __syncthreads();
   if (gi == 0 && d < s.head_dim) {
     for (int g2 = 1; g2 < groups; ++g2) o += acc[g2 * s.dp + d];
-    reinterpret_cast<__half*>(a.o16)[static_cast<int64_t>(token) * a.o_stride + k_phys(head * s.head_dim + d)] =
-        f32_to_f16_sat(o / lsum);
+    store_f16_pair(
+        reinterpret_cast<__half*>(a.o16) + static_cast<int64_t>(token) * a.o_stride + k_phys(head * s.head_dim + d),
+        a.o_lo, o / lsum);
   }
 }
 

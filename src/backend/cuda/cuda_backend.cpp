@@ -53,9 +53,9 @@ CudaBackend::CudaBackend(std::shared_ptr<const Model> model, const BackendOption
   shape_.n_kv_heads = static_cast<int>(cfg_.num_key_value_heads);
   shape_.head_dim = static_cast<int>(cfg_.head_dim);
   shape_.dp = head_dim_padded(shape_.head_dim);
-  hp_ = static_cast<int>(round_up(cfg_.hidden_size, kKPad));
-  qp_ = static_cast<int>(round_up(cfg_.q_dim(), kKPad));
-  ip_ = static_cast<int>(round_up(cfg_.intermediate_size, kKPad));
+  hp_ = static_cast<int>(round_up(cfg_.hidden_size, kActPad));
+  qp_ = static_cast<int>(round_up(cfg_.q_dim(), kActPad));
+  ip_ = static_cast<int>(round_up(cfg_.intermediate_size, kActPad));
   lengths_.assign(static_cast<size_t>(opts_.max_slots), 0);
 }
 
@@ -83,14 +83,14 @@ Status CudaBackend::init() {
     // Rewinds are limited as on the CPU backend (its ring holds window + rollback entries), which
     // this larger ring always satisfies.
     if (cfg_.is_sliding(l) && cfg_.sliding_window + opts_.rollback < opts_.max_context) ring_limits_resume_ = true;
-    kv_bytes += static_cast<size_t>(opts_.max_slots) * shape_.n_kv_heads * kv.cap * shape_.dp * 2 * 2;
+    kv_bytes += static_cast<size_t>(opts_.max_slots) * shape_.n_kv_heads * kv.cap * shape_.dp * sizeof(float) * 2;
   }
   GPTOSS_ASSIGN_OR_RETURN(kv_mem_, DeviceBuffer::alloc(kv_bytes, "the KV cache"));
   uint8_t* p = kv_mem_.data();
   for (KvLayer& kv : kv_) {
-    const size_t half = static_cast<size_t>(opts_.max_slots) * shape_.n_kv_heads * kv.cap * shape_.dp * 2;
-    kv.k = reinterpret_cast<uint16_t*>(p);
-    kv.v = reinterpret_cast<uint16_t*>(p + half);
+    const size_t half = static_cast<size_t>(opts_.max_slots) * shape_.n_kv_heads * kv.cap * shape_.dp * sizeof(float);
+    kv.k = reinterpret_cast<float*>(p);
+    kv.v = reinterpret_cast<float*>(p + half);
     p += 2 * half;
   }
   return alloc_scratch();
@@ -123,13 +123,13 @@ Status CudaBackend::alloc_scratch() {
   for (int pass = 0; pass < 2; ++pass) {
     Carver c(pass == 0 ? nullptr : s.mem.data());
     s.h = c.take<float>(Tm * H);
-    s.x16 = c.take<uint16_t>(Tm * hp_);
+    s.x16 = c.take<uint16_t>(Tm * 2 * hp_);  // fp16 pairs: hi row, lo row
     s.x32 = c.take<float>(Tm * H);
     s.qkv = c.take<float>(qkv);
-    s.q16 = c.take<uint16_t>(Tm * shape_.n_heads * shape_.dp);
+    s.q32 = c.take<float>(Tm * shape_.n_heads * shape_.dp);
     s.attn_o = c.take<float>(attn * shape_.n_heads * shape_.dp);
     s.attn_ml = c.take<float>(attn * shape_.n_heads * 2);
-    s.o16 = c.take<uint16_t>(Tm * qp_);
+    s.o16 = c.take<uint16_t>(Tm * 2 * qp_);
     s.proj = c.take<float>(proj);
     s.topk_idx = c.take<int32_t>(P);
     s.topk_w = c.take<float>(P);
@@ -140,7 +140,7 @@ Status CudaBackend::alloc_scratch() {
     s.tiles = c.take<int32_t>(tiles * 4);
     s.n_tiles = c.take<int32_t>(1);
     s.mlp1 = c.take<float>(mlp1);
-    s.a16 = c.take<uint16_t>(P * ip_);
+    s.a16 = c.take<uint16_t>(P * 2 * ip_);
     s.y = c.take<float>(y);
     s.logits = c.take<float>(static_cast<size_t>(s.logit_rows) * V);
     s.argmax = c.take<int32_t>(s.logit_rows);
@@ -177,7 +177,7 @@ MemoryStats CudaBackend::memory_stats() const {
   MemoryStats m;
   m.weight_bytes = dev_ ? dev_->arena.size() : 0;
   m.kv_bytes_reserved = kv_mem_.size();
-  const size_t entry = static_cast<size_t>(shape_.n_kv_heads) * shape_.dp * 2 * 2;
+  const size_t entry = static_cast<size_t>(shape_.n_kv_heads) * shape_.dp * sizeof(float) * 2;
   for (const KvLayer& kv : kv_)
     for (int64_t len : lengths_) m.kv_bytes_used += static_cast<size_t>(std::min(len, kv.cap)) * entry;
   m.scratch_bytes = scratch_.mem.size();

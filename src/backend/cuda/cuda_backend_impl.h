@@ -20,13 +20,13 @@ namespace gptoss::cuda {
 struct Scratch {
   DeviceBuffer mem;
   float* h = nullptr;           // residual [T][H]
-  uint16_t* x16 = nullptr;      // normed activations, fp16 [T][hp]
+  uint16_t* x16 = nullptr;      // normed activations, fp16 pairs [T][hi: hp | lo: hp]
   float* x32 = nullptr;         // normed activations, f32 [T][H] (router input)
   float* qkv = nullptr;         // [nparts][T][qkv rows]
-  uint16_t* q16 = nullptr;      // [T][Hq][dp]
+  float* q32 = nullptr;         // [T][Hq][dp]
   float* attn_o = nullptr;      // [splits][T][Hq][dp]
   float* attn_ml = nullptr;     // [splits][T][Hq][2]
-  uint16_t* o16 = nullptr;      // [T][qp]
+  uint16_t* o16 = nullptr;      // attention output, fp16 pairs [T][hi: qp | lo: qp]
   float* proj = nullptr;        // o-proj output [nparts][T][H]
   int32_t* topk_idx = nullptr;  // [T·K]
   float* topk_w = nullptr;
@@ -34,7 +34,7 @@ struct Scratch {
   unsigned int* router_counters = nullptr;  // [T] (zero between launches)
   int32_t *sorted_token = nullptr, *sorted_pair = nullptr, *tiles = nullptr, *n_tiles = nullptr;
   float* mlp1 = nullptr;                      // split-mode gate/up partials [nseg][P][2I]
-  uint16_t* a16 = nullptr;                    // SwiGLU output [P][ip]
+  uint16_t* a16 = nullptr;                    // SwiGLU output, fp16 pairs [P][hi: ip | lo: ip]
   float* y = nullptr;                         // expert outputs [nparts][P][H]
   float* logits = nullptr;                    // [logit_rows][V]
   int32_t* argmax = nullptr;                  // [logit_rows]
@@ -101,7 +101,7 @@ class CudaBackend final : public Backend {
   KernelProfiler prof_;
   PinnedBuffer host_meta_, host_argmax_;
   AttnShape shape_;
-  int hp_ = 0, qp_ = 0, ip_ = 0;  // fp16 activation strides (hidden, q, intermediate)
+  int hp_ = 0, qp_ = 0, ip_ = 0;  // lengths of the hi and lo halves of fp16-pair activation rows
   std::vector<int64_t> lengths_;
   bool ring_limits_resume_ = false;
   // Decode graphs by (batch size, key splits of full layers, of sliding layers); a configuration

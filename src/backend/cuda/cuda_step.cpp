@@ -27,7 +27,8 @@ double expert_bytes(const ExpertsDev& w, int pairs, int experts) {
   return static_cast<double>(std::min(pairs, experts)) * w.rows * w.kblocks * 17;
 }
 
-GemmArgs dense_args(const DenseDev& w, const GemmPlan& g, const uint16_t* x, int64_t x_stride, int n, float* out,
+// x: fp16-pair activation rows of 2·half elements (hi, then lo).
+GemmArgs dense_args(const DenseDev& w, const GemmPlan& g, const uint16_t* x, int64_t half, int n, float* out,
                     int64_t out_stride) {
   GemmArgs a;
   a.weights = GemmWeights::kF16;
@@ -37,7 +38,8 @@ GemmArgs dense_args(const DenseDev& w, const GemmPlan& g, const uint16_t* x, int
   a.seg_blocks = g.seg_blocks;
   a.nseg = g.nseg;
   a.x = x;
-  a.x_stride = x_stride;
+  a.x_stride = 2 * half;
+  a.x_lo = half;
   a.n = n;
   a.mode = g.split ? GemmOut::kPartial : GemmOut::kStore;
   a.out = out;
@@ -84,11 +86,11 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   r.slot = meta_slot(p);
   r.inv_freq = dev_->inv_freq;
   r.concentration = dev_->concentration;
-  r.q16 = s.q16;
+  r.q32 = s.q32;
   GPTOSS_LAUNCH("qkv bias + RoPE + KV store", 0, qkv_rope_launch(r, p.T, shape_, kv, stream_));
 
   AttnArgs at;
-  at.q16 = s.q16;
+  at.q32 = s.q32;
   at.pos = meta_pos(p);
   at.items = meta_items(p);
   at.n_items = p.items;
@@ -97,11 +99,13 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   at.scale = 1.0f / std::sqrt(static_cast<float>(cfg_.head_dim));
   at.splits = kv.window > 0 ? p.splits_sliding : p.splits_full;
   at.o16 = s.o16;
-  at.o_stride = qp_;
+  at.o_stride = 2 * qp_;
+  at.o_lo = qp_;
   at.part_o = s.attn_o;
   at.part_ml = s.attn_ml;
   at.n_tokens = p.T;
-  const double kv_bytes = (kv.window > 0 ? p.kv_keys_sliding : p.kv_keys_full) * shape_.n_kv_heads * shape_.dp * 4;
+  const double kv_bytes =
+      (kv.window > 0 ? p.kv_keys_sliding : p.kv_keys_full) * shape_.n_kv_heads * shape_.dp * sizeof(float) * 2;
   GPTOSS_LAUNCH(kv.window > 0 ? "attention (sliding)" : "attention (full)", kv_bytes,
                 attention_launch(at, shape_, kv, stream_));
   if (at.splits > 1) GPTOSS_LAUNCH("attention split merge", 0, attention_combine_launch(at, shape_, stream_));
@@ -116,8 +120,8 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   add.stride = H;
   add.bias = L.o_b;
   GPTOSS_LAUNCH("residual add + norm", 0,
-                add_rmsnorm_launch(s.h, p.T, H, add, L.mlp_norm, static_cast<float>(cfg_.rms_norm_eps), s.x16, hp_,
-                                   s.x32, stream_));
+                add_rmsnorm_launch(s.h, p.T, H, add, L.mlp_norm, static_cast<float>(cfg_.rms_norm_eps), s.x16, 2 * hp_,
+                                   hp_, s.x32, stream_));
   return Status::ok_status();
 }
 
@@ -147,7 +151,8 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
 
   GemmArgs a1 = expert_args(L.mlp1, g1, s);
   a1.x = s.x16;
-  a1.x_stride = hp_;
+  a1.x_stride = 2 * hp_;
+  a1.x_lo = hp_;
   a1.x_gather = s.sorted_token;
   if (g1.split) {
     a1.mode = GemmOut::kPartial;
@@ -157,7 +162,8 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
   } else {
     a1.mode = GemmOut::kSwiglu;
     a1.out16 = s.a16;
-    a1.out16_stride = ip_;
+    a1.out16_stride = 2 * ip_;
+    a1.out16_lo = ip_;
     a1.bias = L.mlp1.bias;
     a1.bias_expert_stride = L.mlp1.rows_p;
     a1.swiglu_alpha = alpha;
@@ -168,13 +174,14 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
   if (g1.split)
     GPTOSS_LAUNCH("experts SwiGLU", 0,
                   swiglu_parts_launch(s.mlp1, g1.nseg, a1.part_stride, L.mlp1.rows, I, s.tiles, s.n_tiles, g1.max_tiles,
-                                      L.mlp1.bias, L.mlp1.rows_p, alpha, limit, s.a16, ip_, stream_));
+                                      L.mlp1.bias, L.mlp1.rows_p, alpha, limit, s.a16, 2 * ip_, ip_, stream_));
 
   const GemmPlan g2 = gemm_plan_moe(L.mlp2.rows, L.mlp2.kblocks, P, E, sm_count_);
   GemmArgs a2 = expert_args(L.mlp2, g2, s);
   a2.max_tiles = g1.max_tiles;  // the tiles were built with g1's column tile (same for both)
   a2.x = s.a16;
-  a2.x_stride = ip_;
+  a2.x_stride = 2 * ip_;
+  a2.x_lo = ip_;
   a2.out_scatter = s.sorted_pair;
   a2.mode = g2.split ? GemmOut::kPartial : GemmOut::kStore;
   a2.out = s.y;
@@ -204,12 +211,12 @@ Status CudaBackend::enqueue_layers(const StepPlan& p) {
   for (int l = 0; l < static_cast<int>(dev_->layers.size()); ++l) {
     GPTOSS_LAUNCH("residual add + norm", 0,
                   add_rmsnorm_launch(s.h, p.T, H, pending, dev_->layers[static_cast<size_t>(l)].attn_norm, eps, s.x16,
-                                     hp_, nullptr, stream_));
+                                     2 * hp_, hp_, nullptr, stream_));
     GPTOSS_RETURN_IF_ERROR(attention_block(p, l));
     GPTOSS_RETURN_IF_ERROR(moe_block(p, l, &pending));
   }
   GPTOSS_LAUNCH("residual add + norm", 0,
-                add_rmsnorm_launch(s.h, p.T, H, pending, dev_->final_norm, eps, s.x16, hp_, nullptr, stream_));
+                add_rmsnorm_launch(s.h, p.T, H, pending, dev_->final_norm, eps, s.x16, 2 * hp_, hp_, nullptr, stream_));
   return Status::ok_status();
 }
 

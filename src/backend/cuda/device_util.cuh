@@ -25,6 +25,14 @@ __device__ __forceinline__ __half f32_to_f16_sat(float v) {
   return __float2half_rn(fminf(fmaxf(v, -65504.0f), 65504.0f));
 }
 
+// Stores v as an fp16 pair: hi = fp16(v) at p[0] and lo = fp16(v − hi) at p[lo]; hi + lo carries v
+// to about 2^-22 relative (products with exact fp16 weights are then near-f32).
+__device__ __forceinline__ void store_f16_pair(__half* p, int64_t lo, float v) {
+  const __half h = f32_to_f16_sat(v);
+  p[0] = h;
+  p[lo] = __float2half_rn(v - __half2float(h));
+}
+
 __device__ __forceinline__ float bf16_bits_to_f32(uint16_t v) {
   return __uint_as_float(static_cast<uint32_t>(v) << 16);
 }

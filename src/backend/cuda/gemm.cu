@@ -114,6 +114,8 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
 
 // Issues the asynchronous copy of B columns [0, NT) × blocks [kb0, kb0 + cb) into a shared-memory
 // stage (zeros past `count`) as one commit group.
+// Issues the asynchronous copy of B columns [0, NT) × blocks [kb0, kb0 + cb) into a shared-memory
+// stage (hi halves, then lo halves; zeros past `count`) as one commit group.
 template <int NT, int CB>
 __device__ __forceinline__ void issue_b(const GemmArgs& a, const int* xrow, int count, int kb0, int cb,
                                         uint16_t* stage) {
@@ -124,18 +126,25 @@ __device__ __forceinline__ void issue_b(const GemmArgs& a, const int* xrow, int 
     const bool valid = j < count;
     const uint16_t* src = valid ? a.x + static_cast<int64_t>(xrow[j]) * a.x_stride + kb0 * 32 + q * 8 : a.x;
     cp_async16(stage + j * kRow + q * 8, src, valid);
+    cp_async16(stage + (NT + j) * kRow + q * 8, valid ? src + a.x_lo : a.x, valid);
   }
   asm volatile("cp.async.commit_group;\n" ::);
 }
 
+// One block of 32: W·(x_hi + x_lo) for every column tile (k-steps 0 and 1 of each half).
 template <int NS, int CB>
-__device__ __forceinline__ void mma_block(float (&acc)[NS][4], const AFrag& f, const uint16_t* smem, int kbl, int g,
+__device__ __forceinline__ void mma_block(float (&acc)[NS][4], const AFrag& f, const uint16_t* stage, int kbl, int g,
                                           int t) {
+  constexpr int kRow = smem_row_halfs<CB>();
 #pragma unroll
   for (int ns = 0; ns < NS; ++ns) {
-    const uint4 b = *reinterpret_cast<const uint4*>(smem + (ns * 8 + g) * smem_row_halfs<CB>() + kbl * 32 + t * 8);
-    mma_f16(acc[ns], f.lo[0], f.hi[0], f.lo[1], f.hi[1], b.x, b.y);
-    mma_f16(acc[ns], f.lo[2], f.hi[2], f.lo[3], f.hi[3], b.z, b.w);
+    const uint16_t* p = stage + (ns * 8 + g) * kRow + kbl * 32 + t * 8;
+    const uint4 bh = *reinterpret_cast<const uint4*>(p);
+    const uint4 bl = *reinterpret_cast<const uint4*>(p + NS * 8 * kRow);
+    mma_f16(acc[ns], f.lo[0], f.hi[0], f.lo[1], f.hi[1], bh.x, bh.y);
+    mma_f16(acc[ns], f.lo[2], f.hi[2], f.lo[3], f.hi[3], bh.z, bh.w);
+    mma_f16(acc[ns], f.lo[0], f.hi[0], f.lo[1], f.hi[1], bl.x, bl.y);
+    mma_f16(acc[ns], f.lo[2], f.hi[2], f.lo[3], f.hi[3], bl.z, bl.w);
   }
 }
 
@@ -163,11 +172,11 @@ __device__ __forceinline__ void store_swiglu(const GemmArgs& a, const float (&ac
       __half* out = reinterpret_cast<__half*>(a.out16) + orow * a.out16_stride;
       const int r_lo = row0 + g, r_hi = row0 + g + 8;
       if (r_lo < a.rows)
-        out[k_phys(r_lo / 2)] =
-            __float2half_rn(swiglu(acc[ns][c] + bias[r_lo], up_lo + bias[r_lo + 1], a.swiglu_alpha, a.swiglu_limit));
+        store_f16_pair(out + k_phys(r_lo / 2), a.out16_lo,
+                       swiglu(acc[ns][c] + bias[r_lo], up_lo + bias[r_lo + 1], a.swiglu_alpha, a.swiglu_limit));
       if (r_hi < a.rows)
-        out[k_phys(r_hi / 2)] = __float2half_rn(
-            swiglu(acc[ns][2 + c] + bias[r_hi], up_hi + bias[r_hi + 1], a.swiglu_alpha, a.swiglu_limit));
+        store_f16_pair(out + k_phys(r_hi / 2), a.out16_lo,
+                       swiglu(acc[ns][2 + c] + bias[r_hi], up_hi + bias[r_hi + 1], a.swiglu_alpha, a.swiglu_limit));
     }
   }
 }
@@ -224,7 +233,7 @@ __global__ void __launch_bounds__(kGemmWarps * 32) gemm_kernel(const GemmArgs a)
   // Pipeline: while chunk c is multiplied, the B copy of chunk c+1 is in flight (cp.async) and its
   // A fragments are being loaded into registers.
   constexpr int CB = chunk_blocks<NT>();
-  constexpr int kStage = NT * smem_row_halfs<CB>();
+  constexpr int kStage = 2 * NT * smem_row_halfs<CB>();  // hi and lo halves
   const int nchunks = (kb_end - kb_begin + CB - 1) / CB;
   AChunk<WT, CB> cur, nxt;
   if (nchunks > 0) load_a<WT, CB>(cur, a, wbase, sbase, row0 + g, kb_begin, min(CB, kb_end - kb_begin), t);
@@ -272,7 +281,14 @@ cudaError_t launch_one(const GemmArgs& a, cudaStream_t stream) {
   const int col_tiles = a.tiles ? a.max_tiles : (a.n + NT - 1) / NT;
   if (row_blocks == 0 || col_tiles == 0) return cudaSuccess;
   const dim3 grid(row_blocks, col_tiles, MODE == GemmOut::kPartial ? a.nseg : 1);
-  const size_t smem = static_cast<size_t>(kStages) * NT * smem_row_halfs<chunk_blocks<NT>()>() * sizeof(uint16_t);
+  const size_t smem = static_cast<size_t>(kStages) * 2 * NT * smem_row_halfs<chunk_blocks<NT>()>() * sizeof(uint16_t);
+  if (smem > 48 * 1024) {
+    // Opt in to more than 48 KB of dynamic shared memory, once per instantiation (first launches
+    // are eager, never inside a graph capture).
+    static const cudaError_t opt_in = cudaFuncSetAttribute(
+        gemm_kernel<WT, NT, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (opt_in != cudaSuccess) return opt_in;
+  }
   gemm_kernel<WT, NT, MODE><<<grid, kGemmWarps * 32, smem, stream>>>(a);
   return cudaGetLastError();
 }
@@ -329,7 +345,9 @@ cudaError_t gemm_launch(const GemmArgs& a, int nt, cudaStream_t stream) {
   if (a.kblocks <= 0 || a.seg_blocks <= 0 || a.seg_blocks % 4 != 0 ||
       a.nseg != (a.kblocks + a.seg_blocks - 1) / a.seg_blocks)
     return cudaErrorInvalidValue;
-  if (a.x_stride < static_cast<int64_t>(a.kblocks) * 32) return cudaErrorInvalidValue;
+  if (a.x_lo < static_cast<int64_t>(a.kblocks) * 32 || a.x_stride < a.x_lo + static_cast<int64_t>(a.kblocks) * 32)
+    return cudaErrorInvalidValue;
+  if (a.mode == GemmOut::kSwiglu && a.out16_lo <= 0) return cudaErrorInvalidValue;
   if (a.weights == GemmWeights::kMxfp4 && (a.kblocks % 4 != 0 || a.scales == nullptr)) return cudaErrorInvalidValue;
   if (a.tiles && (a.n_tiles == nullptr || a.max_tiles <= 0)) return cudaErrorInvalidValue;
   if (a.weights == GemmWeights::kF16) return launch_mode<GemmWeights::kF16>(a, nt, stream);

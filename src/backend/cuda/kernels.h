@@ -10,9 +10,11 @@
 namespace gptoss::cuda {
 
 // Device layout constants shared by the upload code and the kernels.
-inline constexpr int kRowTile = 64;          // GEMM weight rows are padded to a multiple of this
-inline constexpr int kKPad = 64;             // GEMM reduction dims (and activation strides) padded to this
-inline constexpr int kGemmWarps = 4;         // warps per GEMM block (16 rows each)
+inline constexpr int kRowTile = 64;   // GEMM weight rows are padded to a multiple of this
+inline constexpr int kKPad = 64;      // dense weight columns padded to this
+inline constexpr int kActPad = 128;   // fp16 activation row strides: ≥ every GEMM's kblocks·32             // GEMM
+                                      // reduction dims (and activation strides) padded to this
+inline constexpr int kGemmWarps = 4;  // warps per GEMM block (16 rows each)
 inline constexpr int kAttnKeyTile = 64;      // keys staged per attention tile
 inline constexpr int kAttnRowsPerWarp = 16;  // (token, head) query rows per attention warp
 
@@ -58,8 +60,11 @@ struct GemmArgs {
   int seg_blocks = 0;  // blocks per segment (a multiple of 4)
   int nseg = 1;
 
-  const uint16_t* x = nullptr;        // fp16 activations [*, x_stride]
-  int64_t x_stride = 0;               // elements (≥ kblocks·32)
+  // Activations as fp16 pairs (hi + lo ≈ the f32 value): row r holds hi at x + r·x_stride and lo at
+  // x + r·x_stride + x_lo; each has ≥ kblocks·32 elements in k_phys order.
+  const uint16_t* x = nullptr;
+  int64_t x_stride = 0;
+  int64_t x_lo = 0;
   const int32_t* x_gather = nullptr;  // activation row of tile column j (null: identity)
 
   // Columns: dense → n columns in tiles of NT; MoE → tiles[i] = {expert, start, count, 0}.
@@ -73,8 +78,9 @@ struct GemmArgs {
   int64_t out_stride = 0;                // elements between output rows (columns of the math)
   int64_t part_stride = 0;               // elements between segment partials (kPartial)
   const int32_t* out_scatter = nullptr;  // output row of tile column j (null: identity)
-  uint16_t* out16 = nullptr;             // kSwiglu output (fp16)
+  uint16_t* out16 = nullptr;             // kSwiglu output (fp16 pairs: lo at + out16_lo)
   int64_t out16_stride = 0;
+  int64_t out16_lo = 0;
   const float* bias = nullptr;  // kSwiglu: per-expert gate/up bias [E][bias_expert_stride]
   int64_t bias_expert_stride = 0;
   float swiglu_alpha = 1.702f, swiglu_limit = 7.0f;
@@ -123,18 +129,20 @@ struct ResidualAdd {
   const float* expert_bias = nullptr;
   int64_t expert_bias_stride = 0;
 };
-// h[t] += contribution (in place), then x = gain ⊙ h / rms(h): x16 fp16 [n, x16_stride] (in
-// k_phys order) and, when x32 is not null, f32 [n, dim]. One block per token; dim % 4 == 0 and
-// dim ≤ 10240. The sum of squares is reduced in a fixed order (batch-invariant).
+// h[t] += contribution (in place), then x = gain ⊙ h / rms(h): x16 fp16 pairs (row t at
+// t·x16_stride, lo at + x16_lo, k_phys order) and, when x32 is not null, f32 [n, dim]. One block per
+// token; dim % 4 == 0 and dim ≤ 10240. The sum of squares is reduced in a fixed order
+// (batch-invariant).
 cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add, const float* gain, float eps,
-                               uint16_t* x16, int64_t x16_stride, float* x32, cudaStream_t stream);
+                               uint16_t* x16, int64_t x16_stride, int64_t x16_lo, float* x32, cudaStream_t stream);
 
 // SwiGLU of split-mode gate/up partials: parts [nparts][pairs][rows_p] f32 (interleaved gate/up),
+// written as fp16 pairs (lo at + out_lo) like the fused epilogue,
 // bias [E][rows_p] (expert of each pair from the tile list), out a16 [pairs][out_stride].
 cudaError_t swiglu_parts_launch(const float* parts, int nparts, int64_t part_stride, int64_t rows_p, int inter,
                                 const int32_t* tiles, const int32_t* n_tiles, int max_tiles, const float* bias,
                                 int64_t bias_expert_stride, float alpha, float limit, uint16_t* a16, int64_t out_stride,
-                                cudaStream_t stream);
+                                int64_t out_lo, cudaStream_t stream);
 
 // argmax over each row of logits [rows, vocab] (lowest index on ties, NaN never wins). keys [rows]
 // is a workspace that must be zero before the first launch (it is left zero).
@@ -182,12 +190,12 @@ cudaError_t moe_group_launch(const int32_t* idx, int n, int top_k, int experts, 
                              cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------
-// Attention. KV cache of one layer: K and V each [slots][kv_heads][cap][dp] fp16, position p of a
-// slot at index p % cap (cap = max_context on full layers: no wrap). dp = head_dim rounded up to 16
-// (zero padding).
+// Attention. KV cache of one layer: K and V each [slots][kv_heads][cap][dp] f32, position p of a
+// slot at index p % cap (cap = max_context on full layers: no wrap). dp = head_dim rounded up to
+// 16, 32, 64 or 128 (zero padding).
 struct KvLayer {
-  uint16_t* k = nullptr;
-  uint16_t* v = nullptr;
+  float* k = nullptr;
+  float* v = nullptr;
   int64_t cap = 0;
   int window = 0;  // 0: full attention; else keys j with p − window < j ≤ p
 };
@@ -197,8 +205,8 @@ struct AttnShape {
 };
 
 // Sums the qkv partials, adds the bias, applies YaRN RoPE (cos/sin of pos·inv_freq in f32, times
-// the concentration) to q and k, writes q16 [n][n_heads][dp] and k, v into the cache of each token's
-// slot at its position.
+// the concentration) to q and k, writes q32 [n][n_heads][dp] and k, v into the cache of each token's
+// slot at its position (all f32).
 struct QkvRopeArgs {
   const float* parts = nullptr;
   int nparts = 1;
@@ -208,7 +216,7 @@ struct QkvRopeArgs {
   const int32_t* slot = nullptr;
   const float* inv_freq = nullptr;  // [head_dim/2]
   float concentration = 1.0f;
-  uint16_t* q16 = nullptr;
+  float* q32 = nullptr;
 };
 cudaError_t qkv_rope_launch(const QkvRopeArgs& a, int n, const AttnShape& s, const KvLayer& kv, cudaStream_t stream);
 
@@ -219,7 +227,7 @@ struct AttnItem {
 };
 
 struct AttnArgs {
-  const uint16_t* q16 = nullptr;    // [n][n_heads][dp]
+  const float* q32 = nullptr;       // [n][n_heads][dp]
   const int32_t* pos = nullptr;     // [n]
   const AttnItem* items = nullptr;  // [n_items]
   int n_items = 0;
@@ -227,8 +235,9 @@ struct AttnArgs {
   const float* sinks = nullptr;  // [n_heads]
   float scale = 0.125f;
   int splits = 1;           // key splits per item (1: final output written directly)
-  uint16_t* o16 = nullptr;  // [n][o_stride] (splits == 1)
+  uint16_t* o16 = nullptr;  // fp16 pairs [n][o_stride], lo at + o_lo, k_phys order
   int64_t o_stride = 0;
+  int64_t o_lo = 0;
   float* part_o = nullptr;   // [n][n_heads][splits][dp] (splits > 1)
   float* part_ml = nullptr;  // [n][n_heads][splits][2]
   int n_tokens = 0;          // n (for partial strides)

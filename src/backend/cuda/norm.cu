@@ -77,7 +77,7 @@ __device__ __forceinline__ float4 residual4(const float* hr, int t, int i, const
 // the same arithmetic whatever the batch.
 __global__ void __launch_bounds__(kNormThreads)
     add_rmsnorm_kernel(float* h, int dim, const ResidualAdd add, const float* gain, float eps, uint16_t* x16,
-                       int64_t x16_stride, float* x32) {
+                       int64_t x16_stride, int64_t x16_lo, float* x32) {
   __shared__ float scratch[32];
   const int t = blockIdx.x;
   float* hr = h + static_cast<int64_t>(t) * dim;
@@ -102,10 +102,10 @@ __global__ void __launch_bounds__(kNormThreads)
       const float4 g = ld4(gain + i);
       const float4 y =
           make_float4(g.x * (v[c].x * inv), g.y * (v[c].y * inv), g.z * (v[c].z * inv), g.w * (v[c].w * inv));
-      xo[k_phys(i)] = f32_to_f16_sat(y.x);
-      xo[k_phys(i + 1)] = f32_to_f16_sat(y.y);
-      xo[k_phys(i + 2)] = f32_to_f16_sat(y.z);
-      xo[k_phys(i + 3)] = f32_to_f16_sat(y.w);
+      store_f16_pair(xo + k_phys(i), x16_lo, y.x);
+      store_f16_pair(xo + k_phys(i + 1), x16_lo, y.y);
+      store_f16_pair(xo + k_phys(i + 2), x16_lo, y.z);
+      store_f16_pair(xo + k_phys(i + 3), x16_lo, y.w);
       if (x32) *reinterpret_cast<float4*>(x32 + static_cast<int64_t>(t) * dim + i) = y;
     }
   }
@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(kNormThreads)
 __global__ void swiglu_parts_kernel(const float* parts, int nparts, int64_t part_stride, int64_t rows_p, int inter,
                                     const int32_t* tiles, const int32_t* n_tiles, const float* bias,
                                     int64_t bias_expert_stride, float alpha, float limit, uint16_t* a16,
-                                    int64_t out_stride) {
+                                    int64_t out_stride, int64_t out_lo) {
   if (static_cast<int>(blockIdx.x) >= *n_tiles) return;
   const int4 tl = reinterpret_cast<const int4*>(tiles)[blockIdx.x];
   const float* b = bias + tl.x * bias_expert_stride;
@@ -127,7 +127,7 @@ __global__ void swiglu_parts_kernel(const float* parts, int nparts, int64_t part
     const float up = sum_parts(p + 2 * jj + 1, nparts, part_stride) + b[2 * jj + 1];
     const float g = fminf(gate, limit), l = fminf(fmaxf(up, -limit), limit);
     const float v = g / (1.0f + expf(-alpha * g)) * (l + 1.0f);
-    reinterpret_cast<__half*>(a16)[pair * out_stride + k_phys(jj)] = __float2half_rn(v);
+    store_f16_pair(reinterpret_cast<__half*>(a16) + pair * out_stride + k_phys(jj), out_lo, v);
   }
 }
 
@@ -182,23 +182,24 @@ cudaError_t embed_launch(const uint16_t* table, int64_t dim, const int32_t* toke
 }
 
 cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add, const float* gain, float eps,
-                               uint16_t* x16, int64_t x16_stride, float* x32, cudaStream_t stream) {
+                               uint16_t* x16, int64_t x16_stride, int64_t x16_lo, float* x32, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   if (dim % 4 != 0 || dim > kNormMaxVec * kNormThreads * 4) return cudaErrorInvalidValue;
   if (add.nparts > 0 && add.top_k > 0 && (add.experts == nullptr || add.weights == nullptr || !add.expert_bias))
     return cudaErrorInvalidValue;
   if (add.top_k > 8) return cudaErrorInvalidValue;
-  add_rmsnorm_kernel<<<n, kNormThreads, 0, stream>>>(h, dim, add, gain, eps, x16, x16_stride, x32);
+  add_rmsnorm_kernel<<<n, kNormThreads, 0, stream>>>(h, dim, add, gain, eps, x16, x16_stride, x16_lo, x32);
   return cudaGetLastError();
 }
 
 cudaError_t swiglu_parts_launch(const float* parts, int nparts, int64_t part_stride, int64_t rows_p, int inter,
                                 const int32_t* tiles, const int32_t* n_tiles, int max_tiles, const float* bias,
                                 int64_t bias_expert_stride, float alpha, float limit, uint16_t* a16, int64_t out_stride,
-                                cudaStream_t stream) {
+                                int64_t out_lo, cudaStream_t stream) {
   if (max_tiles <= 0) return cudaSuccess;
   swiglu_parts_kernel<<<max_tiles, kNormThreads, 0, stream>>>(parts, nparts, part_stride, rows_p, inter, tiles, n_tiles,
-                                                              bias, bias_expert_stride, alpha, limit, a16, out_stride);
+                                                              bias, bias_expert_stride, alpha, limit, a16, out_stride,
+                                                              out_lo);
   return cudaGetLastError();
 }
 

@@ -288,10 +288,11 @@ TEST_F(CudaVsCpu, RouterStatsAndMemoryAccounting) {
   const MemoryStats m = gpu->memory_stats();
   EXPECT_GT(m.weight_bytes, 0u);
   EXPECT_GT(m.device_total, m.device_used);
-  // Sliding layers hold min(len, ring) entries, full layers len; each entry is K+V of all KV heads.
+  // Sliding layers hold min(len, ring) entries, full layers len; each entry is K+V (f32, head_dim 16)
+  // of all KV heads.
   size_t entries = 0;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) entries += 50;  // 50 < every layer's capacity
-  EXPECT_EQ(m.kv_bytes_used, entries * static_cast<size_t>(c.num_key_value_heads) * 16 * 2 * 2);
+  EXPECT_EQ(m.kv_bytes_used, entries * static_cast<size_t>(c.num_key_value_heads) * 16 * sizeof(float) * 2);
 }
 
 TEST_F(CudaVsCpu, RejectsBadBatchesWithoutChangingState) {

@@ -92,8 +92,8 @@ int gemm_tile_cols(int64_t cols_per_group);
 // Launches the GEMM with column tile `nt`; kPartial uses grid.z = nseg, the others one block per
 // (row tile, column tile). The caller picks the mode (see gemm_use_split).
 cudaError_t gemm_launch(const GemmArgs& a, int nt, cudaStream_t stream);
-// True when (row blocks × column tiles) is too small to fill the device and segments should run
-// in separate blocks (kPartial).
+// True when (row blocks × column tiles) is fewer than one block per SM: then segments run in
+// separate blocks (kPartial).
 bool gemm_use_split(int64_t rows, int64_t col_tiles, int sm_count);
 // Segmenting of a reduction of `kblocks` blocks of 32: ≈512 values per segment, multiples of 4 blocks.
 void gemm_segments(int kblocks, int* seg_blocks, int* nseg);

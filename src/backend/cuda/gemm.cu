@@ -328,7 +328,7 @@ int gemm_tile_cols(int64_t cols_per_group) {
 
 bool gemm_use_split(int64_t rows, int64_t col_tiles, int sm_count) {
   const int64_t blocks = (rows + kGemmWarps * 16 - 1) / (kGemmWarps * 16) * col_tiles;
-  return blocks < sm_count;
+  return blocks < 2LL * sm_count;
 }
 
 void gemm_segments(int kblocks, int* seg_blocks, int* nseg) {

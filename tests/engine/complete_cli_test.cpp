@@ -25,7 +25,11 @@ struct RunResult {
 // Runs the gptoss binary with `args` (shell-quoted by the caller), capturing stdout and stderr.
 RunResult run_gptoss(const std::string& args) {
   std::string err_path = std::filesystem::temp_directory_path() / ("gptoss_complete_err_" + std::to_string(getpid()));
-  std::string cmd = std::string(GPTOSS_BIN) + " " + args + " 2>" + err_path;
+  // `complete` runs on the CPU backend (goldens and determinism are checked there) unless the
+  // arguments name one.
+  std::string full = args;
+  if (args.starts_with("complete") && args.find("--backend") == std::string::npos) full += " --backend cpu";
+  std::string cmd = std::string(GPTOSS_BIN) + " " + full + " 2>" + err_path;
   RunResult r;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;

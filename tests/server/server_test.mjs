@@ -30,7 +30,8 @@ const modelDir = path.join(tmp, 'demo');
 
 // Starts `gptoss serve` on a free port; resolves once it prints its address.
 async function startServer(args) {
-  const proc = spawn(BIN, ['serve', '--model', modelDir, '--port', '0', ...args], {
+  // The CPU backend: the suite checks the server, and batch invariance is a CPU-backend property.
+  const proc = spawn(BIN, ['serve', '--model', modelDir, '--port', '0', '--backend', 'cpu', ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderr = '';
@@ -82,7 +83,7 @@ async function expectError(resPromise, status, { param, code } = {}) {
 }
 
 let A; // main server: 32 slots, API key
-let B; // small server: 1 slot, queue of 1, 3 s timeout
+let B; // small server: 1 slot, queue of 1, 1 s timeout (8000 tokens take longer than that on a CPU)
 let client;
 
 before(async () => {
@@ -91,7 +92,7 @@ before(async () => {
   execFileSync(BIN, ['init-random', '--preset', 'demo', '--out', modelDir], { stdio: 'pipe' });
   fs.copyFileSync(TOKENIZER, path.join(modelDir, 'tokenizer.json'));
   A = await startServer(['--max-batch', '32', '--ctx', '512', '--api-key', KEY, '--max-body-bytes', '65536']);
-  B = await startServer(['--max-batch', '1', '--max-queue', '1', '--ctx', '4096', '--timeout', '3']);
+  B = await startServer(['--max-batch', '1', '--max-queue', '1', '--ctx', '8192', '--timeout', '1']);
   client = new OpenAI({ baseURL: `${A.base}/v1`, apiKey: KEY, maxRetries: 0, timeout: 120000 });
 });
 
@@ -349,12 +350,12 @@ describe('errors (raw HTTP); the server keeps serving after each', () => {
   test('per-request timeout ends the request with an error', async () => {
     const t0 = Date.now();
     const { body } = await expectError(
-      post(B, '/v1/completions', { model: 'demo', prompt: 'slow', max_tokens: 4000, temperature: 0 }, { key: null }),
+      post(B, '/v1/completions', { model: 'demo', prompt: 'slow', max_tokens: 8000, temperature: 0 }, { key: null }),
       504, { code: 'timeout' });
     assert.match(body.error.message, /timed out/);
     assert.ok(Date.now() - t0 < 10000);
     // Streaming: an error event ends the stream.
-    const s = await post(B, '/v1/chat/completions', chatReq('slow', { max_tokens: 4000, stream: true }), { key: null });
+    const s = await post(B, '/v1/chat/completions', chatReq('slow', { max_tokens: 8000, stream: true }), { key: null });
     const events = await readSse(s);
     const last = events.at(-1);
     assert.ok(last !== '[DONE]' && JSON.parse(last).error?.code === 'timeout', last);

@@ -79,7 +79,9 @@ int serve_main(int argc, char** argv) {
       !f.model_name.empty() ? f.model_name : std::filesystem::absolute(dir).lexically_normal().filename().string();
   if (f.server.model_name.empty()) f.server.model_name = "gpt-oss";
   f.server.request_timeout = std::chrono::milliseconds(static_cast<int64_t>(f.timeout_s * 1000));
-  f.server.http_threads = std::max(64, 2 * f.max_batch + 16);
+  // Each open request holds an HTTP thread (streams included): enough for every slot and queue
+  // place plus spares, so a full server answers 429 instead of leaving connections unserved.
+  f.server.http_threads = std::max(64, f.max_batch + f.max_queue + 16);
 
   // Block the stop signals before any thread starts, so only the waiter below receives them.
   sigset_t stop_set;

@@ -225,7 +225,7 @@ int bench_main(int argc, char** argv) {
   auto backend = backend_create(*model, opts);
   if (!backend.ok()) return report_error(kName, backend.status());
   Backend& b = **backend;
-  const bool on_gpu = b.name().rfind("cuda", 0) == 0;
+  [[maybe_unused]] const bool on_gpu = b.name().rfind("cuda", 0) == 0;
 
   // Warm-up (kernel loading, decode-graph capture), then the measured repeats.
   std::vector<RunResult> runs;

@@ -11,12 +11,12 @@ namespace {
 
 constexpr int kStages = 2;  // shared-memory buffers of B (cp.async double buffering)
 
-// 32-blocks per pipeline chunk: 8 for narrow column tiles (decode: more weight bytes in flight per
-// warp), 4 for wide ones (register and shared-memory budget). Always a multiple of the 4-block
-// MXFP4 load group.
-template <int NT>
+// 32-blocks per pipeline chunk: 8 for MXFP4 with narrow column tiles (decode: more weight bytes in
+// flight per warp), else 4 (dense fp16 already loads 16 bytes per block and row, and 4 keeps its
+// registers, hence its occupancy, in check). Always a multiple of the 4-block MXFP4 load group.
+template <GemmWeights WT, int NT>
 constexpr int chunk_blocks() {
-  return NT <= 16 ? 8 : 4;
+  return WT == GemmWeights::kMxfp4 && NT <= 16 ? 8 : 4;
 }
 // Shared-memory row of one B column in a chunk: + 64 bytes keeps 16-byte reads conflict-free.
 template <int CB>
@@ -232,7 +232,7 @@ __global__ void __launch_bounds__(kGemmWarps * 32) gemm_kernel(const GemmArgs a)
 
   // Pipeline: while chunk c is multiplied, the B copy of chunk c+1 is in flight (cp.async) and its
   // A fragments are being loaded into registers.
-  constexpr int CB = chunk_blocks<NT>();
+  constexpr int CB = chunk_blocks<WT, NT>();
   constexpr int kStage = 2 * NT * smem_row_halfs<CB>();  // hi and lo halves
   const int nchunks = (kb_end - kb_begin + CB - 1) / CB;
   AChunk<WT, CB> cur, nxt;
@@ -281,7 +281,8 @@ cudaError_t launch_one(const GemmArgs& a, cudaStream_t stream) {
   const int col_tiles = a.tiles ? a.max_tiles : (a.n + NT - 1) / NT;
   if (row_blocks == 0 || col_tiles == 0) return cudaSuccess;
   const dim3 grid(row_blocks, col_tiles, MODE == GemmOut::kPartial ? a.nseg : 1);
-  const size_t smem = static_cast<size_t>(kStages) * 2 * NT * smem_row_halfs<chunk_blocks<NT>()>() * sizeof(uint16_t);
+  const size_t smem =
+      static_cast<size_t>(kStages) * 2 * NT * smem_row_halfs<chunk_blocks<WT, NT>()>() * sizeof(uint16_t);
   if (smem > 48 * 1024) {
     // Opt in to more than 48 KB of dynamic shared memory, once per instantiation (first launches
     // are eager, never inside a graph capture).

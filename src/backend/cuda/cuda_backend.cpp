@@ -135,7 +135,6 @@ Status CudaBackend::alloc_scratch() {
     s.topk_w = c.take<float>(P);
     s.router_logits = c.take<float>(static_cast<size_t>(Tm) * E);
     s.router_counters = c.take<unsigned int>(Tm);
-    s.norm_counters = c.take<unsigned int>(Tm);
     s.sorted_token = c.take<int32_t>(P);
     s.sorted_pair = c.take<int32_t>(P);
     s.tiles = c.take<int32_t>(tiles * 4);

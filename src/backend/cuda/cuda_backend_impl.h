@@ -32,7 +32,6 @@ struct Scratch {
   float* topk_w = nullptr;
   float* router_logits = nullptr;           // [T][E]
   unsigned int* router_counters = nullptr;  // [T] (zero between launches)
-  unsigned int* norm_counters = nullptr;    // [T] (zero between launches)
   int32_t *sorted_token = nullptr, *sorted_pair = nullptr, *tiles = nullptr, *n_tiles = nullptr;
   float* mlp1 = nullptr;                      // split-mode gate/up partials [nseg][P][2I]
   uint16_t* a16 = nullptr;                    // SwiGLU output, fp16 pairs [P][hi: ip | lo: ip]

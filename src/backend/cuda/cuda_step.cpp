@@ -121,7 +121,7 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   add.bias = L.o_b;
   GPTOSS_LAUNCH("residual add + norm", 0,
                 add_rmsnorm_launch(s.h, p.T, H, add, L.mlp_norm, static_cast<float>(cfg_.rms_norm_eps), s.x16, 2 * hp_,
-                                   hp_, s.x32, s.norm_counters, stream_));
+                                   hp_, s.x32, stream_));
   return Status::ok_status();
 }
 
@@ -211,13 +211,12 @@ Status CudaBackend::enqueue_layers(const StepPlan& p) {
   for (int l = 0; l < static_cast<int>(dev_->layers.size()); ++l) {
     GPTOSS_LAUNCH("residual add + norm", 0,
                   add_rmsnorm_launch(s.h, p.T, H, pending, dev_->layers[static_cast<size_t>(l)].attn_norm, eps, s.x16,
-                                     2 * hp_, hp_, nullptr, s.norm_counters, stream_));
+                                     2 * hp_, hp_, nullptr, stream_));
     GPTOSS_RETURN_IF_ERROR(attention_block(p, l));
     GPTOSS_RETURN_IF_ERROR(moe_block(p, l, &pending));
   }
   GPTOSS_LAUNCH("residual add + norm", 0,
-                add_rmsnorm_launch(s.h, p.T, H, pending, dev_->final_norm, eps, s.x16, 2 * hp_, hp_, nullptr,
-                                   s.norm_counters, stream_));
+                add_rmsnorm_launch(s.h, p.T, H, pending, dev_->final_norm, eps, s.x16, 2 * hp_, hp_, nullptr, stream_));
   return Status::ok_status();
 }
 

@@ -131,14 +131,11 @@ struct ResidualAdd {
   int64_t expert_bias_stride = 0;
 };
 // h[t] += contribution (in place), then x = gain ⊙ h / rms(h): x16 fp16 pairs (row t at
-// t·x16_stride, lo at + x16_lo, k_phys order) and, when x32 is not null, f32 [n, dim]. dim % 4 == 0
-// and dim ≤ 10240. The sum of squares is reduced in a fixed order (batch-invariant). With
-// `counters` ([n] unsigned, zero before the first launch and left zero; may be null) few-token
-// launches with large contributions update the residual with several blocks per token; the
-// result is bit-identical to the one-block path.
+// t·x16_stride, lo at + x16_lo, k_phys order) and, when x32 is not null, f32 [n, dim]. One block per
+// token; dim % 4 == 0 and dim ≤ 10240. The sum of squares is reduced in a fixed order
+// (batch-invariant).
 cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add, const float* gain, float eps,
-                               uint16_t* x16, int64_t x16_stride, int64_t x16_lo, float* x32, unsigned int* counters,
-                               cudaStream_t stream);
+                               uint16_t* x16, int64_t x16_stride, int64_t x16_lo, float* x32, cudaStream_t stream);
 
 // SwiGLU of split-mode gate/up partials: parts [nparts][pairs][rows_p] f32 (interleaved gate/up),
 // written as fp16 pairs (lo at + out_lo) like the fused epilogue,

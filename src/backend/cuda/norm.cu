@@ -72,47 +72,23 @@ __device__ __forceinline__ float4 residual4(const float* hr, int t, int i, const
   return make_float4(v.x + moe.x, v.y + moe.y, v.z + moe.z, v.w + moe.w);
 }
 
-__device__ __forceinline__ float4 ldcg4(const float* p) {
-  return __ldcg(reinterpret_cast<const float4*>(p));
-}
-
-constexpr int kSplitVec = 128;  // float4s of the residual one block updates in the multi-block mode
-
-// One block per token (grid.y == 1); each thread keeps its float4s in registers between the update
-// and the normalisation. The sum of squares is summed per thread in order, then by a fixed block
-// tree: the same arithmetic whatever the batch. With grid.y > 1 (large contributions, few tokens),
-// block y first updates float4s [y·kSplitVec, (y+1)·kSplitVec) of the residual, and the last block
-// of the token to arrive normalises the complete row through the one-block path (bit-identical).
+// One block per token; each thread keeps its float4s in registers between the update and the
+// normalisation. The sum of squares is summed per thread in order, then by a fixed block tree:
+// the same arithmetic whatever the batch.
 __global__ void __launch_bounds__(kNormThreads)
     add_rmsnorm_kernel(float* h, int dim, const ResidualAdd add, const float* gain, float eps, uint16_t* x16,
-                       int64_t x16_stride, int64_t x16_lo, float* x32, unsigned int* counters) {
+                       int64_t x16_stride, int64_t x16_lo, float* x32) {
   __shared__ float scratch[32];
-  __shared__ bool last;
   const int t = blockIdx.x;
   float* hr = h + static_cast<int64_t>(t) * dim;
-  const bool split = gridDim.y > 1;
-  if (split) {
-    const int i = (static_cast<int>(blockIdx.y) * kSplitVec + static_cast<int>(threadIdx.x)) * 4;
-    if (threadIdx.x < kSplitVec && i < dim) *reinterpret_cast<float4*>(hr + i) = residual4(hr, t, i, add);
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&counters[t], 1u) == gridDim.y - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-  }
   float4 v[kNormMaxVec];
   float ss = 0.0f;
 #pragma unroll
   for (int c = 0; c < kNormMaxVec; ++c) {
     const int i = (c * kNormThreads + static_cast<int>(threadIdx.x)) * 4;
     if (i < dim) {
-      if (split) {
-        v[c] = ldcg4(hr + i);
-      } else {
-        v[c] = residual4(hr, t, i, add);
-        if (add.nparts > 0) *reinterpret_cast<float4*>(hr + i) = v[c];
-      }
+      v[c] = residual4(hr, t, i, add);
+      if (add.nparts > 0) *reinterpret_cast<float4*>(hr + i) = v[c];
       ss += v[c].x * v[c].x + v[c].y * v[c].y + v[c].z * v[c].z + v[c].w * v[c].w;
     }
   }
@@ -133,7 +109,6 @@ __global__ void __launch_bounds__(kNormThreads)
       if (x32) *reinterpret_cast<float4*>(x32 + static_cast<int64_t>(t) * dim + i) = y;
     }
   }
-  if (split && threadIdx.x == 0) counters[t] = 0;  // ready for the next launch
 }
 
 // One block per (tile, output chunk): tile columns are pairs in sorted order.
@@ -207,19 +182,13 @@ cudaError_t embed_launch(const uint16_t* table, int64_t dim, const int32_t* toke
 }
 
 cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add, const float* gain, float eps,
-                               uint16_t* x16, int64_t x16_stride, int64_t x16_lo, float* x32, unsigned int* counters,
-                               cudaStream_t stream) {
+                               uint16_t* x16, int64_t x16_stride, int64_t x16_lo, float* x32, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   if (dim % 4 != 0 || dim > kNormMaxVec * kNormThreads * 4) return cudaErrorInvalidValue;
   if (add.nparts > 0 && add.top_k > 0 && (add.experts == nullptr || add.weights == nullptr || !add.expert_bias))
     return cudaErrorInvalidValue;
   if (add.top_k > 8) return cudaErrorInvalidValue;
-  // Spread the residual update over several blocks when a few tokens bring large contributions
-  // (many partials, or several experts): one block's bandwidth would otherwise bound the step.
-  const int loads = add.nparts * (add.top_k > 0 ? add.top_k : 1);
-  const int splits = counters && n <= 64 && loads > 4 ? (dim / 4 + kSplitVec - 1) / kSplitVec : 1;
-  add_rmsnorm_kernel<<<dim3(n, splits), kNormThreads, 0, stream>>>(h, dim, add, gain, eps, x16, x16_stride, x16_lo, x32,
-                                                                   counters);
+  add_rmsnorm_kernel<<<n, kNormThreads, 0, stream>>>(h, dim, add, gain, eps, x16, x16_stride, x16_lo, x32);
   return cudaGetLastError();
 }
 

@@ -171,9 +171,9 @@ nlohmann::json stat_json(const Stat& s) {
   return {{"median", s.median}, {"min", s.min}, {"max", s.max}};
 }
 
-int bench_main(int argc, char** argv) {
+// Parses the flags into f. Returns -1 to go on, else the exit code (help shown or a bad flag).
+int parse_flags(int argc, char** argv, BenchFlags& f) {
   CLI::App app{"Measure prefill and decode throughput against the memory-bandwidth bound.", "gptoss bench"};
-  BenchFlags f;
   auto* model_opt = app.add_option("--model", f.model_dir, "checkpoint folder");
   auto* random_opt =
       app.add_option("--random", f.random, "random weights with a preset's shapes (20b, 120b, demo, tiny)");
@@ -205,7 +205,91 @@ int bench_main(int argc, char** argv) {
   if (f.prompt + f.depth == 0)
     return report_error(
         kName, Status(ErrorCode::kInvalidArgument, "--prompt-tokens and --depth are both 0: nothing to decode from"));
+  return -1;
+}
 
+struct Measured {
+  Stat prefill, decode, ttft, step;
+};
+
+// One warm-up run (kernel loading, decode-graph capture), then the measured repeats.
+Result<Measured> measure(Backend& b, const BenchFlags& f, int64_t vocab) {
+  std::vector<double> prefill, decode, ttft, step;
+  for (int r = 0; r <= f.repeat; ++r) {
+    GPTOSS_ASSIGN_OR_RETURN(RunResult run, run_once(b, f, vocab, r == 0 ? std::min<int64_t>(f.gen, 4) : f.gen,
+                                                    f.seed + static_cast<uint64_t>(r)));
+    if (r == 0) continue;
+    if (f.prompt > 0)
+      prefill.push_back(static_cast<double>(f.prompt * f.batch) / run.prefill_s), ttft.push_back(run.prefill_s * 1e3);
+    if (f.gen > 0) decode.push_back(static_cast<double>(f.gen * f.batch) / run.decode_s);
+    step.insert(step.end(), run.step_ms.begin(), run.step_ms.end());
+  }
+  return Measured{summarize(prefill), summarize(decode), summarize(ttft), summarize(step)};
+}
+
+struct Bound {
+  double kv_bytes = 0, bytes_per_token = 0, bandwidth = 0, tok_s = 0;
+  std::string bandwidth_source;
+};
+
+// Weights read per token at batch 1 plus the KV cache read at the mean decode context, over the
+// --bandwidth flag or a measured bandwidth.
+Result<Bound> bandwidth_bound(const Model& model, const BenchFlags& f, bool on_gpu) {
+  const Config& cfg = model.config();
+  Bound bd;
+  const int64_t mid_ctx = f.depth + f.prompt + f.gen / 2;
+  int64_t kv_entries = 0;
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
+    kv_entries += cfg.is_sliding(l) ? std::min(mid_ctx, cfg.sliding_window) : mid_ctx;
+  // Both backends keep K and V in f32.
+  bd.kv_bytes = static_cast<double>(kv_entries) * static_cast<double>(cfg.kv_dim()) * 2 * sizeof(float);
+  bd.bandwidth = f.bandwidth_gbs * 1e9;
+  bd.bandwidth_source = "--bandwidth flag";
+  if (bd.bandwidth == 0) {
+#ifdef GPTOSS_HAVE_CUDA
+    if (on_gpu) {
+      GPTOSS_ASSIGN_OR_RETURN(bd.bandwidth, cuda_device_bandwidth(f.device));
+      bd.bandwidth_source = "measured: 1 GiB device-to-device copy, read+write";
+    }
+#endif
+    if (bd.bandwidth == 0)
+      bd.bandwidth = host_bandwidth(), bd.bandwidth_source = "measured: host memcpy, one thread, read+write";
+  }
+  bd.bytes_per_token = static_cast<double>(model.param_counts().bytes_per_token) + bd.kv_bytes;
+  bd.tok_s = bd.bandwidth / bd.bytes_per_token;
+  return bd;
+}
+
+void print_text(const Model& model, const Backend& b, const BenchFlags& f, const Measured& m, const Bound& bd,
+                const nlohmann::json& j) {
+  std::printf("model      %s on %s\n", model.source().c_str(), b.name().c_str());
+  std::printf("shape      depth %lld, prompt %lld, gen %lld, batch %d, %d repeats (median [min, max])\n",
+              static_cast<long long>(f.depth), static_cast<long long>(f.prompt), static_cast<long long>(f.gen), f.batch,
+              f.repeat);
+  if (f.prompt > 0) {
+    std::printf("prefill    %.1f tok/s [%.1f, %.1f]\n", m.prefill.median, m.prefill.min, m.prefill.max);
+    std::printf("TTFT       %.2f ms [%.2f, %.2f]\n", m.ttft.median, m.ttft.min, m.ttft.max);
+  }
+  if (f.gen > 0) {
+    std::printf("decode     %.1f tok/s [%.1f, %.1f] (all sequences)\n", m.decode.median, m.decode.min, m.decode.max);
+    std::printf("step       %.3f ms [%.3f, %.3f]\n", m.step.median, m.step.min, m.step.max);
+  }
+  const double weights = static_cast<double>(model.param_counts().bytes_per_token);
+  std::printf("bound      %.1f tok/s at batch 1 = %.2f GB/s / %.4f GB per token (weights %.4f + KV %.4f)\n", bd.tok_s,
+              bd.bandwidth / 1e9, bd.bytes_per_token / 1e9, weights / 1e9, bd.kv_bytes / 1e9);
+  std::printf("bandwidth  %s\n", bd.bandwidth_source.c_str());
+  if (f.batch == 1 && f.gen > 0)
+    std::printf("fraction   %.1f%% of the bound\n", 100.0 * j["fraction_of_bound"].get<double>());
+  const double gib = 1 << 30;
+  std::printf("memory     peak RSS %.2f GiB, device %.2f / %.2f GiB (weights %.2f, KV %.2f)\n",
+              j["peak_rss_bytes"].get<double>() / gib, j["device_memory_used_bytes"].get<double>() / gib,
+              j["device_memory_total_bytes"].get<double>() / gib, j["weight_bytes"].get<double>() / gib,
+              j["kv_bytes_reserved"].get<double>() / gib);
+}
+
+int bench_main(int argc, char** argv) {
+  BenchFlags f;
+  if (const int rc = parse_flags(argc, argv, f); rc >= 0) return rc;
   auto model = load_model(f);
   if (!model.ok()) return report_error(kName, model.status());
   const Config& cfg = (*model)->config();
@@ -225,99 +309,41 @@ int bench_main(int argc, char** argv) {
   auto backend = backend_create(*model, opts);
   if (!backend.ok()) return report_error(kName, backend.status());
   Backend& b = **backend;
-  [[maybe_unused]] const bool on_gpu = b.name().rfind("cuda", 0) == 0;
-
-  // Warm-up (kernel loading, decode-graph capture), then the measured repeats.
-  std::vector<RunResult> runs;
-  for (int r = 0; r <= f.repeat; ++r) {
-    auto res =
-        run_once(b, f, cfg.vocab_size, r == 0 ? std::min<int64_t>(f.gen, 4) : f.gen, f.seed + static_cast<uint64_t>(r));
-    if (!res.ok()) return report_error(kName, res.status());
-    if (r > 0) runs.push_back(std::move(res).value());
-  }
-  std::vector<double> prefill, decode, ttft, step;
-  for (const RunResult& r : runs) {
-    if (f.prompt > 0)
-      prefill.push_back(static_cast<double>(f.prompt * f.batch) / r.prefill_s), ttft.push_back(r.prefill_s * 1e3);
-    if (f.gen > 0) decode.push_back(static_cast<double>(f.gen * f.batch) / r.decode_s);
-    step.insert(step.end(), r.step_ms.begin(), r.step_ms.end());
-  }
-
-  // The bound: weights read per token at batch 1 plus the KV cache read at the decode context.
-  const Model::ParamCounts pc = (*model)->param_counts();
-  const int64_t mid_ctx = f.depth + f.prompt + f.gen / 2;
-  int64_t kv_entries = 0;
-  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
-    kv_entries += cfg.is_sliding(l) ? std::min(mid_ctx, cfg.sliding_window) : mid_ctx;
-  // Both backends keep K and V in f32.
-  const double kv_bytes = static_cast<double>(kv_entries) * static_cast<double>(cfg.kv_dim()) * 2 * sizeof(float);
-  double bw = f.bandwidth_gbs * 1e9;
-  std::string bw_source = "--bandwidth flag";
-  if (bw == 0) {
-#ifdef GPTOSS_HAVE_CUDA
-    if (on_gpu) {
-      auto m = cuda_device_bandwidth(f.device);
-      if (!m.ok()) return report_error(kName, m.status());
-      bw = *m, bw_source = "measured: 1 GiB device-to-device copy, read+write";
-    }
-#endif
-    if (bw == 0) bw = host_bandwidth(), bw_source = "measured: host memcpy, one thread, read+write";
-  }
-  const double bytes_tok = static_cast<double>(pc.bytes_per_token) + kv_bytes;
-  const double bound = bw / bytes_tok;
-  const Stat sp = summarize(prefill), sd = summarize(decode), st = summarize(ttft), ss = summarize(step);
+  auto m = measure(b, f, cfg.vocab_size);
+  if (!m.ok()) return report_error(kName, m.status());
+  auto bd = bandwidth_bound(**model, f, b.name().rfind("cuda", 0) == 0);
+  if (!bd.ok()) return report_error(kName, bd.status());
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   const MemoryStats mem = b.memory_stats();
-  const double fraction = f.batch == 1 && f.gen > 0 ? sd.median / bound : 0.0;
-
-  nlohmann::json j = {{"model", (*model)->source()},
-                      {"preset", f.random},
-                      {"backend", b.name()},
-                      {"prompt_tokens", f.prompt},
-                      {"gen_tokens", f.gen},
-                      {"depth", f.depth},
-                      {"batch", f.batch},
-                      {"repeat", f.repeat},
-                      {"prefill_tok_s", stat_json(sp)},
-                      {"decode_tok_s", stat_json(sd)},
-                      {"ttft_ms", stat_json(st)},
-                      {"ms_per_step", stat_json(ss)},
-                      {"peak_rss_bytes", static_cast<int64_t>(ru.ru_maxrss) * 1024},
-                      {"weight_bytes", mem.weight_bytes},
-                      {"kv_bytes_reserved", mem.kv_bytes_reserved},
-                      {"device_memory_used_bytes", mem.device_used},
-                      {"device_memory_total_bytes", mem.device_total},
-                      {"bytes_per_token_weights", pc.bytes_per_token},
-                      {"bytes_per_token_kv", kv_bytes},
-                      {"bandwidth_bytes_per_s", bw},
-                      {"bandwidth_source", bw_source},
-                      {"bound_tok_s", bound},
-                      {"fraction_of_bound", fraction}};
+  const nlohmann::json j = {{"model", (*model)->source()},
+                            {"preset", f.random},
+                            {"backend", b.name()},
+                            {"prompt_tokens", f.prompt},
+                            {"gen_tokens", f.gen},
+                            {"depth", f.depth},
+                            {"batch", f.batch},
+                            {"repeat", f.repeat},
+                            {"prefill_tok_s", stat_json(m->prefill)},
+                            {"decode_tok_s", stat_json(m->decode)},
+                            {"ttft_ms", stat_json(m->ttft)},
+                            {"ms_per_step", stat_json(m->step)},
+                            {"peak_rss_bytes", static_cast<int64_t>(ru.ru_maxrss) * 1024},
+                            {"weight_bytes", mem.weight_bytes},
+                            {"kv_bytes_reserved", mem.kv_bytes_reserved},
+                            {"device_memory_used_bytes", mem.device_used},
+                            {"device_memory_total_bytes", mem.device_total},
+                            {"bytes_per_token_weights", (*model)->param_counts().bytes_per_token},
+                            {"bytes_per_token_kv", bd->kv_bytes},
+                            {"bandwidth_bytes_per_s", bd->bandwidth},
+                            {"bandwidth_source", bd->bandwidth_source},
+                            {"bound_tok_s", bd->tok_s},
+                            {"fraction_of_bound", f.batch == 1 && f.gen > 0 ? m->decode.median / bd->tok_s : 0.0}};
   if (f.json) {
     std::printf("%s\n", j.dump().c_str());
-    return 0;
+  } else {
+    print_text(**model, b, f, *m, *bd, j);
   }
-  std::printf("model      %s on %s\n", (*model)->source().c_str(), b.name().c_str());
-  std::printf("shape      depth %lld, prompt %lld, gen %lld, batch %d, %d repeats (median [min, max])\n",
-              static_cast<long long>(f.depth), static_cast<long long>(f.prompt), static_cast<long long>(f.gen), f.batch,
-              f.repeat);
-  if (f.prompt > 0) {
-    std::printf("prefill    %.1f tok/s [%.1f, %.1f]\n", sp.median, sp.min, sp.max);
-    std::printf("TTFT       %.2f ms [%.2f, %.2f]\n", st.median, st.min, st.max);
-  }
-  if (f.gen > 0) {
-    std::printf("decode     %.1f tok/s [%.1f, %.1f] (all sequences)\n", sd.median, sd.min, sd.max);
-    std::printf("step       %.3f ms [%.3f, %.3f]\n", ss.median, ss.min, ss.max);
-  }
-  std::printf("bound      %.1f tok/s at batch 1 = %.2f GB/s / %.3f GB per token (weights %.3f + KV %.3f)\n", bound,
-              bw / 1e9, bytes_tok / 1e9, static_cast<double>(pc.bytes_per_token) / 1e9, kv_bytes / 1e9);
-  std::printf("bandwidth  %s\n", bw_source.c_str());
-  if (f.batch == 1 && f.gen > 0) std::printf("fraction   %.1f%% of the bound\n", 100.0 * fraction);
-  std::printf("memory     peak RSS %.2f GiB, device %.2f / %.2f GiB (weights %.2f, KV %.2f)\n",
-              static_cast<double>(ru.ru_maxrss) / (1 << 20), static_cast<double>(mem.device_used) / (1 << 30),
-              static_cast<double>(mem.device_total) / (1 << 30), static_cast<double>(mem.weight_bytes) / (1 << 30),
-              static_cast<double>(mem.kv_bytes_reserved) / (1 << 30));
   return 0;
 }
 

@@ -489,6 +489,32 @@ describe('load', () => {
   });
 });
 
+describe('startup errors', () => {
+  // Runs `gptoss serve` with bad flags: it must exit non-zero with one error line naming the problem.
+  const fails = (args, needle) => {
+    let err;
+    try {
+      execFileSync(BIN, ['serve', ...args], { stdio: 'pipe', timeout: 60000 });
+    } catch (e) {
+      err = e;
+    }
+    assert.ok(err && err.status !== 0 && err.status !== null, `serve ${args.join(' ')} did not fail`);
+    const lines = err.stderr.toString().trim().split('\n');
+    assert.equal(lines.length, 1, err.stderr.toString());
+    assert.ok(lines[0].includes(needle), `${lines[0]} (expected ${needle})`);
+  };
+
+  test('bad flags, missing files and a taken port give one clear error line', () => {
+    fails(['--model', path.join(tmp, 'nowhere')], 'nowhere');
+    fails(['--model', modelDir, '--tokenizer', path.join(tmp, 'no-tokenizer.json')], 'no-tokenizer.json');
+    fails(['--model', modelDir, '--max-batch', '0'], '--max-batch');
+    fails(['--model', modelDir, '--ctx', '1'], '--ctx');
+    fails(['--model', modelDir, '--port', '70000'], '--port');
+    fails(['--model', modelDir, '--backend', 'abacus'], 'abacus');
+    fails(['--model', modelDir, '--host', '127.0.0.1', '--port', String(A.port)], `127.0.0.1:${A.port}`);
+  });
+});
+
 describe('shutdown', () => {
   test('SIGTERM stops the server gracefully, even with a stream open', async () => {
     const res = await post(B, '/v1/completions', { model: 'demo', prompt: 'bye', max_tokens: 3000, stream: true }, { key: null });

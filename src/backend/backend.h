@@ -82,6 +82,12 @@ class Backend {
   virtual MemoryStats memory_stats() const = 0;
 };
 
+// The batch checks every backend applies before a forward step (see Backend::forward): slots in
+// range and distinct, tokens non-empty and inside the vocabulary, pos = 0 or within
+// [slot_min_resume, slot_length], pos + n ≤ max_context, Σ n ≤ max_batch_tokens. Errors name the
+// batch entry, slot, position or token.
+Status backend_validate_batch(const Backend& backend, int64_t vocab_size, std::span<const SeqBatch> batch);
+
 // Creates the backend named in opts.kind for `model`.
 Result<std::unique_ptr<Backend>> backend_create(std::shared_ptr<const Model> model, const BackendOptions& opts);
 // Kinds compiled into this binary ("cpu", and "cuda" when built with CUDA).

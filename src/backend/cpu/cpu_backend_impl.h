@@ -61,7 +61,6 @@ class CpuBackend final : public Backend {
     std::vector<float> k, v;
   };
 
-  Status validate(std::span<const SeqBatch> batch) const;
   void prepare_rows(std::span<const SeqBatch> batch);
   void attention_block(int64_t layer, int64_t T);
   void attend_rows(int64_t layer, int64_t T);

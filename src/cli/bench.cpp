@@ -15,6 +15,7 @@
 
 #include "backend/backend.h"
 #include "cli/command.h"
+#include "cli/common.h"
 #include "core/log.h"
 #include "model/config.h"
 #include "model/weights.h"
@@ -172,7 +173,7 @@ nlohmann::json stat_json(const Stat& s) {
 }
 
 // Parses the flags into f. Returns -1 to go on, else the exit code (help shown or a bad flag).
-int parse_flags(int argc, char** argv, BenchFlags& f) {
+int parse_bench_flags(int argc, char** argv, BenchFlags& f) {
   CLI::App app{"Measure prefill and decode throughput against the memory-bandwidth bound.", "gptoss bench"};
   auto* model_opt = app.add_option("--model", f.model_dir, "checkpoint folder");
   auto* random_opt =
@@ -180,25 +181,19 @@ int parse_flags(int argc, char** argv, BenchFlags& f) {
   model_opt->excludes(random_opt);
   app.add_option("--backend", f.backend, "cpu, cuda or auto (default)")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   app.add_option("--prompt-tokens", f.prompt, "prompt tokens per sequence (prefill), default 512")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--gen-tokens", f.gen, "decoded tokens per sequence, default 128")->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
+  app.add_option("--gen-tokens", f.gen, "decoded tokens per sequence, default 128")->check(non_negative_number());
   app.add_option("--depth", f.depth, "tokens of context filled before the prompt, default 0")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--batch", f.batch, "concurrent sequences, default 1")->check(CLI::PositiveNumber);
-  app.add_option("--repeat", f.repeat, "measured repeats after one warm-up, default 3")->check(CLI::PositiveNumber);
-  app.add_option("--threads", f.threads, "CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
-  app.add_option("--device", f.device, "CUDA device ordinal")->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
+  app.add_option("--batch", f.batch, "concurrent sequences, default 1")->check(positive_number());
+  app.add_option("--repeat", f.repeat, "measured repeats after one warm-up, default 3")->check(positive_number());
+  app.add_option("--threads", f.threads, "CPU threads (0 = all cores)")->check(non_negative_number());
+  app.add_option("--device", f.device, "CUDA device ordinal")->check(non_negative_number());
   app.add_option("--seed", f.seed, "seed of the random weights and tokens");
   app.add_option("--bandwidth", f.bandwidth_gbs, "memory bandwidth in GB/s for the bound (default: measured)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   app.add_flag("--json", f.json, "print one JSON object");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::Success& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    return report_error(kName, Status(ErrorCode::kInvalidArgument, e.what()));
-  }
+  if (auto rc = parse_flags(app, argc, argv, kName)) return *rc;
   if (f.model_dir.empty() == f.random.empty())
     return report_error(kName,
                         Status(ErrorCode::kInvalidArgument, "give exactly one of --model DIR or --random PRESET"));
@@ -289,7 +284,7 @@ void print_text(const Model& model, const Backend& b, const BenchFlags& f, const
 
 int bench_main(int argc, char** argv) {
   BenchFlags f;
-  if (const int rc = parse_flags(argc, argv, f); rc >= 0) return rc;
+  if (const int rc = parse_bench_flags(argc, argv, f); rc >= 0) return rc;
   auto model = load_model(f);
   if (!model.ok()) return report_error(kName, model.status());
   const Config& cfg = (*model)->config();

@@ -117,6 +117,27 @@ std::optional<int> parse_flags(CLI::App& app, int argc, char** argv, const std::
   return std::nullopt;
 }
 
+namespace {
+CLI::Validator number_at_least(bool allow_zero) {
+  return CLI::Validator(
+      [allow_zero](std::string& v) -> std::string {
+        char* end = nullptr;
+        const double d = std::strtod(v.c_str(), &end);
+        const bool ok = end != v.c_str() && *end == '\0' && (allow_zero ? d >= 0 : d > 0);
+        if (ok) return {};
+        return std::string("must be a number ") + (allow_zero ? ">= 0" : "> 0") + " (got " + v + ")";
+      },
+      allow_zero ? "NUMBER>=0" : "NUMBER>0");
+}
+}  // namespace
+
+CLI::Validator non_negative_number() {
+  return number_at_least(true);
+}
+CLI::Validator positive_number() {
+  return number_at_least(false);
+}
+
 Status check_effort(const std::string& effort) {
   if (effort == "low" || effort == "medium" || effort == "high") return {};
   return make_error(ErrorCode::kInvalidArgument, "reasoning effort must be low, medium or high, got '{}'", effort);

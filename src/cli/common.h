@@ -83,6 +83,11 @@ void add_generation_flags(CLI::App& app, GenerationFlags& flags, bool with_promp
 // one-line error for bad usage), or nullopt to go on.
 std::optional<int> parse_flags(CLI::App& app, int argc, char** argv, const std::string& command);
 
+// Flag validators with short messages ("must be a number >= 0 (got -1)"); CLI11's own print the
+// whole double range.
+CLI::Validator non_negative_number();
+CLI::Validator positive_number();
+
 // Checks values that CLI11 cannot (effort, date, sampling ranges, max_tokens, context, threads),
 // resolves "today" and a missing seed, and applies --verbose. Errors name the flag.
 Status finalize_flags(ModelFlags& model, GenerationFlags& gen);

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "cli/common.h"
 #include "core/log.h"
 #include "engine/engine.h"
 #include "model/weights.h"
@@ -118,13 +119,7 @@ int complete_main(int argc, char** argv) {
   CLI::App app{"Raw continuation of a prompt (no chat format)", std::string("gptoss ") + kName};
   CompleteFlags f;
   add_flags(app, f);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    std::fprintf(stderr, "gptoss %s: error: %s\n", kName, e.what());
-    return 2;
-  }
+  if (auto rc = parse_flags(app, argc, argv, kName)) return *rc;
   if (Status st = f.sampling.validate(); !st.ok()) return report_error(kName, st);
   if (f.max_tokens < 1)
     return report_error(kName,

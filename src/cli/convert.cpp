@@ -517,8 +517,8 @@ int convert_main(int argc, char** argv) {
   app.add_option("--out", o.out, "output folder")->required();
   app.add_flag("--validate", o.validate, "print per-tensor errors against the source and a verdict");
   app.add_flag("--force", o.force, "replace a checkpoint already in --out");
-  app.add_option("--shard-gb", o.shard_gb, "largest output shard in GB (default 4)")->check(CLI::PositiveNumber);
-  app.add_option("--threads", o.threads, "threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--shard-gb", o.shard_gb, "largest output shard in GB (default 4)")->check(positive_number());
+  app.add_option("--threads", o.threads, "threads (0 = all cores)")->check(non_negative_number());
   if (auto code = parse_flags(app, argc, argv, kName)) return *code;
   int failed = 0;
   if (Status st = convert(o, &failed); !st.ok()) return report_error(kName, st);

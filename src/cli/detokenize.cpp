@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "cli/common.h"
 #include "tokenizer/tokenizer.h"
 
 namespace gptoss::cli {
@@ -35,13 +36,7 @@ int detokenize_main(int argc, char** argv) {
   CLI::App app{"Decode a JSON array of token ids from stdin to text", std::string("gptoss ") + kName};
   std::string tokenizer;
   app.add_option("--tokenizer", tokenizer, "tokenizer.json (default: $GPTOSS_TOKENIZER)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    std::fprintf(stderr, "gptoss %s: error: %s\n", kName, e.what());
-    return 2;
-  }
+  if (auto rc = parse_flags(app, argc, argv, kName)) return *rc;
   auto path = resolve_tokenizer_path(tokenizer);
   if (!path.ok()) return report_error(kName, path.status());
   std::string input;

@@ -24,7 +24,7 @@ int init_random_main(int argc, char** argv) {
   app.add_option("--out,-o", out, "output folder (created if needed)")->required();
   app.add_option("--seed", seed, "random seed (same seed, same weights)");
   app.add_option("--shard-gib", shard_gib, "largest safetensors file before sharding, in GiB")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   if (auto code = parse_flags(app, argc, argv, kName)) return *code;
 
   auto config = config_preset(preset);

@@ -10,6 +10,7 @@
 
 #include "backend/backend.h"
 #include "cli/command.h"
+#include "cli/common.h"
 #include "core/log.h"
 #include "core/npy.h"
 #include "model/weights.h"
@@ -96,14 +97,8 @@ int logits_main(int argc, char** argv) {
   app.add_option("--out", out_path, "output .npy file")->required();
   app.add_option("--backend", backend_kind, "cpu (default, the reference), cuda or auto")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
-  app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(CLI::NonNegativeNumber);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::Success& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    return report_error(kName, Status(ErrorCode::kInvalidArgument, e.what()));
-  }
+  app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(non_negative_number());
+  if (auto rc = parse_flags(app, argc, argv, kName)) return *rc;
 
   auto ids = parse_token_list(tokens_text);
   if (!ids.ok()) return report_error(kName, ids.status());

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "cli/command.h"
+#include "cli/common.h"
 #include "tokenizer/harmony.h"
 #include "tokenizer/tokenizer.h"
 
@@ -61,13 +62,7 @@ int render_main(int argc, char** argv) {
   app.add_option("--tokenizer", tokenizer, "tokenizer.json for --ids (default: $GPTOSS_TOKENIZER)");
   app.add_option("--date", date, "Current date line: YYYY-MM-DD, or none (default: today)");
   app.add_flag("--ids", ids, "print the token ids (JSON array) instead of the text");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    std::fprintf(stderr, "gptoss %s: error: %s\n", kName, e.what());
-    return 2;
-  }
+  if (auto rc = parse_flags(app, argc, argv, kName)) return *rc;
   auto day = resolve_date(date);
   if (!day.ok()) return report_error(kName, day.status());
   auto body = read_request(request);

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "cli/command.h"
+#include "cli/common.h"
 #include "core/log.h"
 #include "engine/engine.h"
 #include "model/weights.h"
@@ -64,13 +65,7 @@ int serve_main(int argc, char** argv) {
   CLI::App app{"OpenAI-compatible HTTP server", std::string("gptoss ") + kName};
   ServeFlags f;
   add_flags(app, f);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    std::fprintf(stderr, "gptoss %s: error: %s\n", kName, e.what());
-    return 2;
-  }
+  if (auto rc = parse_flags(app, argc, argv, kName)) return *rc;
   if (Status st = check_flags(f); !st.ok()) return report_error(kName, st);
   if (f.server.api_key.empty())
     if (const char* k = std::getenv("GPTOSS_API_KEY")) f.server.api_key = k;

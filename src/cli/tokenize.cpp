@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "cli/common.h"
 #include "tokenizer/tokenizer.h"
 
 namespace gptoss::cli {
@@ -61,13 +62,7 @@ int tokenize_main(int argc, char** argv) {
   app.add_option("--tokenizer", tokenizer, "tokenizer.json (default: $GPTOSS_TOKENIZER)");
   app.add_flag("--special", special, "turn special-token text such as <|start|> into its id");
   app.add_flag("--jsonl", jsonl, "each stdin line is a JSON string; print one id array per line");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    std::fprintf(stderr, "gptoss %s: error: %s\n", kName, e.what());
-    return 2;
-  }
+  if (auto rc = parse_flags(app, argc, argv, kName)) return *rc;
   auto path = resolve_tokenizer_path(tokenizer);
   if (!path.ok()) return report_error(kName, path.status());
   auto tok = Tokenizer::load(path.value());

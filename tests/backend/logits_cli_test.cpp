@@ -44,10 +44,11 @@ class LogitsCli : public ::testing::Test {
     r.output = ss.str();
     return r;
   }
-  // Asserts exit code 1 and a message on one line containing `needle`.
-  void expect_failure(const std::string& args, const std::string& needle) const {
+  // Asserts the exit code (1 for bad values, 2 for usage errors such as a missing or malformed
+  // flag) and a message on one line containing `needle`.
+  void expect_failure(const std::string& args, const std::string& needle, int code = 1) const {
     const CmdResult r = run(args);
-    EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.output;
+    EXPECT_EQ(r.exit_code, code) << args << "\n" << r.output;
     EXPECT_NE(r.output.find(needle), std::string::npos) << args << "\n" << r.output;
     EXPECT_NE(r.output.find("gptoss logits: error:"), std::string::npos) << r.output;
   }
@@ -110,9 +111,9 @@ TEST_F(LogitsCli, BadInputExitsWithClearMessage) {
   expect_failure(model + " --tokens 99999999999" + out, "too large");
   expect_failure("--model " + (dir_ / "missing").string() + " --tokens 1" + out, "missing");
   expect_failure(model + " --tokens 1 --out " + (dir_ / "no-such-dir" / "x.npy").string(), "no-such-dir");
-  expect_failure(model + " --tokens 1", "--out");
-  expect_failure(model + " --tokens 1 --backend tpu" + out, "tpu");
-  expect_failure(model + " --tokens 1 --threads -1" + out, "threads");
+  expect_failure(model + " --tokens 1", "--out", 2);
+  expect_failure(model + " --tokens 1 --backend tpu" + out, "tpu", 2);
+  expect_failure(model + " --tokens 1 --threads -1" + out, "must be a number >= 0 (got -1)", 2);
 #ifndef GPTOSS_HAVE_CUDA
   expect_failure(model + " --tokens 1 --backend cuda" + out, "without CUDA");
 #endif

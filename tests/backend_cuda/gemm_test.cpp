@@ -426,5 +426,95 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MoeGemmTest,
                                   std::to_string(c.inter);
                          });
 
+// ---------------------------------------------------------------------------------------------
+// The decode GEMV (moe_gemv_launch): plain products and the fused SwiGLU against float64 and the CPU
+// ops, and one token's pairs launched alone give the same bits as inside a batch.
+class MoeGemvTest : public ::testing::TestWithParam<MoeCase> {};
+
+struct MoeGemvDevice {
+  DevArray<uint8_t> blocks, scales;
+  DevArray<float> bias, x;
+  DevArray<int32_t> idx;
+  MoeGemvDevice(const MoeSetup& s)
+      : blocks(s.dev_blocks), scales(s.dev_scales), bias(s.bias_dev), x(s.x), idx(s.idx) {}
+  cuda::MoeGemvArgs args(const MoeSetup& s, const MoeCase& c, int pairs, float* out, bool swiglu) const {
+    cuda::MoeGemvArgs a;
+    a.w = blocks.get();
+    a.scales = scales.get();
+    a.w_expert_bytes = static_cast<int64_t>(s.rows_p) * s.kblocks * 16;
+    a.s_expert_bytes = static_cast<int64_t>(s.rows_p) * s.kblocks;
+    a.rows = s.rows;
+    a.kblocks = s.kblocks;
+    a.cols = c.hidden;
+    a.x = x.get();
+    a.x_stride = c.hidden;
+    a.x_row_div = c.top_k;
+    a.experts = idx.get();
+    a.pairs = pairs;
+    if (swiglu) {
+      a.bias = bias.get();
+      a.bias_expert_stride = s.rows_p;
+    }
+    a.out = out;
+    a.out_stride = swiglu ? c.inter : s.rows;
+    return a;
+  }
+};
+
+TEST_P(MoeGemvTest, MatchesReferenceSwigluAndTokenAlone) {
+  const MoeCase c = GetParam();
+  const MoeSetup s = make_moe(c, 311 + c.experts * 7 + c.hidden + c.tokens);
+  MoeGemvDevice d(s);
+  DevArray<float> y(static_cast<size_t>(s.pairs) * s.rows), act(static_cast<size_t>(s.pairs) * c.inter);
+  y.fill_bytes(0xff);
+  act.fill_bytes(0xff);
+  CUDA_ASSERT(cuda::moe_gemv_launch(d.args(s, c, s.pairs, y.get(), false), nullptr));
+  CUDA_ASSERT(cuda::moe_gemv_launch(d.args(s, c, s.pairs, act.get(), true), nullptr));
+  const std::vector<float> yd = y.download(), ad = act.download();
+
+  std::vector<float> wrow(static_cast<size_t>(c.hidden)), gu(static_cast<size_t>(s.rows)),
+      ref_act(static_cast<size_t>(c.inter)), cpu_y(static_cast<size_t>(s.rows));
+  for (int p = 0; p < s.pairs; ++p) {
+    const int t = p / c.top_k, e = s.idx[static_cast<size_t>(p)];
+    const float* xr = &s.x[static_cast<size_t>(t) * c.hidden];
+    for (int r = 0; r < s.rows; ++r) {
+      const size_t row = static_cast<size_t>(e) * s.rows + r;
+      mxfp4_dequantize_row(&s.blocks[row * s.nb * 16], &s.scales[row * s.nb], c.hidden, wrow.data());
+      double ref = 0, abs_sum = 0;
+      for (int k = 0; k < c.hidden; ++k)
+        ref += static_cast<double>(wrow[k]) * xr[k], abs_sum += std::fabs(static_cast<double>(wrow[k]) * xr[k]);
+      const float got = yd[static_cast<size_t>(p) * s.rows + r];
+      ASSERT_NEAR(got, ref, mma_tolerance(c.hidden, abs_sum)) << "pair " << p << " row " << r;
+      gu[static_cast<size_t>(r)] = got + bf16_to_f32(s.bias[row]);
+    }
+    cpu::swiglu_clamp(gu.data(), c.inter, 1.702f, 7.0f, ref_act.data());
+    for (int j = 0; j < c.inter; ++j)
+      ASSERT_NEAR(ad[static_cast<size_t>(p) * c.inter + j], ref_act[static_cast<size_t>(j)],
+                  1e-5 * std::max(1.0f, std::fabs(ref_act[static_cast<size_t>(j)])))
+          << "swiglu pair " << p << " j " << j;
+    const size_t e0 = static_cast<size_t>(e) * s.rows;
+    cpu::mxfp4_matmul(&s.blocks[e0 * s.nb * 16], &s.scales[e0 * s.nb], nullptr, s.rows, c.hidden, xr, 1,
+                      cpu_y.data(), nullptr);
+    EXPECT_LE(rel_l2(&yd[static_cast<size_t>(p) * s.rows], cpu_y.data(), cpu_y.size()), 1e-5) << "pair " << p;
+  }
+
+  // Token 0's pairs launched alone: the same bits.
+  DevArray<float> one(static_cast<size_t>(c.top_k) * s.rows);
+  CUDA_ASSERT(cuda::moe_gemv_launch(d.args(s, c, c.top_k, one.get(), false), nullptr));
+  const std::vector<float> od = one.download();
+  for (size_t i = 0; i < od.size(); ++i) ASSERT_TRUE(same_bits(od[i], yd[i])) << "element " << i;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, MoeGemvTest,
+                         ::testing::Values(MoeCase{32, 4, 1, 2880, 2880}, MoeCase{32, 4, 3, 2880, 1440},
+                                           MoeCase{7, 3, 5, 160, 96}, MoeCase{4, 4, 2, 64, 40},
+                                           MoeCase{5, 2, 3, 96, 16}, MoeCase{6, 1, 2, 4160, 72}),
+                         [](const auto& info) {
+                           const MoeCase& c = info.param;
+                           return "e" + std::to_string(c.experts) + "k" + std::to_string(c.top_k) + "_t" +
+                                  std::to_string(c.tokens) + "_h" + std::to_string(c.hidden) + "_i" +
+                                  std::to_string(c.inter);
+                         });
+
 }  // namespace
 }  // namespace gptoss::testing

@@ -35,6 +35,7 @@ struct Scratch {
   int32_t *sorted_token = nullptr, *sorted_pair = nullptr, *tiles = nullptr, *n_tiles = nullptr;
   float* mlp1 = nullptr;                      // split-mode gate/up partials [nseg][P][2I]
   uint16_t* a16 = nullptr;                    // SwiGLU output, fp16 pairs [P][hi: ip | lo: ip]
+  float* act32 = nullptr;                     // SwiGLU output of the decode GEMV path, f32 [P][I]
   float* y = nullptr;                         // expert outputs [nparts][P][H]
   float* logits = nullptr;                    // [logit_rows][V]
   int32_t* argmax = nullptr;                  // [logit_rows]
@@ -91,6 +92,11 @@ class CudaBackend final : public Backend {
   const Config& cfg_;
   BackendOptions opts_;
   int sm_count_ = 0;
+  // Steps of at most this many tokens run the expert products as per-pair GEMVs (moe_gemv_launch)
+  // instead of the grouped tensor-core GEMM; GPTOSS_CUDA_EXPERT_GEMV_TOKENS overrides it (0: never).
+  // Crossover measured on an H200 (20b, decode of N sequences): N = 8 GEMV 1196 vs GEMM 1163 tok/s,
+  // N = 16 GEMV 1091 vs GEMM 1916 tok/s.
+  int gemv_max_tokens_ = 8;
   std::string device_name_;
   cudaStream_t stream_ = nullptr;
   ThreadPool pool_;

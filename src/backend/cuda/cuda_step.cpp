@@ -65,6 +65,19 @@ GemmArgs expert_args(const ExpertsDev& w, const GemmPlan& g, const Scratch& s) {
   return a;
 }
 
+MoeGemvArgs gemv_args(const ExpertsDev& w, const int32_t* experts, int pairs) {
+  MoeGemvArgs a;
+  a.w = w.blocks;
+  a.scales = w.scales;
+  a.w_expert_bytes = static_cast<int64_t>(w.rows_p) * w.kblocks * 16;
+  a.s_expert_bytes = static_cast<int64_t>(w.rows_p) * w.kblocks;
+  a.rows = w.rows;
+  a.kblocks = w.kblocks;
+  a.experts = experts;
+  a.pairs = pairs;
+  return a;
+}
+
 }  // namespace
 
 Status CudaBackend::attention_block(const StepPlan& p, int layer) {
@@ -142,12 +155,47 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
   MoeGroupOut grp;
   grp.nt = g1.nt, grp.sorted_token = s.sorted_token, grp.sorted_pair = s.sorted_pair;
   grp.tiles = s.tiles, grp.n_tiles = s.n_tiles, grp.max_tiles = g1.max_tiles;
-  const bool fused = router_fuses_grouping(p.T, H, E);
+  // The per-pair GEMV path (few tokens) reads the top-k indices directly: no grouping.
+  const bool gemv = p.T <= gemv_max_tokens_;
+  const bool fused = !gemv && router_fuses_grouping(p.T, H, E);
   GPTOSS_LAUNCH(fused ? "router + top-k + grouping" : "router + top-k", static_cast<double>(E) * H * 2,
                 router_launch(s.x32, p.T, H, L.router_w, L.router_b, E, K, s.topk_idx, s.topk_w, st,
                               fused ? &grp : nullptr, RouterWork{s.router_logits, s.router_counters}, stream_));
-  if (!fused) GPTOSS_LAUNCH("expert grouping", 0, moe_group_launch(s.topk_idx, p.T, K, E, grp, stream_));
+  if (!gemv && !fused) GPTOSS_LAUNCH("expert grouping", 0, moe_group_launch(s.topk_idx, p.T, K, E, grp, stream_));
   const float alpha = static_cast<float>(cfg_.swiglu_alpha), limit = static_cast<float>(cfg_.swiglu_limit);
+  *moe_out = ResidualAdd{};
+  moe_out->stride = H;
+  moe_out->top_k = K;
+  moe_out->experts = s.topk_idx;
+  moe_out->weights = s.topk_w;
+  moe_out->expert_bias = L.mlp2.bias;
+  moe_out->expert_bias_stride = L.mlp2.rows_p;
+  moe_out->parts = s.y;
+  if (gemv) {
+    // Few tokens: every (token, expert) pair as two GEMVs on CUDA cores (f32 activations).
+    MoeGemvArgs v1 = gemv_args(L.mlp1, s.topk_idx, P);
+    v1.cols = H;
+    v1.x = s.x32;
+    v1.x_stride = H;
+    v1.x_row_div = K;
+    v1.bias = L.mlp1.bias;
+    v1.bias_expert_stride = L.mlp1.rows_p;
+    v1.swiglu_alpha = alpha;
+    v1.swiglu_limit = limit;
+    v1.out = s.act32;
+    v1.out_stride = I;
+    GPTOSS_LAUNCH("experts gate/up + SwiGLU (gemv)", P * expert_bytes(L.mlp1, 1, 1), moe_gemv_launch(v1, stream_));
+    MoeGemvArgs v2 = gemv_args(L.mlp2, s.topk_idx, P);
+    v2.cols = I;
+    v2.x = s.act32;
+    v2.x_stride = I;
+    v2.out = s.y;
+    v2.out_stride = H;
+    GPTOSS_LAUNCH("experts down (gemv)", P * expert_bytes(L.mlp2, 1, 1), moe_gemv_launch(v2, stream_));
+    moe_out->nparts = 1;
+    moe_out->part_stride = static_cast<int64_t>(P) * H;
+    return Status::ok_status();
+  }
 
   GemmArgs a1 = expert_args(L.mlp1, g1, s);
   a1.x = s.x16;
@@ -189,16 +237,8 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
   a2.part_stride = static_cast<int64_t>(P) * H;
   GPTOSS_LAUNCH("experts down", expert_bytes(L.mlp2, P, E), gemm_launch(a2, g1.nt, stream_));
 
-  *moe_out = ResidualAdd{};
-  moe_out->parts = s.y;
   moe_out->nparts = g2.nparts();
   moe_out->part_stride = a2.part_stride;
-  moe_out->stride = H;
-  moe_out->top_k = K;
-  moe_out->experts = s.topk_idx;
-  moe_out->weights = s.topk_w;
-  moe_out->expert_bias = L.mlp2.bias;
-  moe_out->expert_bias_stride = L.mlp2.rows_p;
   return Status::ok_status();
 }
 

@@ -106,6 +106,34 @@ void gemm_segments(int kblocks, int* seg_blocks, int* nseg);
 void mxfp4_repack_row(const uint8_t* blocks, int nb, int kblocks, uint8_t* out);
 
 // ---------------------------------------------------------------------------------------------
+// Decode MoE products (few tokens): one (token, expert) pair per grid row on CUDA cores in f32,
+// out[p, r] = Σ_k W_e[r, k]·x[p / x_row_div, k] with e = experts[p]. Every pair is computed on its
+// own in a fixed order (batch-invariant). With `bias` the rows are interleaved gate/up and the
+// output is the clamped SwiGLU: out[p, j] = SwiGLU(W·x[2j] + bias[2j], W·x[2j+1] + bias[2j+1]).
+inline constexpr int kGemvWarps = 4;        // warps per block
+inline constexpr int kGemvMinBlocks = 4;    // resident blocks per SM the register budget is sized for
+inline constexpr int kGemvRowsPerWarp = 4;  // weight rows per warp
+struct MoeGemvArgs {
+  const uint8_t* w = nullptr;       // MXFP4 in the mxfp4_repack_row layout [E][≥ round_up(rows, 32)][kblocks·16]
+  const uint8_t* scales = nullptr;  // [E][same rows][kblocks]
+  int64_t w_expert_bytes = 0, s_expert_bytes = 0;
+  int rows = 0;
+  int kblocks = 0;  // a multiple of 4; kblocks·32 ≤ 12 000
+  int cols = 0;     // valid activations per row (≤ kblocks·32; the rest count as zero)
+  const float* x = nullptr;  // f32 rows in logical order
+  int64_t x_stride = 0;
+  int x_row_div = 1;  // activation row of pair p: p / x_row_div (top_k for token rows, 1 for pair rows)
+  const int32_t* experts = nullptr;  // [pairs]
+  int pairs = 0;
+  const float* bias = nullptr;  // SwiGLU mode: f32 [E][bias_expert_stride]
+  int64_t bias_expert_stride = 0;
+  float swiglu_alpha = 1.702f, swiglu_limit = 7.0f;
+  float* out = nullptr;  // f32 [pairs][out_stride]
+  int64_t out_stride = 0;
+};
+cudaError_t moe_gemv_launch(const MoeGemvArgs& a, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------------------
 // Per-token elementwise kernels.
 
 // cudaSuccess when this binary holds kernels for the current device (else

@@ -191,47 +191,6 @@ MemoryStats CudaBackend::memory_stats() const {
   return m;
 }
 
-Status CudaBackend::validate(std::span<const SeqBatch> batch) const {
-  if (batch.empty()) return make_error(ErrorCode::kInvalidArgument, "forward: empty batch");
-  int64_t total = 0;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    const SeqBatch& s = batch[i];
-    if (s.slot < 0 || s.slot >= opts_.max_slots)
-      return make_error(ErrorCode::kInvalidArgument, "forward: batch[{}]: slot {} out of range [0, {})", i, s.slot,
-                        opts_.max_slots);
-    for (size_t j = 0; j < i; ++j)
-      if (batch[j].slot == s.slot)
-        return make_error(ErrorCode::kInvalidArgument, "forward: batch[{}] and batch[{}] both use slot {}", j, i,
-                          s.slot);
-    const int64_t n = static_cast<int64_t>(s.tokens.size());
-    if (n == 0) return make_error(ErrorCode::kInvalidArgument, "forward: batch[{}] (slot {}) has no tokens", i, s.slot);
-    const int64_t len = slot_length(s.slot), min_pos = slot_min_resume(s.slot);
-    if (s.pos < 0 || s.pos > len)
-      return make_error(ErrorCode::kInvalidArgument, "forward: batch[{}]: pos {} is beyond slot {} length {}", i, s.pos,
-                        s.slot, len);
-    if (s.pos != 0 && s.pos < min_pos)
-      return make_error(ErrorCode::kInvalidArgument,
-                        "forward: batch[{}]: pos {} is before slot {}'s earliest resume position {} (rollback {})", i,
-                        s.pos, s.slot, min_pos, opts_.rollback);
-    if (s.pos + n > opts_.max_context)
-      return make_error(ErrorCode::kOutOfRange,
-                        "forward: batch[{}]: pos {} + {} tokens exceeds max_context {} (slot {})", i, s.pos, n,
-                        opts_.max_context, s.slot);
-    for (int64_t t = 0; t < n; ++t) {
-      const int32_t id = s.tokens[static_cast<size_t>(t)];
-      if (id < 0 || id >= cfg_.vocab_size)
-        return make_error(ErrorCode::kOutOfRange,
-                          "forward: batch[{}] (slot {}): token {} at index {} is outside the vocabulary [0, {})", i,
-                          s.slot, id, t, cfg_.vocab_size);
-    }
-    total += n;
-  }
-  if (total > opts_.max_batch_tokens)
-    return make_error(ErrorCode::kInvalidArgument, "forward: {} tokens in one batch exceed max_batch_tokens {}", total,
-                      opts_.max_batch_tokens);
-  return Status::ok_status();
-}
-
 StepPlan CudaBackend::plan_step(std::span<const SeqBatch> batch, const StepOutputs& out) {
   StepPlan p;
   for (const SeqBatch& s : batch) p.T += static_cast<int>(s.tokens.size());
@@ -306,7 +265,7 @@ Status CudaBackend::run_layers(const StepPlan& p) {
 }
 
 Status CudaBackend::forward(std::span<const SeqBatch> batch, const StepOutputs& out) {
-  GPTOSS_RETURN_IF_ERROR(validate(batch));
+  GPTOSS_RETURN_IF_ERROR(backend_validate_batch(*this, cfg_.vocab_size, batch));
   GPTOSS_CUDA_TRY(cudaSetDevice(opts_.device), "selecting the CUDA device");
   const StepPlan p = plan_step(batch, out);
   GPTOSS_CUDA_TRY(cudaMemcpyAsync(scratch_.meta, host_meta_.data(), static_cast<size_t>(8) * p.T * 4,

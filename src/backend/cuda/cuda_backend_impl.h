@@ -71,7 +71,6 @@ class CudaBackend final : public Backend {
   MemoryStats memory_stats() const override;
 
  private:
-  Status validate(std::span<const SeqBatch> batch) const;
   StepPlan plan_step(std::span<const SeqBatch> batch, const StepOutputs& out);
   Status alloc_scratch();
   // cuda_step.cpp: the kernels of one step up to the final norm, then the lm_head and outputs.

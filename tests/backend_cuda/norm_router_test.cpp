@@ -271,7 +271,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, CudaRouter,
                          ::testing::Values(RouterCase{1, 2880, 32, 4}, RouterCase{70, 2880, 32, 4},
                                            RouterCase{9, 2880, 128, 4}, RouterCase{33, 96, 5, 1},
                                            RouterCase{17, 160, 7, 3}, RouterCase{5, 64, 4, 4},
-                                           RouterCase{3, 128, 256, 8}));
+                                           RouterCase{3, 128, 256, 8}, RouterCase{2, 4096, 16, 4}));
 
 }  // namespace
 }  // namespace gptoss::testing

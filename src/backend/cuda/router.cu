@@ -94,8 +94,48 @@ __device__ void topk_softmax(const float* logits, int experts, int top_k, int t,
   }
 }
 
+// One lane's batch of weight loads of an expert row (uint4 = 8 bf16): vectors lane + 32·j from i0.
+constexpr int kRouterLoads = 8;  // weight loads per lane in flight
+__device__ __forceinline__ void load_w_batch(uint4 (&q)[kRouterLoads], const uint4* wr, int i0, int nvec) {
+#pragma unroll
+  for (int j = 0; j < kRouterLoads; ++j)
+    if (i0 + 32 * j < nvec) q[j] = __ldg(wr + i0 + 32 * j);
+}
+
+// One lane's partial dot products of an expert row with nt ≤ TT activation rows xs [TT][dim], over
+// the vectors lane, lane + 32, ... in order (q: the first batch, already loaded by load_w_batch).
+template <int TT>
+__device__ __forceinline__ void expert_dot(uint4 (&q)[kRouterLoads], const uint4* wr, int lane, int nvec,
+                                           const float* xs, int dim, int nt, float (&acc)[TT]) {
+#pragma unroll
+  for (int tt = 0; tt < TT; ++tt) acc[tt] = 0.0f;
+  for (int i0 = lane;;) {
+#pragma unroll
+    for (int j = 0; j < kRouterLoads; ++j) {
+      const int i = i0 + 32 * j;
+      if (i >= nvec) break;
+      const float wv[8] = {__uint_as_float(q[j].x << 16), __uint_as_float(q[j].x & 0xffff0000u),
+                           __uint_as_float(q[j].y << 16), __uint_as_float(q[j].y & 0xffff0000u),
+                           __uint_as_float(q[j].z << 16), __uint_as_float(q[j].z & 0xffff0000u),
+                           __uint_as_float(q[j].w << 16), __uint_as_float(q[j].w & 0xffff0000u)};
+#pragma unroll
+      for (int tt = 0; tt < TT; ++tt) {
+        if (tt >= nt) break;
+        const float4 x0 = *reinterpret_cast<const float4*>(xs + tt * dim + 8 * i);
+        const float4 x1 = *reinterpret_cast<const float4*>(xs + tt * dim + 8 * i + 4);
+        const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+        for (int k = 0; k < 8; ++k) acc[tt] = fmaf(wv[k], xv[k], acc[tt]);
+      }
+    }
+    i0 += 32 * kRouterLoads;
+    if (i0 >= nvec) break;
+    load_w_batch(q, wr, i0, nvec);
+  }
+}
+
 // grid (token tile of TT tokens, expert group of 8 experts): each warp computes one expert's logits
-// for the tile (16-byte weight loads: 8 bf16 per lane and step) into the global logits workspace.
+// for the tile (16-byte weight loads, kRouterLoads per lane in flight) into the global logits workspace.
 // The last block of a tile to finish (arrival counter) selects every token's top-k; with a single
 // tile it also groups the pairs. Spreading the weights over several blocks keeps a decode step's
 // router from being limited by one SM's bandwidth.
@@ -115,26 +155,10 @@ __global__ void __launch_bounds__(kRouterThreads)
   const int e = blockIdx.y * nw + warp;
   if (e < experts) {
     const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(e) * dim);
+    uint4 q[kRouterLoads];
+    load_w_batch(q, wr, lane, dim / 8);
     float acc[TT];
-#pragma unroll
-    for (int tt = 0; tt < TT; ++tt) acc[tt] = 0.0f;
-#pragma unroll 4
-    for (int i = lane; i < dim / 8; i += 32) {
-      const uint4 q = __ldg(wr + i);
-      const float wv[8] = {__uint_as_float(q.x << 16), __uint_as_float(q.x & 0xffff0000u),
-                           __uint_as_float(q.y << 16), __uint_as_float(q.y & 0xffff0000u),
-                           __uint_as_float(q.z << 16), __uint_as_float(q.z & 0xffff0000u),
-                           __uint_as_float(q.w << 16), __uint_as_float(q.w & 0xffff0000u)};
-#pragma unroll
-      for (int tt = 0; tt < TT; ++tt) {
-        if (tt >= nt) break;
-        const float4 x0 = *reinterpret_cast<const float4*>(xs + tt * dim + 8 * i);
-        const float4 x1 = *reinterpret_cast<const float4*>(xs + tt * dim + 8 * i + 4);
-        const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-#pragma unroll
-        for (int k = 0; k < 8; ++k) acc[tt] = fmaf(wv[k], xv[k], acc[tt]);
-      }
-    }
+    expert_dot<TT>(q, wr, lane, dim / 8, xs, dim, nt, acc);
 #pragma unroll
     for (int tt = 0; tt < TT; ++tt) {
       if (tt >= nt) break;

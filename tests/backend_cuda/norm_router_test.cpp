@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <set>
 
@@ -107,7 +108,49 @@ TEST_P(CudaAddRmsNorm, MatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Cases, CudaAddRmsNorm,
                          ::testing::Values(NormCase{1, 2880, 0, 0}, NormCase{5, 2880, 1, 0}, NormCase{3, 2880, 6, 0},
                                            NormCase{7, 96, 2, 4}, NormCase{2, 2880, 1, 4}, NormCase{4, 100, 3, 1},
-                                           NormCase{65, 256, 1, 2}));
+                                           NormCase{65, 256, 1, 2}, NormCase{1, 2880, 1, 4}, NormCase{1, 2880, 3, 4},
+                                           NormCase{8, 2880, 2, 4}, NormCase{6, 2880, 2, 0}, NormCase{1, 4, 1, 1},
+                                           NormCase{3, 3004, 1, 4}, NormCase{2, 12288, 2, 0},
+                                           NormCase{4, 10236, 1, 3}));
+
+// Decode-size batches: each token's residual and normalised row are bit-identical whether it is
+// launched alone or with 1..7 others (expert contributions from 4 experts, split in 2 parts).
+TEST(CudaAddRmsNormBatch, RowsIndependentOfBatchSize) {
+  const int dim = 2880, k = 4, nparts = 2, E = 6, x16_stride = 2880;
+  const int64_t part_stride = 8LL * k * dim;
+  const std::vector<float> h0 = random_f32(8 * static_cast<size_t>(dim), 41, 30.0f);
+  DevArray<float> p(random_f32(static_cast<size_t>(nparts * part_stride), 42, 2.0f));
+  DevArray<float> b(random_f32(static_cast<size_t>(E) * dim, 43, 1.0f)), g(random_f32(dim, 44, 2.0f));
+  std::vector<int32_t> experts(8 * k);
+  std::vector<float> weights(8 * k);
+  for (int i = 0; i < 8 * k; ++i) experts[i] = (i * 5 + 2) % E, weights[i] = 0.05f + 0.1f * (i % 5);
+  DevArray<int32_t> ex(experts);
+  DevArray<float> w(weights);
+  auto run = [&](int t0, int n, std::vector<float>* h_out, std::vector<float>* x_out) {
+    DevArray<float> h(std::vector<float>(h0.begin() + static_cast<int64_t>(t0) * dim,
+                                         h0.begin() + static_cast<int64_t>(t0 + n) * dim));
+    DevArray<float> x32(static_cast<size_t>(n) * dim);
+    DevArray<uint16_t> x16(static_cast<size_t>(n) * 2 * x16_stride);
+    cuda::ResidualAdd add;
+    add.parts = p.get() + static_cast<int64_t>(t0) * k * dim;
+    add.nparts = nparts, add.part_stride = part_stride, add.stride = dim;
+    add.top_k = k, add.experts = ex.get() + t0 * k, add.weights = w.get() + t0 * k;
+    add.expert_bias = b.get(), add.expert_bias_stride = dim;
+    CUDA_ASSERT(cuda::add_rmsnorm_launch(h.get(), n, dim, add, g.get(), 1e-5f, x16.get(), 2 * x16_stride, x16_stride,
+                                         x32.get(), nullptr));
+    *h_out = h.download(), *x_out = x32.download();
+  };
+  for (int n = 1; n <= 8; ++n) {
+    std::vector<float> hb, xb;
+    run(0, n, &hb, &xb);
+    for (int t = 0; t < n; ++t) {
+      std::vector<float> h1, x1;
+      run(t, 1, &h1, &x1);
+      ASSERT_EQ(0, std::memcmp(h1.data(), hb.data() + static_cast<size_t>(t) * dim, dim * sizeof(float))) << n << "," << t;
+      ASSERT_EQ(0, std::memcmp(x1.data(), xb.data() + static_cast<size_t>(t) * dim, dim * sizeof(float))) << n << "," << t;
+    }
+  }
+}
 
 TEST(CudaArgmax, LowestIndexOnTiesAndNaNNeverWins) {
   const int64_t vocab = 201088;

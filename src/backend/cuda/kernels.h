@@ -159,9 +159,9 @@ struct ResidualAdd {
   int64_t expert_bias_stride = 0;
 };
 // h[t] += contribution (in place), then x = gain ⊙ h / rms(h): x16 fp16 pairs (row t at
-// t·x16_stride, lo at + x16_lo, k_phys order) and, when x32 is not null, f32 [n, dim]. One block per
-// token; dim % 4 == 0 and dim ≤ 10240. The sum of squares is reduced in a fixed order
-// (batch-invariant).
+// t·x16_stride, lo at + x16_lo, k_phys order) and, when x32 is not null, f32 [n, dim]. One cluster
+// of 8 blocks per token (sm_90); dim % 4 == 0 and dim ≤ 12288. The sum of squares is reduced in a
+// fixed order (batch-invariant).
 cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add, const float* gain, float eps,
                                uint16_t* x16, int64_t x16_stride, int64_t x16_lo, float* x32, cudaStream_t stream);
 

@@ -1,5 +1,7 @@
 // Per-token kernels: embedding gather, residual add fused with RMSNorm (summing split-K partials and
 // the weighted expert outputs in a fixed order), SwiGLU of split partials, and argmax.
+#include <cooperative_groups.h>
+
 #include <cfloat>
 
 #include "backend/cuda/device_util.cuh"
@@ -8,7 +10,12 @@
 namespace gptoss::cuda {
 namespace {
 
+namespace cg = cooperative_groups;
+
 constexpr int kNormThreads = 512;
+// add_rmsnorm: blocks per token (one thread block cluster) and threads per block.
+constexpr int kNormCluster = 8;
+constexpr int kNormBlockThreads = 128;
 
 __global__ void embed_kernel(const uint16_t* table, int64_t dim, const int32_t* tokens, float* h) {
   const int t = blockIdx.x;
@@ -22,7 +29,7 @@ __device__ __forceinline__ float sum_parts(const float* p, int nparts, int64_t p
   return v;
 }
 
-constexpr int kNormMaxVec = 5;  // float4s per thread: dim ≤ 10240
+constexpr int kNormMaxVec = 3;  // float4s per add_rmsnorm thread: dim ≤ 8·128·3·4 = 12288
 
 // Σ_s parts[s·stride] of 4 consecutive floats, in segment order (loads issued 8 at a time).
 __device__ __forceinline__ float4 sum_parts4(const float* p, int nparts, int64_t part_stride) {
@@ -72,36 +79,49 @@ __device__ __forceinline__ float4 residual4(const float* hr, int t, int i, const
   return make_float4(v.x + moe.x, v.y + moe.y, v.z + moe.z, v.w + moe.w);
 }
 
-// One block per token; each thread keeps its float4s in registers between the update and the
-// normalisation. The sum of squares is summed per thread in order, then by a fixed block tree:
-// the same arithmetic whatever the batch.
-__global__ void __launch_bounds__(kNormThreads)
+// One cluster of kNormCluster blocks per token, each owning a contiguous slice of the row's float4s
+// and keeping them in registers between the update and the normalisation (a decode step's handful of
+// tokens then spreads its loads over many SMs). The sum of squares is summed per thread in order, by a
+// fixed block tree, then over the cluster's blocks in rank order through distributed shared memory:
+// every block gets the same value and the arithmetic is the same whatever the batch.
+__global__ void __cluster_dims__(kNormCluster, 1, 1) __launch_bounds__(kNormBlockThreads)
     add_rmsnorm_kernel(float* h, int dim, const ResidualAdd add, const float* gain, float eps, uint16_t* x16,
                        int64_t x16_stride, int64_t x16_lo, float* x32) {
   __shared__ float scratch[32];
-  const int t = blockIdx.x;
+  __shared__ float block_ss;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int t = static_cast<int>(blockIdx.x) / kNormCluster;
+  const int nvec = dim / 4, per = (nvec + kNormCluster - 1) / kNormCluster;
+  const int lo = static_cast<int>(cluster.block_rank()) * per, hi = min(nvec, lo + per);
   float* hr = h + static_cast<int64_t>(t) * dim;
-  float4 v[kNormMaxVec];
+  float4 v[kNormMaxVec], g[kNormMaxVec];
   float ss = 0.0f;
 #pragma unroll
   for (int c = 0; c < kNormMaxVec; ++c) {
-    const int i = (c * kNormThreads + static_cast<int>(threadIdx.x)) * 4;
-    if (i < dim) {
+    const int f = lo + c * kNormBlockThreads + static_cast<int>(threadIdx.x);
+    if (f < hi) {
+      const int i = f * 4;
+      g[c] = ld4(gain + i);
       v[c] = residual4(hr, t, i, add);
       if (add.nparts > 0) *reinterpret_cast<float4*>(hr + i) = v[c];
       ss += v[c].x * v[c].x + v[c].y * v[c].y + v[c].z * v[c].z + v[c].w * v[c].w;
     }
   }
   ss = block_sum(ss, scratch);
+  if (threadIdx.x == 0) block_ss = ss;
+  cluster.sync();
+  ss = 0.0f;
+#pragma unroll
+  for (int r = 0; r < kNormCluster; ++r) ss += *cluster.map_shared_rank(&block_ss, r);
   const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
   __half* xo = reinterpret_cast<__half*>(x16) + t * x16_stride;
 #pragma unroll
   for (int c = 0; c < kNormMaxVec; ++c) {
-    const int i = (c * kNormThreads + static_cast<int>(threadIdx.x)) * 4;
-    if (i < dim) {
-      const float4 g = ld4(gain + i);
-      const float4 y =
-          make_float4(g.x * (v[c].x * inv), g.y * (v[c].y * inv), g.z * (v[c].z * inv), g.w * (v[c].w * inv));
+    const int f = lo + c * kNormBlockThreads + static_cast<int>(threadIdx.x);
+    if (f < hi) {
+      const int i = f * 4;
+      const float4 y = make_float4(g[c].x * (v[c].x * inv), g[c].y * (v[c].y * inv), g[c].z * (v[c].z * inv),
+                                   g[c].w * (v[c].w * inv));
       store_f16_pair(xo + k_phys(i), x16_lo, y.x);
       store_f16_pair(xo + k_phys(i + 1), x16_lo, y.y);
       store_f16_pair(xo + k_phys(i + 2), x16_lo, y.z);
@@ -109,6 +129,7 @@ __global__ void __launch_bounds__(kNormThreads)
       if (x32) *reinterpret_cast<float4*>(x32 + static_cast<int64_t>(t) * dim + i) = y;
     }
   }
+  cluster.sync();  // no block leaves while another may still read its block_ss
 }
 
 // One block per (tile, output chunk): tile columns are pairs in sorted order.
@@ -184,11 +205,11 @@ cudaError_t embed_launch(const uint16_t* table, int64_t dim, const int32_t* toke
 cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add, const float* gain, float eps,
                                uint16_t* x16, int64_t x16_stride, int64_t x16_lo, float* x32, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  if (dim % 4 != 0 || dim > kNormMaxVec * kNormThreads * 4) return cudaErrorInvalidValue;
+  if (dim % 4 != 0 || dim > kNormCluster * kNormBlockThreads * kNormMaxVec * 4) return cudaErrorInvalidValue;
   if (add.nparts > 0 && add.top_k > 0 && (add.experts == nullptr || add.weights == nullptr || !add.expert_bias))
     return cudaErrorInvalidValue;
   if (add.top_k > 8) return cudaErrorInvalidValue;
-  add_rmsnorm_kernel<<<n, kNormThreads, 0, stream>>>(h, dim, add, gain, eps, x16, x16_stride, x16_lo, x32);
+  add_rmsnorm_kernel<<<n * kNormCluster, kNormBlockThreads, 0, stream>>>(h, dim, add, gain, eps, x16, x16_stride, x16_lo, x32);
   return cudaGetLastError();
 }
 

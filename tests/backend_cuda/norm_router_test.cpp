@@ -146,8 +146,10 @@ TEST(CudaAddRmsNormBatch, RowsIndependentOfBatchSize) {
     for (int t = 0; t < n; ++t) {
       std::vector<float> h1, x1;
       run(t, 1, &h1, &x1);
-      ASSERT_EQ(0, std::memcmp(h1.data(), hb.data() + static_cast<size_t>(t) * dim, dim * sizeof(float))) << n << "," << t;
-      ASSERT_EQ(0, std::memcmp(x1.data(), xb.data() + static_cast<size_t>(t) * dim, dim * sizeof(float))) << n << "," << t;
+      ASSERT_EQ(0, std::memcmp(h1.data(), hb.data() + static_cast<size_t>(t) * dim, dim * sizeof(float)))
+          << n << "," << t;
+      ASSERT_EQ(0, std::memcmp(x1.data(), xb.data() + static_cast<size_t>(t) * dim, dim * sizeof(float)))
+          << n << "," << t;
     }
   }
 }

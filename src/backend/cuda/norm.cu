@@ -209,7 +209,8 @@ cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add,
   if (add.nparts > 0 && add.top_k > 0 && (add.experts == nullptr || add.weights == nullptr || !add.expert_bias))
     return cudaErrorInvalidValue;
   if (add.top_k > 8) return cudaErrorInvalidValue;
-  add_rmsnorm_kernel<<<n * kNormCluster, kNormBlockThreads, 0, stream>>>(h, dim, add, gain, eps, x16, x16_stride, x16_lo, x32);
+  add_rmsnorm_kernel<<<n * kNormCluster, kNormBlockThreads, 0, stream>>>(h, dim, add, gain, eps, x16, x16_stride,
+                                                                         x16_lo, x32);
   return cudaGetLastError();
 }
 

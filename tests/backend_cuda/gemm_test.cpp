@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <numeric>
 
 #include "backend/cpu/ops.h"
@@ -236,6 +237,39 @@ MoeSetup make_moe(const MoeCase& c, uint64_t seed) {
 }
 
 // Device state of one MoE case: weights, activations, routing and the grouped pair lists.
+// Checks every (token, expert) pair of an expert product against float64 (y = W·x per row, before the
+// bias) and the CPU op, and its SwiGLU activation (bias added, clamped) against cpu::swiglu_clamp;
+// act_at(p, j) reads activation j of pair p from the kernel's output layout.
+void expect_expert_outputs(const MoeSetup& s, const MoeCase& c, const std::vector<float>& yd,
+                           const std::function<float(int, int)>& act_at) {
+  std::vector<float> wrow(static_cast<size_t>(c.hidden)), gu(static_cast<size_t>(s.rows)),
+      ref_act(static_cast<size_t>(c.inter)), cpu_y(static_cast<size_t>(s.rows));
+  for (int p = 0; p < s.pairs; ++p) {
+    const int t = p / c.top_k, e = s.idx[static_cast<size_t>(p)];
+    const float* xr = &s.x[static_cast<size_t>(t) * c.hidden];
+    for (int r = 0; r < s.rows; ++r) {
+      const size_t row = static_cast<size_t>(e) * s.rows + r;
+      mxfp4_dequantize_row(&s.blocks[row * s.nb * 16], &s.scales[row * s.nb], c.hidden, wrow.data());
+      double ref = 0, abs_sum = 0;
+      for (int k = 0; k < c.hidden; ++k)
+        ref += static_cast<double>(wrow[k]) * xr[k], abs_sum += std::fabs(static_cast<double>(wrow[k]) * xr[k]);
+      const float got = yd[static_cast<size_t>(p) * s.rows + r];
+      ASSERT_NEAR(got, ref, mma_tolerance(c.hidden, abs_sum)) << "pair " << p << " row " << r;
+      gu[static_cast<size_t>(r)] = got + bf16_to_f32(s.bias[row]);
+    }
+    cpu::swiglu_clamp(gu.data(), c.inter, 1.702f, 7.0f, ref_act.data());
+    for (int j = 0; j < c.inter; ++j)
+      ASSERT_NEAR(act_at(p, j), ref_act[static_cast<size_t>(j)],
+                  1e-5 * std::max(1.0f, std::fabs(ref_act[static_cast<size_t>(j)])))
+          << "swiglu pair " << p << " j " << j;
+    // The CPU op (f32 dequantize + f32 dot products in its canonical order).
+    const size_t e0 = static_cast<size_t>(e) * s.rows;
+    cpu::mxfp4_matmul(&s.blocks[e0 * s.nb * 16], &s.scales[e0 * s.nb], nullptr, s.rows, c.hidden, xr, 1, cpu_y.data(),
+                      nullptr);
+    EXPECT_LE(rel_l2(&yd[static_cast<size_t>(p) * s.rows], cpu_y.data(), cpu_y.size()), 1e-5) << "pair " << p;
+  }
+}
+
 struct MoeDevice {
   DevArray<uint8_t> blocks, scales;
   DevArray<float> bias;
@@ -331,33 +365,7 @@ TEST_P(MoeGemmTest, ExpertOutputsMatchReferenceAndSwiglu) {
   const std::vector<float> yd = y.download();
   const std::vector<uint16_t> ad = act.download();
 
-  std::vector<float> wrow(static_cast<size_t>(c.hidden)), gu(static_cast<size_t>(s.rows)),
-      ref_act(static_cast<size_t>(c.inter));
-  std::vector<float> cpu_y(static_cast<size_t>(s.rows));
-  for (int p = 0; p < s.pairs; ++p) {
-    const int t = p / c.top_k, e = s.idx[static_cast<size_t>(p)];
-    const float* xr = &s.x[static_cast<size_t>(t) * c.hidden];
-    for (int r = 0; r < s.rows; ++r) {
-      const size_t row = static_cast<size_t>(e) * s.rows + r;
-      mxfp4_dequantize_row(&s.blocks[row * s.nb * 16], &s.scales[row * s.nb], c.hidden, wrow.data());
-      double ref = 0, abs_sum = 0;
-      for (int k = 0; k < c.hidden; ++k)
-        ref += static_cast<double>(wrow[k]) * xr[k], abs_sum += std::fabs(static_cast<double>(wrow[k]) * xr[k]);
-      const float got = yd[static_cast<size_t>(p) * s.rows + r];
-      ASSERT_NEAR(got, ref, mma_tolerance(c.hidden, abs_sum)) << "pair " << p << " row " << r;
-      gu[static_cast<size_t>(r)] = got + bf16_to_f32(s.bias[row]);
-    }
-    cpu::swiglu_clamp(gu.data(), c.inter, 1.702f, 7.0f, ref_act.data());
-    for (int j = 0; j < c.inter; ++j)
-      ASSERT_NEAR(pair_value(ad, static_cast<size_t>(p), ip, j), ref_act[static_cast<size_t>(j)],
-                  1e-5 * std::max(1.0f, std::fabs(ref_act[static_cast<size_t>(j)])))
-          << "swiglu pair " << p << " j " << j;
-    // The CPU op (f32 dequantize + f32 dot products in its canonical order).
-    const size_t e0 = static_cast<size_t>(e) * s.rows;
-    cpu::mxfp4_matmul(&s.blocks[e0 * s.nb * 16], &s.scales[e0 * s.nb], nullptr, s.rows, c.hidden,
-                      &s.x[static_cast<size_t>(t) * c.hidden], 1, cpu_y.data(), nullptr);
-    EXPECT_LE(rel_l2(&yd[static_cast<size_t>(p) * s.rows], cpu_y.data(), cpu_y.size()), 1e-5) << "pair " << p;
-  }
+  expect_expert_outputs(s, c, yd, [&](int p, int j) { return pair_value(ad, static_cast<size_t>(p), ip, j); });
 }
 
 TEST_P(MoeGemmTest, SplitSwigluAndTokenAloneAreBitIdentical) {
@@ -435,8 +443,7 @@ struct MoeGemvDevice {
   DevArray<uint8_t> blocks, scales;
   DevArray<float> bias, x;
   DevArray<int32_t> idx;
-  MoeGemvDevice(const MoeSetup& s)
-      : blocks(s.dev_blocks), scales(s.dev_scales), bias(s.bias_dev), x(s.x), idx(s.idx) {}
+  MoeGemvDevice(const MoeSetup& s) : blocks(s.dev_blocks), scales(s.dev_scales), bias(s.bias_dev), x(s.x), idx(s.idx) {}
   cuda::MoeGemvArgs args(const MoeSetup& s, const MoeCase& c, int pairs, float* out, bool swiglu) const {
     cuda::MoeGemvArgs a;
     a.w = blocks.get();
@@ -472,31 +479,7 @@ TEST_P(MoeGemvTest, MatchesReferenceSwigluAndTokenAlone) {
   CUDA_ASSERT(cuda::moe_gemv_launch(d.args(s, c, s.pairs, act.get(), true), nullptr));
   const std::vector<float> yd = y.download(), ad = act.download();
 
-  std::vector<float> wrow(static_cast<size_t>(c.hidden)), gu(static_cast<size_t>(s.rows)),
-      ref_act(static_cast<size_t>(c.inter)), cpu_y(static_cast<size_t>(s.rows));
-  for (int p = 0; p < s.pairs; ++p) {
-    const int t = p / c.top_k, e = s.idx[static_cast<size_t>(p)];
-    const float* xr = &s.x[static_cast<size_t>(t) * c.hidden];
-    for (int r = 0; r < s.rows; ++r) {
-      const size_t row = static_cast<size_t>(e) * s.rows + r;
-      mxfp4_dequantize_row(&s.blocks[row * s.nb * 16], &s.scales[row * s.nb], c.hidden, wrow.data());
-      double ref = 0, abs_sum = 0;
-      for (int k = 0; k < c.hidden; ++k)
-        ref += static_cast<double>(wrow[k]) * xr[k], abs_sum += std::fabs(static_cast<double>(wrow[k]) * xr[k]);
-      const float got = yd[static_cast<size_t>(p) * s.rows + r];
-      ASSERT_NEAR(got, ref, mma_tolerance(c.hidden, abs_sum)) << "pair " << p << " row " << r;
-      gu[static_cast<size_t>(r)] = got + bf16_to_f32(s.bias[row]);
-    }
-    cpu::swiglu_clamp(gu.data(), c.inter, 1.702f, 7.0f, ref_act.data());
-    for (int j = 0; j < c.inter; ++j)
-      ASSERT_NEAR(ad[static_cast<size_t>(p) * c.inter + j], ref_act[static_cast<size_t>(j)],
-                  1e-5 * std::max(1.0f, std::fabs(ref_act[static_cast<size_t>(j)])))
-          << "swiglu pair " << p << " j " << j;
-    const size_t e0 = static_cast<size_t>(e) * s.rows;
-    cpu::mxfp4_matmul(&s.blocks[e0 * s.nb * 16], &s.scales[e0 * s.nb], nullptr, s.rows, c.hidden, xr, 1,
-                      cpu_y.data(), nullptr);
-    EXPECT_LE(rel_l2(&yd[static_cast<size_t>(p) * s.rows], cpu_y.data(), cpu_y.size()), 1e-5) << "pair " << p;
-  }
+  expect_expert_outputs(s, c, yd, [&](int p, int j) { return ad[static_cast<size_t>(p) * c.inter + j]; });
 
   // Token 0's pairs launched alone: the same bits.
   DevArray<float> one(static_cast<size_t>(c.top_k) * s.rows);

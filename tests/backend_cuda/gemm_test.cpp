@@ -176,6 +176,96 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DenseGemmTest,
                          });
 
 // ---------------------------------------------------------------------------------------------
+// The decode GEMV for ≤ 4 columns (qkv and o projections at decode): against float64, against the
+// GEMM's partials, and each column's bits independent of the other columns.
+class DenseGemvTest : public ::testing::TestWithParam<DenseCase> {};
+
+TEST_P(DenseGemvTest, MatchesFloat64AndGemmAndIsBatchInvariant) {
+  const DenseCase c = GetParam();
+  const DenseSetup s = make_dense(c, 3000 + c.rows * 5 + c.cols + c.n);
+  std::vector<float> wf(s.wb.size());
+  for (size_t i = 0; i < wf.size(); ++i) wf[i] = bf16_to_f32(s.wb[i]);
+  DevArray<uint16_t> w(pad_f16(wf, c.rows, c.cols, s.rows_p, s.kp));
+  DevArray<uint16_t> x(pad_pairs(s.x, c.n, c.cols, s.kp));
+  const size_t part = static_cast<size_t>(c.n) * c.rows;
+  DevArray<float> gv(s.nseg * part), gm(s.nseg * part), one(static_cast<size_t>(s.nseg) * c.rows);
+  gv.fill_bytes(0xff);  // NaN poison: every partial must be written
+  GemmArgs a = dense_args(s, c, w.get(), x.get(), c.n, gv.get());
+  a.mode = GemmOut::kPartial;
+  CUDA_ASSERT(cuda::dense_gemv_launch(a, nullptr));
+  a.out = gm.get();
+  CUDA_ASSERT(cuda::gemm_launch(a, 8, nullptr));
+  const std::vector<float> yv = gv.download(), ym = gm.download();
+  CUDA_ASSERT(cudaGetLastError());
+
+  std::vector<float> sum_v(part), sum_m(part);
+  for (size_t i = 0; i < part; ++i) {
+    float v = yv[i], m = ym[i];
+    for (int sg = 1; sg < s.nseg; ++sg) v += yv[sg * part + i], m += ym[sg * part + i];
+    sum_v[i] = v, sum_m[i] = m;
+  }
+  for (int t = 0; t < c.n; ++t)
+    for (int r = 0; r < c.rows; ++r) {
+      double ref = 0, abs_sum = 0;
+      for (int k = 0; k < c.cols; ++k) {
+        const double p =
+            static_cast<double>(wf[static_cast<size_t>(r) * c.cols + k]) * s.x[static_cast<size_t>(t) * c.cols + k];
+        ref += p, abs_sum += std::fabs(p);
+      }
+      ASSERT_NEAR(sum_v[static_cast<size_t>(t) * c.rows + r], ref, mma_tolerance(c.cols, abs_sum))
+          << "token " << t << " row " << r;
+    }
+  EXPECT_LE(rel_l2(sum_v.data(), sum_m.data(), part), 1e-6) << "GEMV and GEMM differ beyond rounding";
+
+  // Every column alone gives the same bits as in the batch.
+  for (int t = 0; t < c.n; ++t) {
+    one.fill_bytes(0xff);
+    GemmArgs b = dense_args(s, c, w.get(), x.get() + static_cast<size_t>(t) * 2 * s.kp, 1, one.get());
+    b.mode = GemmOut::kPartial;
+    CUDA_ASSERT(cuda::dense_gemv_launch(b, nullptr));
+    const std::vector<float> y1 = one.download();
+    for (int sg = 0; sg < s.nseg; ++sg)
+      for (int r = 0; r < c.rows; ++r)
+        ASSERT_TRUE(
+            same_bits(y1[static_cast<size_t>(sg) * c.rows + r], yv[sg * part + static_cast<size_t>(t) * c.rows + r]))
+            << "column " << t << " segment " << sg << " row " << r << " depends on the batch";
+  }
+  // One segment: the plain-store mode writes the same values.
+  if (s.nseg == 1) {
+    gm.fill_bytes(0xff);
+    a.mode = GemmOut::kStore;
+    CUDA_ASSERT(cuda::dense_gemv_launch(a, nullptr));
+    const std::vector<float> ys = gm.download();
+    for (size_t i = 0; i < part; ++i) ASSERT_TRUE(same_bits(ys[i], yv[i])) << "store mode differs at " << i;
+  }
+}
+
+TEST(DenseGemv, RejectsWhatItCannotDo) {
+  DenseSetup s = make_dense(DenseCase{64, 64, 5}, 7);
+  DevArray<uint16_t> w(static_cast<size_t>(s.rows_p) * s.kp), x(static_cast<size_t>(5) * 2 * s.kp);
+  DevArray<float> out(static_cast<size_t>(5) * 64);
+  GemmArgs a = dense_args(s, DenseCase{64, 64, 5}, w.get(), x.get(), 5, out.get());
+  EXPECT_EQ(cuda::dense_gemv_launch(a, nullptr), cudaErrorInvalidValue) << "5 columns";
+  a.n = 4;
+  a.weights = GemmWeights::kMxfp4;
+  EXPECT_EQ(cuda::dense_gemv_launch(a, nullptr), cudaErrorInvalidValue) << "MXFP4 weights";
+  a.weights = GemmWeights::kF16;
+  a.seg_blocks = 20;
+  a.nseg = 1;
+  EXPECT_EQ(cuda::dense_gemv_launch(a, nullptr), cudaErrorInvalidValue) << "segments over 16 blocks";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, DenseGemvTest,
+                         ::testing::Values(DenseCase{5120, 2880, 1}, DenseCase{2880, 4096, 1}, DenseCase{5120, 2880, 4},
+                                           DenseCase{2880, 4096, 3}, DenseCase{64, 64, 1}, DenseCase{100, 96, 4},
+                                           DenseCase{17, 32, 2}, DenseCase{130, 160, 3}, DenseCase{3001, 2000, 2},
+                                           DenseCase{1000, 1056, 4}),
+                         [](const auto& info) {
+                           return "r" + std::to_string(info.param.rows) + "_k" + std::to_string(info.param.cols) +
+                                  "_n" + std::to_string(info.param.n);
+                         });
+
+// ---------------------------------------------------------------------------------------------
 struct MoeCase {
   int experts, top_k, tokens, hidden, inter;
 };

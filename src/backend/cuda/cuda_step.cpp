@@ -48,6 +48,12 @@ GemmArgs dense_args(const DenseDev& w, const GemmPlan& g, const uint16_t* x, int
   return a;
 }
 
+// A dense product of the layers: the decode GEMV for a few columns (same output layout), else the GEMM.
+cudaError_t dense_launch(const GemmArgs& a, int nt, cudaStream_t stream) {
+  if (a.n <= kDenseGemvTokens) return dense_gemv_launch(a, stream);
+  return gemm_launch(a, nt, stream);
+}
+
 GemmArgs expert_args(const ExpertsDev& w, const GemmPlan& g, const Scratch& s) {
   GemmArgs a;
   a.weights = GemmWeights::kMxfp4;
@@ -87,7 +93,7 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   const int H = static_cast<int>(cfg_.hidden_size);
   const GemmPlan gq = gemm_plan_dense(L.qkv.rows, L.qkv.kblocks, p.T, sm_count_);
   GPTOSS_LAUNCH("qkv projection", dense_bytes(L.qkv),
-                gemm_launch(dense_args(L.qkv, gq, s.x16, hp_, p.T, s.qkv, L.qkv.rows), gq.nt, stream_));
+                dense_launch(dense_args(L.qkv, gq, s.x16, hp_, p.T, s.qkv, L.qkv.rows), gq.nt, stream_));
 
   QkvRopeArgs r;
   r.parts = s.qkv;
@@ -125,7 +131,7 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
 
   const GemmPlan go = gemm_plan_dense(L.o.rows, L.o.kblocks, p.T, sm_count_);
   GPTOSS_LAUNCH("o projection", dense_bytes(L.o),
-                gemm_launch(dense_args(L.o, go, s.o16, qp_, p.T, s.proj, H), go.nt, stream_));
+                dense_launch(dense_args(L.o, go, s.o16, qp_, p.T, s.proj, H), go.nt, stream_));
   ResidualAdd add;
   add.parts = s.proj;
   add.nparts = go.nparts();

@@ -99,6 +99,13 @@ bool gemm_use_split(int64_t rows, int64_t col_tiles, int sm_count);
 // Segmenting of a reduction of `kblocks` blocks of 32: ≈512 values per segment, multiples of 4 blocks.
 void gemm_segments(int kblocks, int* seg_blocks, int* nseg);
 
+// Decode-time dense fp16 products for at most kDenseGemvTokens columns: the output of gemm_launch in
+// kPartial mode (or kStore with one segment) for GemmArgs without gather, scatter or tiles, from a
+// kernel that streams the weights with more bytes in flight (see dense_gemv.cu). Segments of at most
+// 16 blocks (gemm_segments).
+inline constexpr int kDenseGemvTokens = 4;
+cudaError_t dense_gemv_launch(const GemmArgs& a, cudaStream_t stream);
+
 // Device layout of one MXFP4 row (host function): checkpoint blocks [nb][16] → kblocks (a multiple
 // of 4, ≥ nb) blocks regrouped by 4 so that lane t of a GEMM quad reads its code bytes 4t..4t+3 of
 // four consecutive blocks with one 16-byte load: out[64·g + 16·t + 4·b + i] = block 4g+b byte 4t+i

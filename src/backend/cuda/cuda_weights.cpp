@@ -348,7 +348,9 @@ GemmPlan gemm_plan_dense(int rows, int kblocks, int n, int sm_count) {
 
 GemmPlan gemm_plan_moe(int rows, int kblocks, int pairs, int experts, int sm_count) {
   GemmPlan p;
-  p.nt = gemm_tile_cols((pairs + experts - 1) / experts);
+  // Column tiles of about twice the mean tokens per expert: with routing spread unevenly, a tile
+  // of the mean would split many experts over two tiles, each reading the expert's weights again.
+  p.nt = gemm_tile_cols(2 * ((pairs + experts - 1) / experts));
   gemm_segments(kblocks, &p.seg_blocks, &p.nseg);
   p.max_tiles = moe_max_tiles(pairs, experts, p.nt);
   const int expected_tiles = std::max((pairs + p.nt - 1) / p.nt, std::min(pairs, experts));

@@ -7,14 +7,11 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <nlohmann/json.hpp>
 #include <span>
 
 #include "backend/cpu/ops.h"
 #include "backend/cuda/cuda_backend.h"
 #include "backend_cuda/cuda_test_util.h"
-#include "core/npy.h"
 #include "model/config.h"
 
 namespace gptoss::testing {
@@ -23,15 +20,6 @@ namespace {
 // Acceptance bounds of the CUDA path against the f32 HF goldens (fp16 GEMM operands and KV cache).
 constexpr double kGoldenRelL2 = 2e-2;
 constexpr float kGoldenMargin = 0.1f;
-
-std::vector<std::string> fixture_dirs() {
-  namespace fs = std::filesystem;
-  std::vector<std::string> dirs;
-  for (const auto& e : fs::directory_iterator(GPTOSS_FIXTURES))
-    if (e.is_directory() && fs::exists(e.path() / "golden" / "logits.npy")) dirs.push_back(e.path().string());
-  std::sort(dirs.begin(), dirs.end());
-  return dirs;
-}
 
 BackendOptions options(const std::string& kind, int64_t context, int slots = 1, int64_t max_batch = 0) {
   BackendOptions o;
@@ -53,20 +41,7 @@ std::unique_ptr<Backend> make(std::shared_ptr<const Model> model, const BackendO
 // Logits of every position when `tokens` are fed from position `pos` in chunks of `chunk`.
 std::vector<float> feed(Backend& b, int slot, int64_t pos, const std::vector<int32_t>& tokens, size_t chunk,
                         int64_t vocab) {
-  std::vector<float> logits(tokens.size() * static_cast<size_t>(vocab));
-  for (size_t i = 0; i < tokens.size(); i += chunk) {
-    const size_t n = std::min(chunk, tokens.size() - i);
-    SeqBatch s;
-    s.slot = slot;
-    s.pos = pos + static_cast<int64_t>(i);
-    s.tokens = std::span<const int32_t>(tokens.data() + i, n);
-    s.all_logits = true;
-    StepOutputs out;
-    out.logits = logits.data() + i * static_cast<size_t>(vocab);
-    const Status st = b.forward(std::span<const SeqBatch>(&s, 1), out);
-    EXPECT_TRUE(st.ok()) << st.to_string();
-  }
-  return logits;
+  return run_chunks(b, slot, pos, tokens, {static_cast<int64_t>(chunk)}, vocab);
 }
 
 float top2_margin(const float* row, int64_t vocab) {
@@ -100,14 +75,12 @@ class CudaGolden : public ::testing::TestWithParam<std::string> {
     auto m = Model::load(GetParam());
     ASSERT_TRUE(m.ok()) << m.status().to_string();
     model_ = *m;
-    auto tok = npy_read(GetParam() + "/golden/tokens.npy");
-    auto lg = npy_read(GetParam() + "/golden/logits.npy");
-    ASSERT_TRUE(tok.ok() && lg.ok());
-    tokens_ = tok->as_i32();
-    logits_ = lg->as_f32();
-    std::ifstream meta(GetParam() + "/golden/meta.json");
-    prompt_len_ = nlohmann::json::parse(meta).at("prompt_len").get<int64_t>();
+    Golden g = load_golden(GetParam());
+    tokens_ = std::move(g.tokens);
+    logits_ = std::move(g.logits);
+    prompt_len_ = g.prompt_len;
     vocab_ = model_->config().vocab_size;
+    ASSERT_EQ(g.vocab, vocab_) << "golden logits width";
   }
   std::shared_ptr<const Model> model_;
   std::vector<int32_t> tokens_;
@@ -171,12 +144,8 @@ TEST_P(CudaGolden, ChunkedAndBatchedPrefillAgreeWithOnePass) {
   expect_close(first, one, vocab_, 1e-4, 0.01f, "batched with another sequence");
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, CudaGolden, ::testing::ValuesIn(fixture_dirs()), [](const auto& info) {
-  std::string n = std::filesystem::path(info.param).filename().string();
-  for (char& c : n)
-    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
-  return n;
-});
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaGolden, ::testing::ValuesIn(golden_fixture_dirs()),
+                         [](const auto& info) { return fixture_test_name(info.param); });
 
 // ---------------------------------------------------------------------------------------------
 std::vector<int32_t> random_tokens(size_t n, int64_t vocab, uint64_t seed) {

@@ -1,8 +1,6 @@
 // Helpers for the CUDA tests (see cuda_test_util.h).
 #include "backend_cuda/cuda_test_util.h"
 
-#include <cmath>
-
 namespace gptoss::testing {
 
 namespace {
@@ -39,16 +37,6 @@ std::vector<float> from_f16(const std::vector<uint16_t>& v) {
   std::vector<float> f(v.size());
   for (size_t i = 0; i < v.size(); ++i) f[i] = f16_to_f32(v[i]);
   return f;
-}
-
-double rel_l2(const float* a, const float* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const double d = static_cast<double>(a[i]) - b[i];
-    num += d * d;
-    den += static_cast<double>(b[i]) * b[i];
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
 bool have_gpu() {

@@ -1,5 +1,5 @@
-// Helpers for the CUDA tests: device arrays, deterministic random data, fp16 conversions and error
-// metrics.
+// Helpers for the CUDA tests: device arrays, deterministic random data and fp16 conversions (the
+// error metrics and fixture helpers come from the CPU tests' test_util.h).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "backend/test_util.h"  // rel_l2, golden fixtures, chunked feeding (shared with the CPU tests)
 #include "core/dtype.h"
 
 namespace gptoss::testing {
@@ -55,8 +56,6 @@ inline float f16_round(float v) {
 std::vector<uint16_t> to_f16(const std::vector<float>& v);
 std::vector<float> from_f16(const std::vector<uint16_t>& v);
 
-// ‖a − b‖ / ‖b‖ (double accumulation).
-double rel_l2(const float* a, const float* b, size_t n);
 // True when a CUDA device is usable by this process.
 bool have_gpu();
 

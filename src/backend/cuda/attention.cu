@@ -5,6 +5,7 @@
 
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
 
 namespace gptoss::cuda {
 namespace {
@@ -42,6 +43,8 @@ __device__ __forceinline__ float quad_sum(float v) {
 // grid (token, work chunk): work items are the rotated (i, i + D/2) pairs of every q and k head,
 // then the v values, then the zero padding up to dp of q, k and v.
 __global__ void qkv_rope_kernel(const QkvRopeArgs a, const AttnShape s, const KvLayer kv) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int t = blockIdx.x, d = s.head_dim, half = d / 2, pad = s.dp - d;
   const int idx = blockIdx.y * blockDim.x + threadIdx.x;
   const int n_rot = (s.n_heads + s.n_kv_heads) * half, n_v = s.n_kv_heads * d;
@@ -273,6 +276,8 @@ __global__ void attention_kernel(const AttnArgs a, const AttnShape s, const KvLa
   extern __shared__ uint4 attn_smem[];
   float* raw = reinterpret_cast<float*>(attn_smem);                      // 2 stages of f32 K, V
   uint16_t* f16 = reinterpret_cast<uint16_t*>(raw + 2 * L::kRawFloats);  // Kh, Kl, Vh, Vl
+  pdl_wait();
+  pdl_launch_dependents();
   const AttnItem item = a.items[blockIdx.x];
   const int chunk = blockIdx.y % n_chunks, kvh = blockIdx.y / n_chunks;
   const int group = s.n_heads / s.n_kv_heads;
@@ -344,14 +349,15 @@ cudaError_t attention_launch_dp(const AttnArgs& a, const AttnShape& s, const KvL
         cudaFuncSetAttribute(attention_kernel<DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (opt_in != cudaSuccess) return opt_in;
   }
-  attention_kernel<DP><<<grid, warps * 32, smem, stream>>>(a, s, kv, n_chunks, hc);
-  return cudaGetLastError();
+  return launch_kernel(attention_kernel<DP>, grid, warps * 32, smem, stream, a, s, kv, n_chunks, hc);
 }
 
 __global__ void attention_combine_kernel(const AttnArgs a, const AttnShape s) {
   __shared__ float wz[256];
   __shared__ float red[32];
   __shared__ float acc[256];
+  pdl_wait();
+  pdl_launch_dependents();
   const int row = blockIdx.x;  // token · n_heads + head
   const int head = row % s.n_heads, token = row / s.n_heads;
   const float* ml = a.part_ml + static_cast<int64_t>(row) * a.splits * 2;
@@ -397,8 +403,7 @@ cudaError_t qkv_rope_launch(const QkvRopeArgs& a, int n, const AttnShape& s, con
   const int items = (s.n_heads + s.n_kv_heads) * (s.head_dim / 2) + s.n_kv_heads * s.head_dim +
                     (s.n_heads + 2 * s.n_kv_heads) * (s.dp - s.head_dim);
   const dim3 grid(n, (items + 127) / 128);
-  qkv_rope_kernel<<<grid, 128, 0, stream>>>(a, s, kv);
-  return cudaGetLastError();
+  return launch_kernel(qkv_rope_kernel, grid, 128, 0, stream, a, s, kv);
 }
 
 cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, cudaStream_t stream) {
@@ -422,8 +427,7 @@ cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLaye
 cudaError_t attention_combine_launch(const AttnArgs& a, const AttnShape& s, cudaStream_t stream) {
   if (a.n_tokens <= 0 || a.splits <= 1) return cudaSuccess;
   if (a.splits > 256 || s.dp > 256) return cudaErrorInvalidValue;
-  attention_combine_kernel<<<a.n_tokens * s.n_heads, 256, 0, stream>>>(a, s);
-  return cudaGetLastError();
+  return launch_kernel(attention_combine_kernel, a.n_tokens * s.n_heads, 256, 0, stream, a, s);
 }
 
 }  // namespace gptoss::cuda

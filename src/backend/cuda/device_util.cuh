@@ -1,5 +1,5 @@
-// Small device helpers shared by the CUDA kernels: fp16 packing, MXFP4 decoding, the mma.sync
-// wrapper and warp/block reductions.
+// Small device helpers shared by the CUDA kernels: Programmatic Dependent Launch controls, fp16
+// packing, MXFP4 decoding, the mma.sync wrapper and warp/block reductions.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -8,6 +8,21 @@
 #include <cstdint>
 
 namespace gptoss::cuda {
+
+// Programmatic Dependent Launch (sm_90). Every kernel is launched through launch_kernel
+// (launch.cuh), so it may start while the previous kernel of the stream still runs. pdl_wait()
+// blocks until that kernel has completed and its writes are visible; every kernel calls it before
+// its first read of anything an earlier kernel wrote and before its first global write (the
+// previous kernel may still be reading), and before it completes (the chain of waits orders every
+// kernel after all earlier ones). Only loads of weights that no kernel writes may come before it.
+// pdl_launch_dependents() lets the next kernel start launching once every block of this grid has
+// called it (or exited); it implies nothing about this grid's writes.
+__device__ __forceinline__ void pdl_wait() {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
 
 __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
   __half2 h = __floats2half2_rn(lo, hi);

@@ -5,6 +5,7 @@
 
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
 
 namespace gptoss::cuda {
 namespace {
@@ -205,8 +206,11 @@ __global__ void __launch_bounds__(kGemmWarps * 32) gemm_kernel(const GemmArgs a)
   uint16_t* smem = reinterpret_cast<uint16_t*>(smem_raw);
   __shared__ int xrow[NT];
 
+  // Dense weights do not depend on earlier kernels: their first chunk is loaded before pdl_wait().
+  // MoE tiles (and so the experts' weights) come from the router.
   int expert = 0, start, count;
   if (a.tiles) {
+    pdl_wait();
     if (static_cast<int>(blockIdx.y) >= *a.n_tiles) return;
     const int4 tl = reinterpret_cast<const int4*>(a.tiles)[blockIdx.y];
     expert = tl.x, start = tl.y, count = tl.z;
@@ -214,8 +218,6 @@ __global__ void __launch_bounds__(kGemmWarps * 32) gemm_kernel(const GemmArgs a)
     start = blockIdx.y * NT;
     count = min(NT, a.n - start);
   }
-  for (int j = threadIdx.x; j < NT; j += blockDim.x)
-    xrow[j] = j < count ? (a.x_gather ? a.x_gather[start + j] : start + j) : 0;
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int row0 = blockIdx.x * (kGemmWarps * 16) + warp * 16;
@@ -237,6 +239,10 @@ __global__ void __launch_bounds__(kGemmWarps * 32) gemm_kernel(const GemmArgs a)
   const int nchunks = (kb_end - kb_begin + CB - 1) / CB;
   AChunk<WT, CB> cur, nxt;
   if (nchunks > 0) load_a<WT, CB>(cur, a, wbase, sbase, row0 + g, kb_begin, min(CB, kb_end - kb_begin), t);
+  if (!a.tiles) pdl_wait();
+  pdl_launch_dependents();
+  for (int j = threadIdx.x; j < NT; j += blockDim.x)
+    xrow[j] = j < count ? (a.x_gather ? a.x_gather[start + j] : start + j) : 0;
   __syncthreads();  // xrow
   if (nchunks > 0) issue_b<NT, CB>(a, xrow, count, kb_begin, min(CB, kb_end - kb_begin), smem);
   for (int c = 0; c < nchunks; ++c) {
@@ -290,8 +296,7 @@ cudaError_t launch_one(const GemmArgs& a, cudaStream_t stream) {
         gemm_kernel<WT, NT, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (opt_in != cudaSuccess) return opt_in;
   }
-  gemm_kernel<WT, NT, MODE><<<grid, kGemmWarps * 32, smem, stream>>>(a);
-  return cudaGetLastError();
+  return launch_kernel(gemm_kernel<WT, NT, MODE>, grid, kGemmWarps * 32, smem, stream, a);
 }
 
 template <GemmWeights WT, GemmOut MODE>

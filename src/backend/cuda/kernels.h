@@ -1,6 +1,8 @@
 // Launch wrappers and POD argument structs of the CUDA kernels (shared by the .cu files, the CUDA
 // backend and the op tests). Plain C++: device buffers of half precision are passed as uint16_t*.
-// Every wrapper validates what it can on the host and returns the launch's cudaError_t.
+// Every wrapper validates what it can on the host and returns the launch's cudaError_t. Every kernel
+// is launched with Programmatic Dependent Launch (launch.cuh): it may start while the previous kernel
+// of the stream runs and waits for it in the kernel (pdl_wait, device_util.cuh).
 #pragma once
 
 #include <cuda_runtime_api.h>

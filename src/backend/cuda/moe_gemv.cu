@@ -4,6 +4,7 @@
 // in f32, so only the f32 summation rounds).
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
 
 namespace gptoss::cuda {
 namespace {
@@ -70,6 +71,8 @@ template <bool SWIGLU>
 __global__ void __launch_bounds__(kGemvWarps * 32, kGemvMinBlocks) moe_gemv_kernel(const MoeGemvArgs a) {
   extern __shared__ float4 xs_raw[];
   float* xs = reinterpret_cast<float*>(xs_raw);
+  pdl_wait();  // the experts (hence which weights to load) come from the router
+  pdl_launch_dependents();
   const int p = blockIdx.y;
   const int expert = a.experts[p];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -164,11 +167,8 @@ cudaError_t moe_gemv_launch(const MoeGemvArgs& a, cudaStream_t stream) {
   const int ks = a.kblocks * 32;
   const size_t smem = static_cast<size_t>(ks + (ks / 128 + 1) * 4) * sizeof(float);
   if (smem > 48 * 1024) return cudaErrorInvalidValue;
-  if (a.bias != nullptr)
-    moe_gemv_kernel<true><<<grid, kGemvWarps * 32, smem, stream>>>(a);
-  else
-    moe_gemv_kernel<false><<<grid, kGemvWarps * 32, smem, stream>>>(a);
-  return cudaGetLastError();
+  return launch_kernel(a.bias != nullptr ? moe_gemv_kernel<true> : moe_gemv_kernel<false>, grid, kGemvWarps * 32, smem,
+                       stream, a);
 }
 
 }  // namespace gptoss::cuda

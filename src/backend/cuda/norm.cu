@@ -6,6 +6,7 @@
 
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
 
 namespace gptoss::cuda {
 namespace {
@@ -18,6 +19,8 @@ constexpr int kNormCluster = 8;
 constexpr int kNormBlockThreads = 128;
 
 __global__ void embed_kernel(const uint16_t* table, int64_t dim, const int32_t* tokens, float* h) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int t = blockIdx.x;
   const uint16_t* row = table + static_cast<int64_t>(tokens[t]) * dim;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) h[t * dim + i] = bf16_bits_to_f32(row[i]);
@@ -95,13 +98,19 @@ __global__ void __cluster_dims__(kNormCluster, 1, 1) __launch_bounds__(kNormBloc
   const int lo = static_cast<int>(cluster.block_rank()) * per, hi = min(nvec, lo + per);
   float* hr = h + static_cast<int64_t>(t) * dim;
   float4 v[kNormMaxVec], g[kNormMaxVec];
+#pragma unroll
+  for (int c = 0; c < kNormMaxVec; ++c) {
+    const int f = lo + c * kNormBlockThreads + static_cast<int>(threadIdx.x);
+    if (f < hi) g[c] = ld4(gain + f * 4);  // weights: loaded before the previous kernel ends
+  }
+  pdl_wait();
+  pdl_launch_dependents();
   float ss = 0.0f;
 #pragma unroll
   for (int c = 0; c < kNormMaxVec; ++c) {
     const int f = lo + c * kNormBlockThreads + static_cast<int>(threadIdx.x);
     if (f < hi) {
       const int i = f * 4;
-      g[c] = ld4(gain + i);
       v[c] = residual4(hr, t, i, add);
       if (add.nparts > 0) *reinterpret_cast<float4*>(hr + i) = v[c];
       ss += v[c].x * v[c].x + v[c].y * v[c].y + v[c].z * v[c].z + v[c].w * v[c].w;
@@ -137,6 +146,8 @@ __global__ void swiglu_parts_kernel(const float* parts, int nparts, int64_t part
                                     const int32_t* tiles, const int32_t* n_tiles, const float* bias,
                                     int64_t bias_expert_stride, float alpha, float limit, uint16_t* a16,
                                     int64_t out_stride, int64_t out_lo) {
+  pdl_wait();
+  pdl_launch_dependents();
   if (static_cast<int>(blockIdx.x) >= *n_tiles) return;
   const int4 tl = reinterpret_cast<const int4*>(tiles)[blockIdx.x];
   const float* b = bias + tl.x * bias_expert_stride;
@@ -162,6 +173,8 @@ __device__ __forceinline__ unsigned long long argmax_key(float v, int64_t i) {
 // grid (row chunk, row): each block reduces a slice with 16-byte loads and merges by atomicMax.
 __global__ void argmax_kernel(const float* logits, int64_t vocab, int64_t per_block, unsigned long long* keys) {
   __shared__ unsigned long long sk[32];
+  pdl_wait();
+  pdl_launch_dependents();
   const float* row = logits + blockIdx.y * vocab;
   const int64_t lo = blockIdx.x * per_block, hi = min(vocab, lo + per_block);
   unsigned long long best = 0;
@@ -181,6 +194,8 @@ __global__ void argmax_kernel(const float* logits, int64_t vocab, int64_t per_bl
 }
 
 __global__ void argmax_finish_kernel(unsigned long long* keys, int rows, int32_t* out) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int r = blockIdx.x * blockDim.x + threadIdx.x;
   if (r >= rows) return;
   const unsigned long long k = keys[r];
@@ -198,8 +213,7 @@ cudaError_t kernels_available() {
 cudaError_t embed_launch(const uint16_t* table, int64_t dim, const int32_t* tokens, int n, float* h,
                          cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  embed_kernel<<<n, kNormThreads, 0, stream>>>(table, dim, tokens, h);
-  return cudaGetLastError();
+  return launch_kernel(embed_kernel, n, kNormThreads, 0, stream, table, dim, tokens, h);
 }
 
 cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add, const float* gain, float eps,
@@ -209,9 +223,8 @@ cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add,
   if (add.nparts > 0 && add.top_k > 0 && (add.experts == nullptr || add.weights == nullptr || !add.expert_bias))
     return cudaErrorInvalidValue;
   if (add.top_k > 8) return cudaErrorInvalidValue;
-  add_rmsnorm_kernel<<<n * kNormCluster, kNormBlockThreads, 0, stream>>>(h, dim, add, gain, eps, x16, x16_stride,
-                                                                         x16_lo, x32);
-  return cudaGetLastError();
+  return launch_kernel(add_rmsnorm_kernel, n * kNormCluster, kNormBlockThreads, 0, stream, h, dim, add, gain, eps, x16,
+                       x16_stride, x16_lo, x32);
 }
 
 cudaError_t swiglu_parts_launch(const float* parts, int nparts, int64_t part_stride, int64_t rows_p, int inter,
@@ -219,10 +232,8 @@ cudaError_t swiglu_parts_launch(const float* parts, int nparts, int64_t part_str
                                 int64_t bias_expert_stride, float alpha, float limit, uint16_t* a16, int64_t out_stride,
                                 int64_t out_lo, cudaStream_t stream) {
   if (max_tiles <= 0) return cudaSuccess;
-  swiglu_parts_kernel<<<max_tiles, kNormThreads, 0, stream>>>(parts, nparts, part_stride, rows_p, inter, tiles, n_tiles,
-                                                              bias, bias_expert_stride, alpha, limit, a16, out_stride,
-                                                              out_lo);
-  return cudaGetLastError();
+  return launch_kernel(swiglu_parts_kernel, max_tiles, kNormThreads, 0, stream, parts, nparts, part_stride, rows_p,
+                       inter, tiles, n_tiles, bias, bias_expert_stride, alpha, limit, a16, out_stride, out_lo);
 }
 
 cudaError_t argmax_launch(const float* logits, int rows, int64_t vocab, unsigned long long* keys, int32_t* out,
@@ -230,9 +241,9 @@ cudaError_t argmax_launch(const float* logits, int rows, int64_t vocab, unsigned
   if (rows <= 0) return cudaSuccess;
   const int64_t per_block = 256 * 16;
   const dim3 grid(static_cast<unsigned>((vocab + per_block - 1) / per_block), rows);
-  argmax_kernel<<<grid, 256, 0, stream>>>(logits, vocab, per_block, keys);
-  argmax_finish_kernel<<<(rows + 127) / 128, 128, 0, stream>>>(keys, rows, out);
-  return cudaGetLastError();
+  const cudaError_t e = launch_kernel(argmax_kernel, grid, 256, 0, stream, logits, vocab, per_block, keys);
+  if (e != cudaSuccess) return e;
+  return launch_kernel(argmax_finish_kernel, (rows + 127) / 128, 128, 0, stream, keys, rows, out);
 }
 
 }  // namespace gptoss::cuda

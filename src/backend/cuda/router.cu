@@ -7,6 +7,7 @@
 
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
 
 namespace gptoss::cuda {
 namespace {
@@ -148,15 +149,17 @@ __global__ void __launch_bounds__(kRouterThreads)
   __shared__ bool last;
   const int t0 = blockIdx.x * TT;
   const int nt = min(TT, n - t0);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  const int e = blockIdx.y * nw + warp;
+  const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(e) * dim);
+  uint4 q[kRouterLoads];
+  if (e < experts) load_w_batch(q, wr, lane, dim / 8);  // weights: in flight before the previous kernel ends
+  pdl_wait();
+  pdl_launch_dependents();
   for (int i = threadIdx.x; i < nt * dim / 4; i += blockDim.x)
     reinterpret_cast<float4*>(xs)[i] = reinterpret_cast<const float4*>(x + static_cast<int64_t>(t0) * dim)[i];
   __syncthreads();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-  const int e = blockIdx.y * nw + warp;
   if (e < experts) {
-    const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(e) * dim);
-    uint4 q[kRouterLoads];
-    load_w_batch(q, wr, lane, dim / 8);
     float acc[TT];
     expert_dot<TT>(q, wr, lane, dim / 8, xs, dim, nt, acc);
 #pragma unroll
@@ -187,6 +190,8 @@ __global__ void __launch_bounds__(kRouterThreads)
 
 __global__ void moe_group_kernel(const int32_t* idx, int pairs, int top_k, int experts, MoeGroupOut group) {
   __shared__ int gsm[3 * 32 * kMaxExpertsPerLane];
+  pdl_wait();
+  pdl_launch_dependents();
   group_pairs(idx, pairs, top_k, experts, group, gsm);
 }
 
@@ -226,20 +231,9 @@ cudaError_t router_launch(const float* x, int n, int dim, const uint16_t* w, con
   const size_t smem = static_cast<size_t>(tt) * std::max(dim, experts) * sizeof(float);
   if (smem > 40 * 1024) return cudaErrorInvalidValue;
   const dim3 grid((n + tt - 1) / tt, (experts + kRouterThreads / 32 - 1) / (kRouterThreads / 32));
-  switch (tt) {
-    case 4:
-      router_kernel<4>
-          <<<grid, kRouterThreads, smem, stream>>>(x, n, dim, w, b, experts, top_k, idx, weight, stats, g, ws);
-      break;
-    case 2:
-      router_kernel<2>
-          <<<grid, kRouterThreads, smem, stream>>>(x, n, dim, w, b, experts, top_k, idx, weight, stats, g, ws);
-      break;
-    default:
-      router_kernel<1>
-          <<<grid, kRouterThreads, smem, stream>>>(x, n, dim, w, b, experts, top_k, idx, weight, stats, g, ws);
-  }
-  return cudaGetLastError();
+  auto* kernel = tt == 4 ? router_kernel<4> : tt == 2 ? router_kernel<2> : router_kernel<1>;
+  return launch_kernel(kernel, grid, kRouterThreads, smem, stream, x, n, dim, w, b, experts, top_k, idx, weight, stats,
+                       g, ws);
 }
 
 cudaError_t moe_group_launch(const int32_t* idx, int n, int top_k, int experts, const MoeGroupOut& group,
@@ -248,8 +242,7 @@ cudaError_t moe_group_launch(const int32_t* idx, int n, int top_k, int experts, 
   const int pairs = n * top_k;
   if (experts > 32 * kMaxExpertsPerLane || group.max_tiles < moe_max_tiles(pairs, experts, group.nt))
     return cudaErrorInvalidValue;
-  moe_group_kernel<<<1, 1024, 0, stream>>>(idx, pairs, top_k, experts, group);
-  return cudaGetLastError();
+  return launch_kernel(moe_group_kernel, 1, 1024, 0, stream, idx, pairs, top_k, experts, group);
 }
 
 }  // namespace gptoss::cuda

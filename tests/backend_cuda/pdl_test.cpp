@@ -1,0 +1,253 @@
+// Programmatic Dependent Launch: every kernel may start while the previous one still runs and orders
+// itself with griddepcontrol.wait. A decode step's launch sequence at gpt-oss-20b shapes (norm, qkv
+// GEMM, RoPE + KV store, attention, o GEMM, residual + norm, router, expert GEMVs, final norm), run
+// back to back on a stream and replayed from a captured graph, must give the same bits as the same
+// launches with a host synchronisation after each one (a read before the wait would see stale data).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+
+#include "backend/cuda/kernels.h"
+#include "backend_cuda/cuda_test_util.h"
+
+namespace gptoss::testing {
+namespace {
+
+constexpr int kH = 2880, kHeads = 64, kKvHeads = 8, kHeadDim = 64, kExperts = 8, kTopK = 4, kInter = 2880;
+constexpr int kQkvRows = (kHeads + 2 * kKvHeads) * kHeadDim, kQ = kHeads * kHeadDim, kCap = 256, kLayers = 3;
+
+// Random bytes (splitmix64), for MXFP4 codes; scale bytes land in [lo, lo + span).
+std::vector<uint8_t> random_bytes(size_t n, uint64_t seed, int lo = 0, int span = 256) {
+  std::vector<uint8_t> v(n);
+  uint64_t s = seed;
+  for (size_t i = 0; i < n; ++i) {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    v[i] = static_cast<uint8_t>(lo + static_cast<int>((z ^ (z >> 31)) % static_cast<uint64_t>(span)));
+  }
+  return v;
+}
+
+struct Experts {
+  int rows, kblocks;
+  DevArray<uint8_t> blocks, scales;
+  DevArray<float> bias;
+  Experts(int rows_, int cols, uint64_t seed)
+      : rows(rows_),
+        kblocks(static_cast<int>(cuda::round_up(cols / 32, 4))),
+        blocks(random_bytes(static_cast<size_t>(kExperts) * rows_ * kblocks * 16, seed)),
+        scales(random_bytes(static_cast<size_t>(kExperts) * rows_ * kblocks, seed + 1, 118, 10)),
+        bias(random_f32(static_cast<size_t>(kExperts) * rows_, seed + 2, 0.5f)) {}
+  cuda::MoeGemvArgs args(const int32_t* experts, int pairs) const {
+    cuda::MoeGemvArgs a;
+    a.w = blocks.get(), a.scales = scales.get();
+    a.w_expert_bytes = static_cast<int64_t>(rows) * kblocks * 16,
+    a.s_expert_bytes = static_cast<int64_t>(rows) * kblocks;
+    a.rows = rows, a.kblocks = kblocks, a.experts = experts, a.pairs = pairs;
+    return a;
+  }
+};
+
+// Weights (fp16 dense matrices in any column order: only bit equality between runs is checked) and
+// the step's buffers.
+struct Step {
+  int T;
+  int hp = static_cast<int>(cuda::round_up(kH, cuda::kActPad)), qp = kQ;
+  int qkv_seg, qkv_nseg, o_seg, o_nseg;
+  DevArray<uint16_t> w_qkv, w_o, router_w;
+  DevArray<float> b_qkv, b_o, router_b, gain, inv_freq, sinks;
+  Experts mlp1{2 * kInter, kH, 31}, mlp2{kH, kInter, 34};
+  DevArray<int32_t> pos, slot;
+  DevArray<cuda::AttnItem> items;
+  std::vector<float> h0, k0, v0;
+  DevArray<float> h, x32, qkv, q32, kc, vc, proj, logits, wts, act32, y;
+  DevArray<uint16_t> x16, o16;
+  DevArray<unsigned int> counters;
+  DevArray<int32_t> idx;
+
+  explicit Step(int t)
+      : T(t),
+        w_qkv(to_f16(random_f32(static_cast<size_t>(kQkvRows) * kH, 1, 0.04f))),
+        w_o(to_f16(random_f32(static_cast<size_t>(kH) * kQ, 2, 0.03f))),
+        router_w(random_bf16(static_cast<size_t>(kExperts) * kH, 3, 0.05f)),
+        b_qkv(random_f32(kQkvRows, 4, 0.5f)),
+        b_o(random_f32(kH, 5, 0.5f)),
+        router_b(random_f32(kExperts, 6, 0.5f)),
+        gain(random_f32(kH, 7, 1.0f)),
+        inv_freq(static_cast<size_t>(kHeadDim / 2)),
+        sinks(random_f32(kHeads, 8, 2.0f)),
+        pos(static_cast<size_t>(t)),
+        slot(static_cast<size_t>(t)),
+        items(static_cast<size_t>(t)),
+        h0(random_f32(static_cast<size_t>(t) * kH, 9, 3.0f)),
+        k0(random_f32(static_cast<size_t>(t) * kKvHeads * kCap * kHeadDim, 10, 1.0f)),
+        v0(random_f32(k0.size(), 11, 1.0f)),
+        h(h0.size()),
+        x32(h0.size()),
+        qkv(static_cast<size_t>(16) * t * kQkvRows),
+        q32(static_cast<size_t>(t) * kQ),
+        kc(k0.size()),
+        vc(k0.size()),
+        proj(static_cast<size_t>(16) * t * kH),
+        logits(static_cast<size_t>(t) * kExperts),
+        wts(static_cast<size_t>(t) * kTopK),
+        act32(static_cast<size_t>(t) * kTopK * kInter),
+        y(static_cast<size_t>(t) * kTopK * kH),
+        x16(static_cast<size_t>(t) * 2 * hp),
+        o16(static_cast<size_t>(t) * 2 * qp),
+        counters(static_cast<size_t>(t)),
+        idx(static_cast<size_t>(t) * kTopK) {
+    cuda::gemm_segments(kH / 32, &qkv_seg, &qkv_nseg);
+    cuda::gemm_segments(kQ / 32, &o_seg, &o_nseg);
+    std::vector<float> f(kHeadDim / 2);
+    for (int i = 0; i < kHeadDim / 2; ++i) f[static_cast<size_t>(i)] = std::pow(150000.0f, -2.0f * i / kHeadDim);
+    inv_freq.upload(f);
+    // Token i: its own sequence in slot i at position 100 + 7i (a decode step of T sequences).
+    std::vector<int32_t> p(static_cast<size_t>(t)), s(static_cast<size_t>(t));
+    std::vector<cuda::AttnItem> it(static_cast<size_t>(t));
+    for (int i = 0; i < t; ++i)
+      p[static_cast<size_t>(i)] = 100 + 7 * i, s[static_cast<size_t>(i)] = i, it[static_cast<size_t>(i)] = {i, 1, i, 0};
+    pos.upload(p), slot.upload(s), items.upload(it);
+  }
+
+  cuda::GemmArgs dense(const DevArray<uint16_t>& w, int rows, int kblocks, int seg, int nseg, const uint16_t* x,
+                       int64_t half, float* out) const {
+    cuda::GemmArgs a;
+    a.weights = cuda::GemmWeights::kF16, a.w = w.get(), a.rows = rows, a.kblocks = kblocks;
+    a.seg_blocks = seg, a.nseg = nseg, a.x = x, a.x_stride = 2 * half, a.x_lo = half, a.n = T;
+    a.mode = cuda::GemmOut::kPartial, a.out = out, a.out_stride = rows;
+    a.part_stride = static_cast<int64_t>(T) * rows;
+    return a;
+  }
+
+  // The launches of kLayers layers (the same weights each time) and the final norm; `after` runs
+  // after each launch.
+  cudaError_t enqueue(cudaStream_t st, const std::function<cudaError_t()>& after) {
+    const cuda::AttnShape shape{kHeads, kKvHeads, kHeadDim, kHeadDim};
+    cuda::KvLayer kv;
+    kv.k = kc.get(), kv.v = vc.get(), kv.cap = kCap;
+    const int P = T * kTopK;
+    cuda::ResidualAdd pending;
+    auto run = [&](cudaError_t e) { return e != cudaSuccess ? e : after(); };
+#define PDL_TRY(expr)                   \
+  do {                                  \
+    const cudaError_t e_ = run((expr)); \
+    if (e_ != cudaSuccess) return e_;   \
+  } while (0)
+    for (int l = 0; l < kLayers; ++l) {
+      PDL_TRY(cuda::add_rmsnorm_launch(h.get(), T, kH, pending, gain.get(), 1e-5f, x16.get(), 2 * hp, hp, nullptr, st));
+      PDL_TRY(cuda::gemm_launch(dense(w_qkv, kQkvRows, kH / 32, qkv_seg, qkv_nseg, x16.get(), hp, qkv.get()),
+                                cuda::gemm_tile_cols(T), st));
+      cuda::QkvRopeArgs r;
+      r.parts = qkv.get(), r.nparts = qkv_nseg, r.part_stride = static_cast<int64_t>(T) * kQkvRows;
+      r.stride = kQkvRows, r.bias = b_qkv.get(), r.pos = pos.get(), r.slot = slot.get();
+      r.inv_freq = inv_freq.get(), r.q32 = q32.get();
+      PDL_TRY(cuda::qkv_rope_launch(r, T, shape, kv, st));
+      cuda::AttnArgs at;
+      at.q32 = q32.get(), at.pos = pos.get(), at.items = items.get(), at.n_items = T, at.tokens_per_item = 1;
+      at.sinks = sinks.get(), at.o16 = o16.get(), at.o_stride = 2 * qp, at.o_lo = qp, at.n_tokens = T;
+      PDL_TRY(cuda::attention_launch(at, shape, kv, st));
+      PDL_TRY(cuda::gemm_launch(dense(w_o, kH, kQ / 32, o_seg, o_nseg, o16.get(), qp, proj.get()),
+                                cuda::gemm_tile_cols(T), st));
+      cuda::ResidualAdd add;
+      add.parts = proj.get(), add.nparts = o_nseg, add.part_stride = static_cast<int64_t>(T) * kH, add.stride = kH;
+      add.bias = b_o.get();
+      PDL_TRY(cuda::add_rmsnorm_launch(h.get(), T, kH, add, gain.get(), 1e-5f, x16.get(), 2 * hp, hp, x32.get(), st));
+      PDL_TRY(cuda::router_launch(x32.get(), T, kH, router_w.get(), router_b.get(), kExperts, kTopK, idx.get(),
+                                  wts.get(), cuda::RouterStatsDev{}, nullptr,
+                                  cuda::RouterWork{logits.get(), counters.get()}, st));
+      cuda::MoeGemvArgs v1 = mlp1.args(idx.get(), P);
+      v1.cols = kH, v1.x = x32.get(), v1.x_stride = kH, v1.x_row_div = kTopK;
+      v1.bias = mlp1.bias.get(), v1.bias_expert_stride = mlp1.rows, v1.out = act32.get(), v1.out_stride = kInter;
+      PDL_TRY(cuda::moe_gemv_launch(v1, st));
+      cuda::MoeGemvArgs v2 = mlp2.args(idx.get(), P);
+      v2.cols = kInter, v2.x = act32.get(), v2.x_stride = kInter, v2.out = y.get(), v2.out_stride = kH;
+      PDL_TRY(cuda::moe_gemv_launch(v2, st));
+      pending = cuda::ResidualAdd{};
+      pending.parts = y.get(), pending.nparts = 1, pending.part_stride = static_cast<int64_t>(P) * kH;
+      pending.stride = kH, pending.top_k = kTopK, pending.experts = idx.get(), pending.weights = wts.get();
+      pending.expert_bias = mlp2.bias.get(), pending.expert_bias_stride = kH;
+    }
+    PDL_TRY(cuda::add_rmsnorm_launch(h.get(), T, kH, pending, gain.get(), 1e-5f, x16.get(), 2 * hp, hp, nullptr, st));
+#undef PDL_TRY
+    return cudaSuccess;
+  }
+
+  // Resets the state, poisons every intermediate buffer.
+  void reset() {
+    h.upload(h0), kc.upload(k0), vc.upload(v0);
+    for (auto* b : {&x32, &qkv, &q32, &proj, &wts, &act32, &y, &logits}) b->fill_bytes(0xff);
+    x16.fill_bytes(0xff), o16.fill_bytes(0xff), idx.fill_bytes(0xff);
+    cudaDeviceSynchronize();
+  }
+
+  struct Result {
+    std::vector<float> h, k, v, x32;
+    std::vector<uint16_t> x16;
+    std::vector<int32_t> idx;
+  };
+  Result result() const {
+    return {h.download(), kc.download(), vc.download(), x32.download(), x16.download(), idx.download()};
+  }
+};
+
+template <typename T>
+bool same_bytes(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+void expect_same(const Step::Result& a, const Step::Result& b, const char* what) {
+  EXPECT_TRUE(same_bytes(a.h, b.h)) << what << ": residual";
+  EXPECT_TRUE(same_bytes(a.k, b.k)) << what << ": K cache";
+  EXPECT_TRUE(same_bytes(a.v, b.v)) << what << ": V cache";
+  EXPECT_TRUE(same_bytes(a.x32, b.x32)) << what << ": f32 activations";
+  EXPECT_TRUE(same_bytes(a.x16, b.x16)) << what << ": fp16-pair activations";
+  EXPECT_TRUE(same_bytes(a.idx, b.idx)) << what << ": routed experts";
+}
+
+class CudaPdlChain : public ::testing::TestWithParam<int> {};
+
+TEST_P(CudaPdlChain, BackToBackAndGraphMatchSynchronizedLaunches) {
+  Step s(GetParam());
+  cudaStream_t st = nullptr;
+  CUDA_ASSERT(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+
+  s.reset();
+  CUDA_ASSERT(s.enqueue(st, [&] { return cudaStreamSynchronize(st); }));
+  const Step::Result ref = s.result();
+  for (float v : ref.h)
+    ASSERT_TRUE(std::isfinite(v)) << "the chain must stay finite for the comparison to mean anything";
+
+  for (int rep = 0; rep < 3; ++rep) {
+    s.reset();
+    CUDA_ASSERT(s.enqueue(st, [] { return cudaSuccess; }));
+    CUDA_ASSERT(cudaStreamSynchronize(st));
+    expect_same(s.result(), ref, "back to back");
+  }
+
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  CUDA_ASSERT(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  const cudaError_t enq = s.enqueue(st, [] { return cudaSuccess; });
+  CUDA_ASSERT(cudaStreamEndCapture(st, &graph));
+  CUDA_ASSERT(enq);
+  CUDA_ASSERT(cudaGraphInstantiate(&exec, graph, 0));
+  for (int rep = 0; rep < 3; ++rep) {
+    s.reset();
+    CUDA_ASSERT(cudaGraphLaunch(exec, st));
+    CUDA_ASSERT(cudaStreamSynchronize(st));
+    expect_same(s.result(), ref, "graph replay");
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(st);
+}
+
+INSTANTIATE_TEST_SUITE_P(Tokens, CudaPdlChain, ::testing::Values(1, 5),
+                         [](const auto& info) { return std::to_string(info.param) + "_tokens"; });
+
+}  // namespace
+}  // namespace gptoss::testing

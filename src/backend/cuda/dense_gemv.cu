@@ -7,6 +7,7 @@
 // the other tokens of the step.
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
 
 namespace gptoss::cuda {
 namespace {
@@ -30,6 +31,8 @@ __global__ void __launch_bounds__(kWarps * 32) dense_gemv_kernel(const GemmArgs 
   const bool has_col = g < 2 * a.n;
   const uint16_t* xp = a.x + (g >> 1) * a.x_stride + (g & 1) * a.x_lo + t * 8;
 
+  // The weights depend on no earlier kernel: all of the warp's loads are issued before pdl_wait(),
+  // so they stream while the previous kernel finishes; the activations are read after it.
   uint4 w_lo[kMaxWarpBlocks], w_hi[kMaxWarpBlocks], b[kMaxWarpBlocks];
 #pragma unroll
   for (int i = 0; i < kMaxWarpBlocks; ++i) {
@@ -37,9 +40,13 @@ __global__ void __launch_bounds__(kWarps * 32) dense_gemv_kernel(const GemmArgs 
       const int kb = kb0 + i;
       w_lo[i] = __ldg(reinterpret_cast<const uint4*>(wp + kb * 64));
       w_hi[i] = __ldg(reinterpret_cast<const uint4*>(wp + kb * 64 + 8 * rs));
-      b[i] = has_col ? __ldg(reinterpret_cast<const uint4*>(xp + kb * 32)) : make_uint4(0, 0, 0, 0);
     }
   }
+  pdl_wait();
+  pdl_launch_dependents();
+#pragma unroll
+  for (int i = 0; i < kMaxWarpBlocks; ++i)
+    if (i < nb) b[i] = has_col ? *reinterpret_cast<const uint4*>(xp + (kb0 + i) * 32) : make_uint4(0, 0, 0, 0);
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
   for (int i = 0; i < kMaxWarpBlocks; ++i) {
@@ -76,8 +83,7 @@ cudaError_t dense_gemv_launch(const GemmArgs& a, cudaStream_t stream) {
   if (a.x_lo < static_cast<int64_t>(a.kblocks) * 32 || a.x_stride < a.x_lo + static_cast<int64_t>(a.kblocks) * 32)
     return cudaErrorInvalidValue;
   const dim3 grid((a.rows + 15) / 16, a.nseg);
-  dense_gemv_kernel<<<grid, kWarps * 32, 0, stream>>>(a);
-  return cudaGetLastError();
+  return launch_kernel(dense_gemv_kernel, grid, dim3(kWarps * 32), 0, stream, a);
 }
 
 }  // namespace gptoss::cuda

@@ -595,7 +595,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MoeGemvTest,
                          });
 
 // ---------------------------------------------------------------------------------------------
-// The tiled GEMM for wide column tiles (gemm_tiled_launch, 128- and 256-row blocks): bit for bit the
+// The tiled GEMM for wide column tiles (gemm_tiled_launch, 64- and 128-row blocks): bit for bit the
 // results of gemm_kernel (gemm_launch with 8-column tiles, which the tests above check in full), on
 // gpt-oss prefill shapes and awkward ones, and against float64 and the CPU ops on sampled columns.
 class TiledDenseGemmTest : public ::testing::TestWithParam<DenseCase> {};

@@ -52,13 +52,23 @@ __device__ __forceinline__ AFrag mxfp4_frag(uint32_t ql, uint32_t qh, uint32_t s
   return f;
 }
 
-// The products of one 32-block with 8 columns: bh/bl are lane t's 8 hi / lo activations of column g
-// in storage order. The order (hi k-step 0, 1, then lo k-step 0, 1) is part of the results' bits.
+// Phase p of the products of one 32-block with 8 columns (bh/bl: lane t's 8 hi / lo activations
+// of column g in storage order): 0, 1 = hi k-steps 0, 1; 2, 3 = lo k-steps 0, 1. Each accumulator
+// must see the phases in this order (it is part of the results' bits); different accumulators'
+// phases may interleave.
+__device__ __forceinline__ void mma_phase(float (&acc)[4], const AFrag& f, int p, const uint4& bh, const uint4& bl) {
+  const uint4& b = p < 2 ? bh : bl;
+  if (p % 2 == 0) {
+    mma_f16(acc, f.lo[0], f.hi[0], f.lo[1], f.hi[1], b.x, b.y);
+  } else {
+    mma_f16(acc, f.lo[2], f.hi[2], f.lo[3], f.hi[3], b.z, b.w);
+  }
+}
+
+// All four phases of one 32-block for one accumulator.
 __device__ __forceinline__ void mma_hilo(float (&acc)[4], const AFrag& f, const uint4& bh, const uint4& bl) {
-  mma_f16(acc, f.lo[0], f.hi[0], f.lo[1], f.hi[1], bh.x, bh.y);
-  mma_f16(acc, f.lo[2], f.hi[2], f.lo[3], f.hi[3], bh.z, bh.w);
-  mma_f16(acc, f.lo[0], f.hi[0], f.lo[1], f.hi[1], bl.x, bl.y);
-  mma_f16(acc, f.lo[2], f.hi[2], f.lo[3], f.hi[3], bl.z, bl.w);
+#pragma unroll
+  for (int p = 0; p < 4; ++p) mma_phase(acc, f, p, bh, bl);
 }
 
 // 16-byte asynchronous global → shared copy; zero-fills the destination when !valid.

@@ -1,22 +1,24 @@
 // The GEMM for wide column tiles (prefill: ≥ 64 columns per expert or matrix), with register
-// blocking. A block of 8 warps computes 128·MT weight rows × 64 columns; warp w owns 16·MT rows ×
+// blocking. A block of 4 warps computes 64·MT weight rows × 64 columns; warp w owns 16·MT rows ×
 // all 64 columns, so every B fragment read from shared memory feeds MT m-tiles and every decoded A
-// fragment feeds 8 n-tiles, and a 64-column B tile is fetched once per 128·MT rows (gemm_kernel:
-// once per 64). Each chunk of CB blocks of 32 (A: fp16 rows, or MXFP4 codes + scales; B: the
-// activations' hi and lo halves) is copied with cp.async into a 3-stage ring, one barrier per chunk;
-// each warp decodes its A fragments from shared memory. Every output gets exactly gemm_kernel's
-// sequence of mma (mma_hilo per block, segment sums added in order), so the two kernels give the
-// same bits and choosing between them keeps every result batch-invariant.
+// fragment feeds 8 n-tiles. Each chunk of CB blocks of 32 (A: fp16 rows, or MXFP4 codes + scales;
+// B: the activations' hi and lo halves) is copied with cp.async into a 2-stage ring, one barrier per
+// chunk, from source addresses each thread sets up once; each warp decodes its A fragments from
+// shared memory. Two blocks share an SM (≤ 255 registers, ≤ 100 KB of shared memory each), so one
+// block's barrier waits and copies overlap the other's mma. Every output gets exactly gemm_kernel's
+// sequence of mma (mma_phase order per block, segment sums added in order), so the two kernels give
+// the same bits and choosing between them keeps every result batch-invariant.
 #include "backend/cuda/gemm_common.cuh"
 
 namespace gptoss::cuda {
 namespace {
 
-constexpr int kWarps = 8;
+constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
+constexpr int kBlocksPerSm = 2;
+constexpr int kStages = 2;
 constexpr int kCols = 64;  // columns per block tile
 constexpr int kNs = kCols / 8;
-constexpr int kStages = 3;
 
 // One pipeline stage (byte offsets). B: hi then lo halves, [64 columns][smem_row_halfs<CB>]. A dense
 // (CB = 2): [block][row][64 bytes], so lane t's 16 bytes of rows g and g+8 are one conflict-free read;
@@ -31,59 +33,92 @@ struct Stage {
   static constexpr int kBytes = kS + (WT == GemmWeights::kF16 ? 0 : kRows * kCB);
 };
 
-__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 4 : 0));
+__device__ __forceinline__ void cp_async16s(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4s(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0));
 }
 
-// Issues the copies of blocks [kb0, kb0 + CB) into stage `st` (not committed): B columns past `count`
-// and A rows past a.rows are zero-filled.
+// One thread's share of every chunk's copies, set up once per block: the same 16-byte piece q of
+// B columns j0, j0 + kBJ, ... and of A rows r0, r0 + kAJ, ...; the chunk at kb0 adds kb0 times
+// the bytes per block to each source. B columns past `count` and A rows past a.rows read nothing
+// (size 0, zero-filled) from a valid base address.
 template <GemmWeights WT, int MT>
-__device__ __forceinline__ void stage_chunk(const GemmArgs& a, const int* xrow, int count, const uint8_t* wbase,
-                                            const uint8_t* sbase, int row_base, int kb0, uint8_t* st) {
+struct Copier {
   using S = Stage<WT, MT>;
-  constexpr int kQuads = S::kCB * 4;  // 16-byte pieces per B column
-  uint16_t* b = reinterpret_cast<uint16_t*>(st);
+  static constexpr int kBQ = S::kCB * 4;                                // B pieces per column and chunk
+  static constexpr int kBJ = kThreads / kBQ, kBP = kCols / kBJ;         // column step, pieces per thread
+  static constexpr int kAQ = WT == GemmWeights::kF16 ? S::kCB * 4 : 4;  // A pieces per row and chunk
+  static constexpr int kAJ = kThreads / kAQ, kAP = S::kRows / kAJ;      // row step, pieces per thread
+  static constexpr int kABlock = WT == GemmWeights::kF16 ? 64 : 16;     // A bytes per row and block
+
+  const uint16_t* b[kBP];  // hi halves at kb0 = 0 (lo at + x_lo); a.x where invalid
+  const uint8_t* a0;       // A piece 0 at kb0 = 0 (piece k: + k·a_step)
+  const uint8_t* w;        // valid base for A rows past a.rows
+  const uint8_t* s;        // MXFP4 scales of row `tid` at kb0 = 0 (threads < kRows)
+  int64_t a_step;
+  uint32_t b_valid = 0, a_valid = 0;
+  bool s_valid;
+  uint32_t b_dst, a_dst, s_dst;  // offsets within a stage
+
+  __device__ __forceinline__ Copier(const GemmArgs& g, const int* xrow, int count, const uint8_t* wbase,
+                                    const uint8_t* sbase, int row_base) {
+    const int tid = threadIdx.x;
+    const int bq = tid % kBQ, j0 = tid / kBQ;
 #pragma unroll
-  for (int k = 0; k < kCols * kQuads / kThreads; ++k) {
-    const int i = threadIdx.x + k * kThreads, j = i / kQuads, q = i % kQuads;
-    const bool valid = j < count;
-    const uint16_t* src = valid ? a.x + static_cast<int64_t>(xrow[j]) * a.x_stride + kb0 * 32 + q * 8 : a.x;
-    cp_async16(b + j * S::kBRow + q * 8, src, valid);
-    cp_async16(b + (kCols + j) * S::kBRow + q * 8, valid ? src + a.x_lo : a.x, valid);
+    for (int k = 0; k < kBP; ++k) {
+      const int j = j0 + k * kBJ;
+      const bool v = j < count;
+      b[k] = v ? g.x + static_cast<int64_t>(xrow[j]) * g.x_stride + bq * 8 : g.x;
+      b_valid |= static_cast<uint32_t>(v) << k;
+    }
+    b_dst = (j0 * S::kBRow + bq * 8) * 2;
+    const int aq = tid % kAQ, r0 = tid / kAQ;
+    const int64_t rs = static_cast<int64_t>(g.kblocks) * kABlock;
+    a0 = wbase + (row_base + r0) * rs + aq * 16;
+    a_step = kAJ * rs;
+    w = wbase;
+#pragma unroll
+    for (int k = 0; k < kAP; ++k) a_valid |= static_cast<uint32_t>(row_base + r0 + k * kAJ < g.rows) << k;
+    if constexpr (WT == GemmWeights::kF16) {
+      a_dst = S::kA + ((aq / 4) * S::kRows + r0) * 64 + (aq % 4) * 16;
+    } else {
+      a_dst = S::kA + r0 * 64 + aq * 16;
+    }
+    s_valid = tid < S::kRows && row_base + tid < g.rows;
+    s = s_valid ? sbase + static_cast<int64_t>(row_base + tid) * g.kblocks : sbase;
+    s_dst = S::kS + tid * 4;
   }
-  if constexpr (WT == GemmWeights::kF16) {
-    const int64_t rs = static_cast<int64_t>(a.kblocks) * 64;
+
+  // Issues the copies of blocks [kb0, kb0 + CB) into the stage at shared address st (not committed).
+  __device__ __forceinline__ void issue(const GemmArgs& g, uint32_t st, int kb0) const {
 #pragma unroll
-    for (int k = 0; k < S::kRows * kQuads / kThreads; ++k) {
-      const int i = threadIdx.x + k * kThreads, r = i / kQuads, q = i % kQuads;
-      const bool valid = row_base + r < a.rows;
-      const uint8_t* src = valid ? wbase + (row_base + r) * rs + kb0 * 64 + q * 16 : wbase;
-      cp_async16(st + S::kA + ((q / 4) * S::kRows + r) * 64 + (q % 4) * 16, src, valid);
+    for (int k = 0; k < kBP; ++k) {
+      const bool v = (b_valid >> k) & 1;
+      const uint16_t* p = b[k] + (v ? kb0 * 32 : 0);
+      const uint32_t d = st + b_dst + k * kBJ * S::kBRow * 2;
+      cp_async16s(d, p, v);
+      cp_async16s(d + kCols * S::kBRow * 2, p + (v ? g.x_lo : 0), v);
     }
-  } else {
-    const int64_t rs = static_cast<int64_t>(a.kblocks) * 16;
 #pragma unroll
-    for (int k = 0; k < S::kRows * 4 / kThreads; ++k) {
-      const int i = threadIdx.x + k * kThreads, r = i / 4, q = i % 4;
-      const bool valid = row_base + r < a.rows;
-      const uint8_t* src = valid ? wbase + (row_base + r) * rs + kb0 * 16 + q * 16 : wbase;
-      cp_async16(st + S::kA + r * 64 + q * 16, src, valid);
+    for (int k = 0; k < kAP; ++k) {
+      const bool v = (a_valid >> k) & 1;
+      cp_async16s(st + a_dst + k * kAJ * 64, v ? a0 + k * a_step + kb0 * kABlock : w, v);
     }
-    for (int r = threadIdx.x; r < S::kRows; r += kThreads) {
-      const bool valid = row_base + r < a.rows;
-      cp_async4(st + S::kS + r * 4, valid ? sbase + static_cast<int64_t>(row_base + r) * a.kblocks + kb0 : sbase,
-                valid);
+    if constexpr (WT == GemmWeights::kMxfp4) {
+      if (threadIdx.x < S::kRows) cp_async4s(st + s_dst, s + (s_valid ? kb0 : 0), s_valid);
     }
   }
-}
+};
 
 template <GemmWeights WT, int MT, GemmOut MODE>
-__global__ void __launch_bounds__(kThreads, 1) gemm_tiled_kernel(const GemmArgs a) {
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) gemm_tiled_kernel(const GemmArgs a) {
   using S = Stage<WT, MT>;
   constexpr int CB = S::kCB;
   extern __shared__ uint4 smem_raw[];
-  uint8_t* smem = reinterpret_cast<uint8_t*>(smem_raw);
+  const uint8_t* smem = reinterpret_cast<const uint8_t*>(smem_raw);
+  const uint32_t smem_s = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   __shared__ int xrow[kCols];
 
   int expert = 0, start, count;
@@ -112,71 +147,82 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_tiled_kernel(const GemmArgs 
 #pragma unroll
       for (int i = 0; i < 4; ++i) part[m][ns][i] = 0.0f, total[m][ns][i] = 0.0f;
 
-  // Pipeline: chunk c is multiplied while chunks c+1 and c+2 are in flight. One commit group per
-  // chunk (empty past the end), so "all but the newest kStages − 2 groups done" means chunk c landed.
-  const int nchunks = a.kblocks / CB;
   __syncthreads();  // xrow
+  const Copier<WT, MT> copier(a, xrow, count, wbase, sbase, row_base);
+  // Pipeline: chunk c is multiplied while chunk c+1 is in flight. One commit group per chunk (empty
+  // past the end), so "all but the newest kStages − 2 groups done" means chunk c landed.
+  const int nchunks = a.kblocks / CB;
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < nchunks) stage_chunk<WT, MT>(a, xrow, count, wbase, sbase, row_base, s * CB, smem + s * S::kBytes);
+    if (s < nchunks) copier.issue(a, smem_s + s * S::kBytes, s * CB);
     asm volatile("cp.async.commit_group;\n" ::);
   }
-  for (int c = 0; c < nchunks; ++c) {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2));
-    __syncthreads();  // chunk c visible to all warps; chunk c − 1's stage is free again
-    const int cn = c + kStages - 1;
-    if (cn < nchunks)
-      stage_chunk<WT, MT>(a, xrow, count, wbase, sbase, row_base, cn * CB, smem + (cn % kStages) * S::kBytes);
-    asm volatile("cp.async.commit_group;\n" ::);
+  // Segments are whole chunks (seg_blocks is a multiple of CB); each one's sum is added to the
+  // total after its last chunk, outside the chunk loop (no conditional copies of the accumulators).
+  int c = 0;
+  for (int seg_begin = 0; seg_begin < a.kblocks; seg_begin += a.seg_blocks) {
+    const int seg_chunks = (min(a.kblocks, seg_begin + a.seg_blocks) - seg_begin) / CB;
+    for (int sc = 0; sc < seg_chunks; ++sc, ++c) {
+      asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2));
+      __syncthreads();  // chunk c visible to all warps; chunk c − 1's stage is free again
+      const int cn = c + kStages - 1;
+      if (cn < nchunks) copier.issue(a, smem_s + (cn % kStages) * S::kBytes, cn * CB);
+      asm volatile("cp.async.commit_group;\n" ::);
 
-    const uint8_t* st = smem + (c % kStages) * S::kBytes;
-    const uint16_t* b = reinterpret_cast<const uint16_t*>(st) + g * S::kBRow + t * 8;
-    uint4 q_lo[MT], q_hi[MT];  // MXFP4: lane t's code words of the chunk's 4 blocks, rows g and g+8
-    uint32_t s_lo[MT], s_hi[MT];
-    if constexpr (WT == GemmWeights::kMxfp4) {
+      const uint8_t* st = smem + (c % kStages) * S::kBytes;
+      const uint16_t* b = reinterpret_cast<const uint16_t*>(st) + g * S::kBRow + t * 8;
+      uint4 q_lo[MT], q_hi[MT];  // MXFP4: lane t's code words of the chunk's 4 blocks, rows g and g+8
+      uint32_t s_lo[MT], s_hi[MT];
+      if constexpr (WT == GemmWeights::kMxfp4) {
 #pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        const int r = wrow + m * 16;
-        q_lo[m] = *reinterpret_cast<const uint4*>(st + S::kA + r * 64 + t * 16);
-        q_hi[m] = *reinterpret_cast<const uint4*>(st + S::kA + (r + 8) * 64 + t * 16);
-        s_lo[m] = *reinterpret_cast<const uint32_t*>(st + S::kS + r * 4);
-        s_hi[m] = *reinterpret_cast<const uint32_t*>(st + S::kS + (r + 8) * 4);
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < CB; ++i) {
-      AFrag f[MT];
-#pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        if constexpr (WT == GemmWeights::kF16) {
-          const uint8_t* p = st + S::kA + (i * S::kRows + wrow + m * 16) * 64 + t * 16;
-          const uint4 lo = *reinterpret_cast<const uint4*>(p), hi = *reinterpret_cast<const uint4*>(p + 8 * 64);
-          f[m].lo[0] = lo.x, f[m].lo[1] = lo.y, f[m].lo[2] = lo.z, f[m].lo[3] = lo.w;
-          f[m].hi[0] = hi.x, f[m].hi[1] = hi.y, f[m].hi[2] = hi.z, f[m].hi[3] = hi.w;
-        } else {
-          f[m] = mxfp4_frag(word_of(q_lo[m], i), word_of(q_hi[m], i), (s_lo[m] >> (8 * i)) & 0xffu,
-                            (s_hi[m] >> (8 * i)) & 0xffu);
+        for (int m = 0; m < MT; ++m) {
+          const int r = wrow + m * 16;
+          q_lo[m] = *reinterpret_cast<const uint4*>(st + S::kA + r * 64 + t * 16);
+          q_hi[m] = *reinterpret_cast<const uint4*>(st + S::kA + (r + 8) * 64 + t * 16);
+          s_lo[m] = *reinterpret_cast<const uint32_t*>(st + S::kS + r * 4);
+          s_hi[m] = *reinterpret_cast<const uint32_t*>(st + S::kS + (r + 8) * 4);
         }
       }
 #pragma unroll
-      for (int ns = 0; ns < kNs; ++ns) {
-        const uint16_t* p = b + ns * 8 * S::kBRow + i * 32;
-        const uint4 bh = *reinterpret_cast<const uint4*>(p);
-        const uint4 bl = *reinterpret_cast<const uint4*>(p + kCols * S::kBRow);
+      for (int i = 0; i < CB; ++i) {
+        AFrag f[MT];
 #pragma unroll
-        for (int m = 0; m < MT; ++m) mma_hilo(part[m][ns], f[m], bh, bl);
+        for (int m = 0; m < MT; ++m) {
+          if constexpr (WT == GemmWeights::kF16) {
+            const uint8_t* p = st + S::kA + (i * S::kRows + wrow + m * 16) * 64 + t * 16;
+            const uint4 lo = *reinterpret_cast<const uint4*>(p), hi = *reinterpret_cast<const uint4*>(p + 8 * 64);
+            f[m].lo[0] = lo.x, f[m].lo[1] = lo.y, f[m].lo[2] = lo.z, f[m].lo[3] = lo.w;
+            f[m].hi[0] = hi.x, f[m].hi[1] = hi.y, f[m].hi[2] = hi.z, f[m].hi[3] = hi.w;
+          } else {
+            f[m] = mxfp4_frag(word_of(q_lo[m], i), word_of(q_hi[m], i), (s_lo[m] >> (8 * i)) & 0xffu,
+                              (s_hi[m] >> (8 * i)) & 0xffu);
+          }
+        }
+        // Two column tiles at a time, phase by phase: 2·MT independent mma between dependent ones.
+#pragma unroll
+        for (int n0 = 0; n0 < kNs; n0 += 2) {
+          uint4 bh[2], bl[2];
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const uint16_t* p = b + (n0 + j) * 8 * S::kBRow + i * 32;
+            bh[j] = *reinterpret_cast<const uint4*>(p);
+            bl[j] = *reinterpret_cast<const uint4*>(p + kCols * S::kBRow);
+          }
+#pragma unroll
+          for (int ph = 0; ph < 4; ++ph)
+#pragma unroll
+            for (int j = 0; j < 2; ++j)
+#pragma unroll
+              for (int m = 0; m < MT; ++m) mma_phase(part[m][n0 + j], f[m], ph, bh[j], bl[j]);
+        }
       }
     }
-    // Segments are whole chunks (seg_blocks is a multiple of CB).
-    const int kb_end = (c + 1) * CB;
-    if (kb_end % a.seg_blocks == 0 || kb_end == a.kblocks) {
 #pragma unroll
-      for (int m = 0; m < MT; ++m)
+    for (int m = 0; m < MT; ++m)
 #pragma unroll
-        for (int ns = 0; ns < kNs; ++ns)
+      for (int ns = 0; ns < kNs; ++ns)
 #pragma unroll
-          for (int q = 0; q < 4; ++q) total[m][ns][q] += part[m][ns][q], part[m][ns][q] = 0.0f;
-    }
+        for (int q = 0; q < 4; ++q) total[m][ns][q] += part[m][ns][q], part[m][ns][q] = 0.0f;
   }
 
 #pragma unroll
@@ -230,11 +276,13 @@ int gemm_tiled_mt(const GemmArgs& a) {
   const int cb = a.weights == GemmWeights::kF16 ? 2 : 4;
   if (sms <= 0 || a.mode == GemmOut::kPartial || a.kblocks % cb != 0 || a.seg_blocks % cb != 0) return 0;
   const int64_t tiles = a.tiles ? a.max_tiles : (a.n + kCols - 1) / kCols;
-  // Waves of blocks, weighted by the rows per block: the wider tile unless the narrower one fills
-  // the last wave clearly better; gemm_kernel when even the narrower tile leaves SMs idle.
-  const int64_t b1 = (a.rows + 127) / 128 * tiles, b2 = (a.rows + 255) / 256 * tiles;
-  if (b1 < sms) return 0;
-  const int64_t cost1 = (b1 + sms - 1) / sms, cost2 = 2 * ((b2 + sms - 1) / sms);
+  // Waves of blocks (slots: blocks resident per SM × SMs), weighted by the rows per block: the
+  // wider tile unless the narrower one fills the last wave clearly better; gemm_kernel when even
+  // the narrower tile leaves slots idle.
+  const int slots = sms * kBlocksPerSm, rows1 = kWarps * 16;
+  const int64_t b1 = (a.rows + rows1 - 1) / rows1 * tiles, b2 = (a.rows + 2 * rows1 - 1) / (2 * rows1) * tiles;
+  if (b1 < slots) return 0;
+  const int64_t cost1 = (b1 + slots - 1) / slots, cost2 = 2 * ((b2 + slots - 1) / slots);
   return 8 * cost2 <= 9 * cost1 ? 2 : 1;
 }
 

@@ -332,12 +332,14 @@ MoeSetup make_moe(const MoeCase& c, uint64_t seed) {
 // Device state of one MoE case: weights, activations, routing and the grouped pair lists.
 // Checks every (token, expert) pair of an expert product against float64 (y = W·x per row, before the
 // bias) and the CPU op, and its SwiGLU activation (bias added, clamped) against cpu::swiglu_clamp;
-// act_at(p, j) reads activation j of pair p from the kernel's output layout.
+// act_at(p, j) reads activation j of pair p from the kernel's output layout. With pair_step > 1 only
+// every pair_step-th pair and the last one are checked (large cases).
 void expect_expert_outputs(const MoeSetup& s, const MoeCase& c, const std::vector<float>& yd,
-                           const std::function<float(int, int)>& act_at) {
+                           const std::function<float(int, int)>& act_at, int pair_step = 1) {
   std::vector<float> wrow(static_cast<size_t>(c.hidden)), gu(static_cast<size_t>(s.rows)),
       ref_act(static_cast<size_t>(c.inter)), cpu_y(static_cast<size_t>(s.rows));
   for (int p = 0; p < s.pairs; ++p) {
+    if (p % pair_step != 0 && p != s.pairs - 1) continue;
     const int t = p / c.top_k, e = s.idx[static_cast<size_t>(p)];
     const float* xr = &s.x[static_cast<size_t>(t) * c.hidden];
     for (int r = 0; r < s.rows; ++r) {
@@ -591,6 +593,181 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MoeGemvTest,
                                   std::to_string(c.tokens) + "_h" + std::to_string(c.hidden) + "_i" +
                                   std::to_string(c.inter);
                          });
+
+// ---------------------------------------------------------------------------------------------
+// The tiled GEMM for wide column tiles (gemm_tiled_launch, 64- and 128-row blocks): bit for bit the
+// results of gemm_kernel (gemm_launch with 8-column tiles, which the tests above check in full), on
+// gpt-oss prefill shapes and awkward ones, and against float64 and the CPU ops on sampled columns.
+class TiledDenseGemmTest : public ::testing::TestWithParam<DenseCase> {};
+
+TEST_P(TiledDenseGemmTest, SameBitsAsGemmKernelAndMatchesFloat64) {
+  const DenseCase c = GetParam();
+  const DenseSetup s = make_dense(c, 4000 + c.rows * 3 + c.cols + c.n);
+  std::vector<float> wf(s.wb.size());
+  for (size_t i = 0; i < wf.size(); ++i) wf[i] = bf16_to_f32(s.wb[i]);
+  DevArray<uint16_t> w(pad_f16(wf, c.rows, c.cols, s.rows_p, s.kp));
+  DevArray<uint16_t> x(pad_pairs(s.x, c.n, c.cols, s.kp));
+  const size_t size = static_cast<size_t>(c.n) * c.rows;
+  DevArray<float> ref(size), out(size);
+  GemmArgs a = dense_args(s, c, w.get(), x.get(), c.n, ref.get());
+  CUDA_ASSERT(cuda::gemm_launch(a, 8, nullptr));
+  const std::vector<float> yr = ref.download();
+  a.out = out.get();
+  for (int mt = 0; mt <= 2; ++mt) {
+    out.fill_bytes(0xff);  // NaN poison: every output must be written
+    // mt 0: whatever gemm_launch picks for 64-column tiles.
+    CUDA_ASSERT(mt == 0 ? cuda::gemm_launch(a, 64, nullptr) : cuda::gemm_tiled_launch(a, mt, nullptr));
+    const std::vector<float> y = out.download();
+    CUDA_ASSERT(cudaGetLastError());
+    for (size_t i = 0; i < size; ++i)
+      ASSERT_TRUE(same_bits(y[i], yr[i]))
+          << "mt " << mt << " token " << i / c.rows << " row " << i % c.rows << ": " << y[i] << " vs " << yr[i];
+  }
+  // Sampled tokens against float64 and the CPU op.
+  const int step = std::max(1, c.n / 16);
+  std::vector<int> tokens;
+  for (int t = 0; t < c.n; t += step) tokens.push_back(t);
+  if (tokens.back() != c.n - 1) tokens.push_back(c.n - 1);
+  std::vector<float> cpu(static_cast<size_t>(c.rows));
+  for (int t : tokens) {
+    const float* xt = &s.x[static_cast<size_t>(t) * c.cols];
+    const float* yt = &yr[static_cast<size_t>(t) * c.rows];
+    for (int r = 0; r < c.rows; ++r) {
+      double v = 0, abs_sum = 0;
+      for (int k = 0; k < c.cols; ++k) {
+        const double p = static_cast<double>(wf[static_cast<size_t>(r) * c.cols + k]) * xt[k];
+        v += p, abs_sum += std::fabs(p);
+      }
+      ASSERT_NEAR(yt[r], v, mma_tolerance(c.cols, abs_sum)) << "token " << t << " row " << r;
+    }
+    cpu::matmul_bf16(xt, 1, c.cols, s.wb.data(), nullptr, c.rows, cpu.data(), nullptr);
+    EXPECT_LE(rel_l2(yt, cpu.data(), cpu.size()), 1e-5) << "token " << t;
+  }
+}
+
+TEST(TiledGemm, RejectsWhatItCannotDo) {
+  DenseSetup s = make_dense(DenseCase{64, 64, 64}, 11);
+  DevArray<uint16_t> w(static_cast<size_t>(s.rows_p) * s.kp), x(static_cast<size_t>(64) * 2 * s.kp);
+  DevArray<float> out(static_cast<size_t>(64) * 64);
+  GemmArgs a = dense_args(s, DenseCase{64, 64, 64}, w.get(), x.get(), 64, out.get());
+  EXPECT_EQ(cuda::gemm_tiled_launch(a, 3, nullptr), cudaErrorInvalidValue) << "mt 3";
+  a.mode = GemmOut::kPartial;
+  EXPECT_EQ(cuda::gemm_tiled_launch(a, 1, nullptr), cudaErrorInvalidValue) << "split partials";
+  EXPECT_EQ(cuda::gemm_tiled_mt(a), 0) << "split partials";
+  a.mode = GemmOut::kSwiglu;
+  EXPECT_EQ(cuda::gemm_tiled_launch(a, 1, nullptr), cudaErrorInvalidValue) << "dense SwiGLU";
+  a.mode = GemmOut::kStore;
+  a.kblocks = 3;
+  a.seg_blocks = 4;
+  EXPECT_EQ(cuda::gemm_tiled_launch(a, 1, nullptr), cudaErrorInvalidValue) << "odd dense kblocks";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, TiledDenseGemmTest,
+                         ::testing::Values(DenseCase{5120, 2880, 2048}, DenseCase{2880, 4096, 2048},
+                                           DenseCase{100, 96, 70}, DenseCase{300, 160, 130}, DenseCase{1000, 2880, 65},
+                                           DenseCase{17, 64, 64}, DenseCase{2880, 2880, 200}),
+                         [](const auto& info) {
+                           return "r" + std::to_string(info.param.rows) + "_k" + std::to_string(info.param.cols) +
+                                  "_n" + std::to_string(info.param.n);
+                         });
+
+struct TiledMoeCase {
+  MoeCase c;
+  bool skew;  // every token routed to expert 0 (among its top-k): one full expert, the others sparse
+};
+
+class TiledMoeGemmTest : public ::testing::TestWithParam<TiledMoeCase> {};
+
+// Pair lists and tiles of the grouping with column tile nt.
+struct Grouping {
+  int nt, max_tiles;
+  DevArray<int32_t> sorted_token, sorted_pair, tiles, n_tiles;
+  Grouping(int nt_, const MoeSetup& s, const MoeCase& c)
+      : nt(nt_),
+        max_tiles(cuda::moe_max_tiles(s.pairs, c.experts, nt_)),
+        sorted_token(static_cast<size_t>(s.pairs)),
+        sorted_pair(static_cast<size_t>(s.pairs)),
+        tiles(static_cast<size_t>(max_tiles) * 4),
+        n_tiles(1) {}
+  cuda::MoeGroupOut out() const {
+    return cuda::MoeGroupOut{nt, sorted_token.get(), sorted_pair.get(), tiles.get(), n_tiles.get(), max_tiles};
+  }
+  void apply(GemmArgs& a) const {
+    a.x_gather = sorted_token.get();
+    a.tiles = tiles.get();
+    a.n_tiles = n_tiles.get();
+    a.max_tiles = max_tiles;
+    a.out_scatter = sorted_pair.get();
+  }
+};
+
+TEST_P(TiledMoeGemmTest, SameBitsAsGemmKernelAndMatchesReference) {
+  const MoeCase c = GetParam().c;
+  MoeSetup s = make_moe(c, 555 + c.experts * 11 + c.tokens + c.inter);
+  if (GetParam().skew)
+    for (int t = 0; t < c.tokens; ++t) {
+      int32_t* e = &s.idx[static_cast<size_t>(t) * c.top_k];
+      if (std::find(e, e + c.top_k, 0) == e + c.top_k) e[0] = 0;
+    }
+  MoeDevice d(s, c);
+  Grouping g8(8, s, c), g64(64, s, c);
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, g8.out(), nullptr));
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, g64.out(), nullptr));
+  const int ip = static_cast<int>(cuda::round_up(c.inter, cuda::kActPad));
+  const size_t ysize = static_cast<size_t>(s.pairs) * s.rows, asize = static_cast<size_t>(s.pairs) * 2 * ip;
+  DevArray<float> y_ref(ysize), y(ysize);
+  DevArray<uint16_t> act_ref(asize), act(asize);
+  act_ref.fill_bytes(0xff);  // NaN poison here and below: the padding past inter stays poison in both
+  GemmArgs st = d.args(s);
+  st.out_stride = s.rows;
+  GemmArgs sw = d.args(s);
+  sw.mode = GemmOut::kSwiglu;
+  sw.out16_stride = 2 * ip;
+  sw.out16_lo = ip;
+  sw.bias = d.bias.get();
+  sw.bias_expert_stride = s.rows_p;
+  g8.apply(st);
+  g8.apply(sw);
+  st.out = y_ref.get();
+  sw.out16 = act_ref.get();
+  CUDA_ASSERT(cuda::gemm_launch(st, 8, nullptr));
+  CUDA_ASSERT(cuda::gemm_launch(sw, 8, nullptr));
+  const std::vector<float> yr = y_ref.download();
+  const std::vector<uint16_t> ar = act_ref.download();
+
+  g64.apply(st);
+  g64.apply(sw);
+  st.out = y.get();
+  sw.out16 = act.get();
+  for (int mt = 0; mt <= 2; ++mt) {
+    y.fill_bytes(0xff);
+    act.fill_bytes(0xff);
+    // mt 0: whatever gemm_launch picks for 64-column tiles.
+    CUDA_ASSERT(mt == 0 ? cuda::gemm_launch(st, 64, nullptr) : cuda::gemm_tiled_launch(st, mt, nullptr));
+    CUDA_ASSERT(mt == 0 ? cuda::gemm_launch(sw, 64, nullptr) : cuda::gemm_tiled_launch(sw, mt, nullptr));
+    const std::vector<float> yd = y.download();
+    const std::vector<uint16_t> ad = act.download();
+    CUDA_ASSERT(cudaGetLastError());
+    for (size_t i = 0; i < ysize; ++i)
+      ASSERT_TRUE(same_bits(yd[i], yr[i]))
+          << "mt " << mt << " pair " << i / s.rows << " row " << i % s.rows << ": " << yd[i] << " vs " << yr[i];
+    for (size_t i = 0; i < asize; ++i)
+      ASSERT_EQ(ad[i], ar[i]) << "mt " << mt << " SwiGLU pair " << i / (2 * ip) << " element " << i % (2 * ip);
+  }
+  expect_expert_outputs(
+      s, c, yr, [&](int p, int j) { return pair_value(ar, static_cast<size_t>(p), ip, j); }, std::max(1, s.pairs / 24));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, TiledMoeGemmTest,
+    ::testing::Values(TiledMoeCase{{32, 4, 2048, 2880, 2880}, false}, TiledMoeCase{{128, 4, 2048, 2880, 1440}, false},
+                      TiledMoeCase{{32, 4, 600, 2880, 2880}, true}, TiledMoeCase{{8, 2, 300, 256, 100}, false},
+                      TiledMoeCase{{1, 1, 300, 160, 96}, false}, TiledMoeCase{{16, 4, 200, 128, 72}, true}),
+    [](const auto& info) {
+      const MoeCase& c = info.param.c;
+      return "e" + std::to_string(c.experts) + "k" + std::to_string(c.top_k) + "_t" + std::to_string(c.tokens) + "_h" +
+             std::to_string(c.hidden) + "_i" + std::to_string(c.inter) + (info.param.skew ? "_skew" : "");
+    });
 
 }  // namespace
 }  // namespace gptoss::testing

@@ -1,10 +1,10 @@
 // Tensor-core GEMM for every weight product of the model: dense fp16 weights (attention, lm_head)
 // and MXFP4 experts (dequantized in registers), with a fixed segmented reduction order so results
-// are batch-invariant, and epilogues for plain stores, split-K partials and the fused SwiGLU.
+// are batch-invariant, and epilogues for plain stores, split-K partials and the fused SwiGLU. Wide
+// column tiles that fill the GPU go to the register-blocked kernel of gemm_tiled.cu (same bits).
 #include <algorithm>
 
-#include "backend/cuda/device_util.cuh"
-#include "backend/cuda/kernels.h"
+#include "backend/cuda/gemm_common.cuh"
 #include "backend/cuda/launch.cuh"
 
 namespace gptoss::cuda {
@@ -19,18 +19,6 @@ template <GemmWeights WT, int NT>
 constexpr int chunk_blocks() {
   return WT == GemmWeights::kMxfp4 && NT <= 16 ? 8 : 4;
 }
-// Shared-memory row of one B column in a chunk: + 64 bytes keeps 16-byte reads conflict-free.
-template <int CB>
-constexpr int smem_row_halfs() {
-  return CB * 32 + 32;
-}
-
-// A fragments of one 32-block for rows g and g+8 of the warp's 16-row tile, as 4 half2 per row:
-// [0],[1] feed k-step 0 (a0/a2), [2],[3] k-step 1. Lane t owns 8 of the block's elements (the same
-// k permutation is applied to B, so the dot products are unchanged).
-struct AFrag {
-  uint32_t lo[4], hi[4];
-};
 
 // Raw A registers of one chunk of CB blocks. Dense: one 16-byte load per block and row. MXFP4
 // (device layout of mxfp4_repack_row): one 16-byte load per 4 blocks and row (lane t's 4 code bytes
@@ -70,24 +58,6 @@ __device__ __forceinline__ void load_a(AChunk<WT, CB>& r, const GemmArgs& a, con
   }
 }
 
-// Scales the decoded value·2^-14 pairs of one row by its block scale 2^(s−127): one multiply by
-// 2^(s−113) while that is a normal fp16 (s ≤ 128, i.e. every realistic weight), else 2^14 first.
-__device__ __forceinline__ void scale_row(uint32_t (&h)[4], uint32_t s) {
-  if (s <= 128) {
-    const uint32_t f = pow2_half2(static_cast<int>(s) - 113);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) h[i] = hmul2_bits(h[i], f);
-  } else {
-    const uint32_t f = pow2_half2(static_cast<int>(s) - 127);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) h[i] = hmul2_bits(hmul2_bits(h[i], 0x74007400u), f);
-  }
-}
-
-__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
-  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-
 // Fragments of block i of the chunk (i a compile-time constant after unrolling).
 template <GemmWeights WT, int CB>
 __device__ __forceinline__ AFrag decode_a(const AChunk<WT, CB>& r, int i) {
@@ -96,25 +66,12 @@ __device__ __forceinline__ AFrag decode_a(const AChunk<WT, CB>& r, int i) {
     f.lo[0] = r.lo[i].x, f.lo[1] = r.lo[i].y, f.lo[2] = r.lo[i].z, f.lo[3] = r.lo[i].w;
     f.hi[0] = r.hi[i].x, f.hi[1] = r.hi[i].y, f.hi[2] = r.hi[i].z, f.hi[3] = r.hi[i].w;
   } else {
-    // Pairs (e0,e4), (e1,e5), (e2,e6), (e3,e7) match the activations' storage order (k_phys).
-    const uint32_t ql = word_of(r.lo[i / 4], i % 4), qh = word_of(r.hi[i / 4], i % 4);
-    f.lo[0] = fp4_pair_x2m14<0>(ql), f.lo[1] = fp4_pair_x2m14<1>(ql);
-    f.lo[2] = fp4_pair_x2m14<2>(ql), f.lo[3] = fp4_pair_x2m14<3>(ql);
-    f.hi[0] = fp4_pair_x2m14<0>(qh), f.hi[1] = fp4_pair_x2m14<1>(qh);
-    f.hi[2] = fp4_pair_x2m14<2>(qh), f.hi[3] = fp4_pair_x2m14<3>(qh);
-    scale_row(f.lo, (r.s_lo[i / 4] >> (8 * (i % 4))) & 0xffu);
-    scale_row(f.hi, (r.s_hi[i / 4] >> (8 * (i % 4))) & 0xffu);
+    f = mxfp4_frag(word_of(r.lo[i / 4], i % 4), word_of(r.hi[i / 4], i % 4), (r.s_lo[i / 4] >> (8 * (i % 4))) & 0xffu,
+                   (r.s_hi[i / 4] >> (8 * (i % 4))) & 0xffu);
   }
   return f;
 }
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 16 : 0));
-}
-
-// Issues the asynchronous copy of B columns [0, NT) × blocks [kb0, kb0 + cb) into a shared-memory
-// stage (zeros past `count`) as one commit group.
 // Issues the asynchronous copy of B columns [0, NT) × blocks [kb0, kb0 + cb) into a shared-memory
 // stage (hi halves, then lo halves; zeros past `count`) as one commit group.
 template <int NT, int CB>
@@ -142,60 +99,7 @@ __device__ __forceinline__ void mma_block(float (&acc)[NS][4], const AFrag& f, c
     const uint16_t* p = stage + (ns * 8 + g) * kRow + kbl * 32 + t * 8;
     const uint4 bh = *reinterpret_cast<const uint4*>(p);
     const uint4 bl = *reinterpret_cast<const uint4*>(p + NS * 8 * kRow);
-    mma_f16(acc[ns], f.lo[0], f.hi[0], f.lo[1], f.hi[1], bh.x, bh.y);
-    mma_f16(acc[ns], f.lo[2], f.hi[2], f.lo[3], f.hi[3], bh.z, bh.w);
-    mma_f16(acc[ns], f.lo[0], f.hi[0], f.lo[1], f.hi[1], bl.x, bl.y);
-    mma_f16(acc[ns], f.lo[2], f.hi[2], f.lo[3], f.hi[3], bl.z, bl.w);
-  }
-}
-
-__device__ __forceinline__ float swiglu(float gate, float up, float alpha, float limit) {
-  const float g = fminf(gate, limit);
-  const float l = fminf(fmaxf(up, -limit), limit);
-  return g / (1.0f + expf(-alpha * g)) * (l + 1.0f);
-}
-
-// Gate/up rows are interleaved (row 2j = gate j, 2j+1 = up j): lanes with even g hold gates and
-// fetch the matching ups from the lane of row g+1 (lane ^ 4).
-template <int NS>
-__device__ __forceinline__ void store_swiglu(const GemmArgs& a, const float (&acc)[NS][4], int expert, int start,
-                                             int count, int row0, int g, int t) {
-  const float* bias = a.bias + expert * a.bias_expert_stride;
-#pragma unroll
-  for (int ns = 0; ns < NS; ++ns) {
-#pragma unroll
-    for (int c = 0; c < 2; ++c) {
-      const float up_lo = __shfl_xor_sync(0xffffffffu, acc[ns][c], 4);
-      const float up_hi = __shfl_xor_sync(0xffffffffu, acc[ns][2 + c], 4);
-      const int j = ns * 8 + 2 * t + c;
-      if ((g & 1) || j >= count) continue;
-      const int64_t orow = a.out_scatter ? a.out_scatter[start + j] : start + j;
-      __half* out = reinterpret_cast<__half*>(a.out16) + orow * a.out16_stride;
-      const int r_lo = row0 + g, r_hi = row0 + g + 8;
-      if (r_lo < a.rows)
-        store_f16_pair(out + k_phys(r_lo / 2), a.out16_lo,
-                       swiglu(acc[ns][c] + bias[r_lo], up_lo + bias[r_lo + 1], a.swiglu_alpha, a.swiglu_limit));
-      if (r_hi < a.rows)
-        store_f16_pair(out + k_phys(r_hi / 2), a.out16_lo,
-                       swiglu(acc[ns][2 + c] + bias[r_hi], up_hi + bias[r_hi + 1], a.swiglu_alpha, a.swiglu_limit));
-    }
-  }
-}
-
-template <int NS>
-__device__ __forceinline__ void store_f32(const GemmArgs& a, const float (&acc)[NS][4], int start, int count, int row0,
-                                          float* out_base, int g, int t) {
-#pragma unroll
-  for (int ns = 0; ns < NS; ++ns) {
-#pragma unroll
-    for (int c = 0; c < 2; ++c) {
-      const int j = ns * 8 + 2 * t + c;
-      if (j >= count) continue;
-      const int64_t orow = a.out_scatter ? a.out_scatter[start + j] : start + j;
-      float* out = out_base + orow * a.out_stride;
-      if (row0 + g < a.rows) out[row0 + g] = acc[ns][c];
-      if (row0 + g + 8 < a.rows) out[row0 + g + 8] = acc[ns][2 + c];
-    }
+    mma_hilo(acc[ns], f, bh, bl);
   }
 }
 
@@ -356,6 +260,10 @@ cudaError_t gemm_launch(const GemmArgs& a, int nt, cudaStream_t stream) {
   if (a.mode == GemmOut::kSwiglu && a.out16_lo <= 0) return cudaErrorInvalidValue;
   if (a.weights == GemmWeights::kMxfp4 && (a.kblocks % 4 != 0 || a.scales == nullptr)) return cudaErrorInvalidValue;
   if (a.tiles && (a.n_tiles == nullptr || a.max_tiles <= 0)) return cudaErrorInvalidValue;
+  if (nt == 64) {
+    const int mt = gemm_tiled_mt(a);
+    if (mt > 0) return gemm_tiled_launch(a, mt, stream);
+  }
   if (a.weights == GemmWeights::kF16) return launch_mode<GemmWeights::kF16>(a, nt, stream);
   return launch_mode<GemmWeights::kMxfp4>(a, nt, stream);
 }

@@ -92,8 +92,14 @@ struct GemmArgs {
 // expert/matrix on average.
 int gemm_tile_cols(int64_t cols_per_group);
 // Launches the GEMM with column tile `nt`; kPartial uses grid.z = nseg, the others one block per
-// (row tile, column tile). The caller picks the mode (see gemm_use_split).
+// (row tile, column tile). The caller picks the mode (see gemm_use_split). With nt = 64 it runs the
+// tiled kernel below when gemm_tiled_mt(a) > 0 (same bits either way).
 cudaError_t gemm_launch(const GemmArgs& a, int nt, cudaStream_t stream);
+// The GEMM for wide column tiles (gemm_tiled.cu): blocks of 64·mt weight rows × 64 columns, the
+// same bits as gemm_launch; kStore and kSwiglu only, dense kblocks even. gemm_tiled_mt picks mt (1 or
+// 2) by how the blocks fill the SMs, 0 when the grid is too small for it (or the mode is kPartial).
+int gemm_tiled_mt(const GemmArgs& a);
+cudaError_t gemm_tiled_launch(const GemmArgs& a, int mt, cudaStream_t stream);
 // True when (row blocks × column tiles) is fewer than two blocks per SM: then segments run in
 // separate blocks (kPartial). (Measured on H200 decode: splitting the expert down-projection and
 // summing its partials in the next norm beats one unsplit pass, 303 vs 281 tok/s.)

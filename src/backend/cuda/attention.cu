@@ -1,6 +1,7 @@
-// Attention on the device: qkv bias + YaRN RoPE + KV-cache store, a flash-style kernel with
-// sinks and sliding windows on tensor cores (prefill and decode, optionally split over the keys),
-// and the merge of key-split partials.
+// Attention on the device: qkv bias + YaRN RoPE + KV-cache store; a flash-style kernel with sinks
+// and sliding windows on tensor cores for items of several query tokens (prefill); a flash-decoding
+// kernel in f32 for one query token per item (decode); both optionally split over the keys, and the
+// merge of key-split partials.
 #include <cmath>
 
 #include "backend/cuda/device_util.cuh"
@@ -352,6 +353,258 @@ cudaError_t attention_launch_dp(const AttnArgs& a, const AttnShape& s, const KvL
   return launch_kernel(attention_kernel<DP>, grid, warps * 32, smem, stream, a, s, kv, n_chunks, hc);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Decode attention (one query token per item), flash-decoding in f32 on CUDA cores. A block holds
+// the ≤ kDecHeads q heads of one chunk of a KV head's group, so each f32 K/V row is read once for
+// all of them. A row of DP floats is spread over DP/4 lanes (one 16-byte load each); a warp step
+// covers 32/(DP/4) consecutive keys and a block iteration kDecWarps × kDecSteps steps, every lane
+// holding kDecSteps K and V float4s in flight (the next iteration's K is loaded as soon as the
+// scores are done, its V once P·V is). Per step a lane's kDecHeads partial dot products are
+// reduce-scattered over its key's lanes (halving exchanges), leaving it the full score of one head
+// (two for DP = 16). Each warp keeps its own running max and sum; the probabilities and rescale
+// factors reach every lane of a key through warp-private shared memory, and each lane accumulates
+// kDecHeads × 4 output dims in registers. At the end the warp's key lanes and then the block's
+// warps are merged in a fixed order. An item uses attention_item_splits(its keys, a.splits) key
+// splits (grid z past that writes empty partials), and a one-split result equals what the merge
+// kernel computes from it, so an item's output never depends on the other items of the step.
+constexpr int kDecHeads = 8;  // q heads per block
+constexpr int kDecWarps = 4;
+constexpr int kDecSteps = 8;  // warp steps per iteration (K and V float4s in flight per lane)
+
+template <int DP>
+struct DecLayout {
+  static constexpr int kLanes = DP / 4;                                     // lanes per key row
+  static constexpr int kKeys = 32 / kLanes;                                 // keys per warp step
+  static constexpr int kNf = kLanes >= kDecHeads ? 1 : kDecHeads / kLanes;  // scores per lane
+  static constexpr int kDup = kLanes > kDecHeads ? kLanes / kDecHeads : 1;  // lanes with equal scores
+  static constexpr int kIterKeys = kDecWarps * kDecSteps * kKeys;
+};
+
+// Sums v[0..N) over the lanes g ^ MASK, g ^ MASK/2, …, 1 of a key row: while more than one value is
+// left each exchange halves them (the lane with the MASK bit set keeps the upper half), then whole
+// sums are exchanged. Lanes that end with the same heads hold bit-identical sums.
+template <int N, int MASK>
+__device__ __forceinline__ void dec_reduce_scatter(float (&v)[kDecHeads], int g) {
+  if constexpr (MASK >= 1) {
+    if constexpr (N > 1) {
+      const bool upper = (g & MASK) != 0;
+#pragma unroll
+      for (int i = 0; i < N / 2; ++i) {
+        const float send = upper ? v[i] : v[i + N / 2];
+        const float keep = upper ? v[i + N / 2] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, MASK);
+      }
+      dec_reduce_scatter<N / 2, MASK / 2>(v, g);
+    } else {
+      v[0] += __shfl_xor_sync(0xffffffffu, v[0], MASK);
+      dec_reduce_scatter<1, MASK / 2>(v, g);
+    }
+  }
+}
+
+// grid: (item, kv head × head chunk, key split); block: kDecWarps warps.
+template <int DP>
+__global__ void __launch_bounds__(kDecWarps * 32)
+    attention_decode_kernel(const AttnArgs a, const AttnShape s, const KvLayer kv, int n_chunks, int hc) {
+  using D = DecLayout<DP>;
+  __shared__ float sp[kDecWarps][kDecSteps][D::kKeys][kDecHeads];  // probabilities per (step, key, head)
+  __shared__ float scorr[kDecWarps][kDecHeads];                    // rescale factors of the iteration
+  __shared__ float sm[kDecWarps][kDecHeads], sl[kDecWarps][kDecHeads];
+  __shared__ float4 sacc[kDecWarps][kDecHeads][DP / 4];
+  pdl_wait();  // q, the step's items and the new K/V rows come from earlier kernels and copies
+  pdl_launch_dependents();
+  const AttnItem item = a.items[blockIdx.x];
+  const int chunk = blockIdx.y % n_chunks, kvh = blockIdx.y / n_chunks;
+  const int group = s.n_heads / s.n_kv_heads;
+  const int head0 = kvh * group + chunk * hc, heads = min(hc, group - chunk * hc);
+  const int pos = a.pos[item.first];
+  const int lo = kv.window > 0 ? max(0, pos - kv.window + 1) : 0;
+  const int n_keys = pos - lo + 1;
+  const int splits = attention_item_splits(n_keys, a.splits);
+  const int per_split = (n_keys + splits - 1) / splits;
+  const int ks = static_cast<int>(blockIdx.z) * per_split;  // key offsets from lo: [ks, ke)
+  const int ke = min(n_keys, ks + per_split);
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int kg = lane / D::kLanes, g = lane % D::kLanes;  // key of the step, float4 of the row
+  int hbase = 0;                                          // first head of this lane's scores after the reduce-scatter
+#pragma unroll
+  for (int mask = D::kLanes / 2, n = kDecHeads; mask >= 1 && n > 1; mask /= 2, n /= 2)
+    if (g & mask) hbase += n / 2;
+  const bool writer = g % D::kDup == 0;  // one of the lanes holding equal scores
+
+  float4 q[kDecHeads];
+#pragma unroll
+  for (int h = 0; h < kDecHeads; ++h) {
+    q[h] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (h < heads)
+      q[h] = *reinterpret_cast<const float4*>(a.q32 + (static_cast<int64_t>(item.first) * s.n_heads + head0 + h) * DP +
+                                              4 * g);
+  }
+  const int64_t head_off = (static_cast<int64_t>(item.slot) * s.n_kv_heads + kvh) * kv.cap * DP + 4 * g;
+  const float* kbase = kv.k + head_off;
+  const float* vbase = kv.v + head_off;
+  const int row0 = static_cast<int>(lo % kv.cap);  // cache row of key offset 0 (a window never exceeds cap)
+  auto key_of = [&](int it, int u) { return ks + it * D::kIterKeys + (u * kDecWarps + warp) * D::kKeys + kg; };
+  auto load = [&](const float* base, int it, float4(&r)[kDecSteps]) {
+#pragma unroll
+    for (int u = 0; u < kDecSteps; ++u) {
+      const int j = key_of(it, u);
+      int row = row0 + j;
+      if (row >= kv.cap) row -= static_cast<int>(kv.cap);
+      r[u] = j < ke ? *reinterpret_cast<const float4*>(base + static_cast<int64_t>(row) * DP)
+                    : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  };
+
+  const float scale_log2 = a.scale * kLog2e;
+  float m[D::kNf], l[D::kNf];
+#pragma unroll
+  for (int i = 0; i < D::kNf; ++i) m[i] = -INFINITY, l[i] = 0.0f;
+  float4 acc[kDecHeads];
+#pragma unroll
+  for (int h = 0; h < kDecHeads; ++h) acc[h] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  float4 kr[kDecSteps], vr[kDecSteps];
+  const int n_iter = ks < ke ? (ke - ks + D::kIterKeys - 1) / D::kIterKeys : 0;
+  if (n_iter > 0) load(kbase, 0, kr), load(vbase, 0, vr);
+  for (int it = 0; it < n_iter; ++it) {
+    float sc[kDecSteps][D::kNf];
+#pragma unroll
+    for (int u = 0; u < kDecSteps; ++u) {
+      float v[kDecHeads];
+#pragma unroll
+      for (int h = 0; h < kDecHeads; ++h)
+        v[h] = q[h].x * kr[u].x + q[h].y * kr[u].y + q[h].z * kr[u].z + q[h].w * kr[u].w;
+      dec_reduce_scatter<kDecHeads, D::kLanes / 2>(v, g);
+      const bool valid = key_of(it, u) < ke;
+#pragma unroll
+      for (int i = 0; i < D::kNf; ++i) sc[u][i] = valid ? v[i] * scale_log2 : -INFINITY;
+    }
+    if (it + 1 < n_iter) load(kbase, it + 1, kr);
+
+    // Online softmax over the warp's keys of this iteration (equal m in every key group).
+    float corr[D::kNf];
+#pragma unroll
+    for (int i = 0; i < D::kNf; ++i) {
+      float mx = sc[0][i];
+#pragma unroll
+      for (int u = 1; u < kDecSteps; ++u) mx = fmaxf(mx, sc[u][i]);
+#pragma unroll
+      for (int o = D::kLanes; o < 32; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      const float m_new = fmaxf(m[i], mx);
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+      corr[i] = exp2f(m[i] - m_use);
+      m[i] = m_new;
+      float ps = 0.0f;
+#pragma unroll
+      for (int u = 0; u < kDecSteps; ++u) {
+        sc[u][i] = exp2f(sc[u][i] - m_use);
+        ps += sc[u][i];
+      }
+      l[i] = l[i] * corr[i] + ps;
+    }
+    __syncwarp();  // the previous iteration's reads of sp / scorr are done
+    if (writer) {
+#pragma unroll
+      for (int i = 0; i < D::kNf; ++i) {
+#pragma unroll
+        for (int u = 0; u < kDecSteps; ++u) sp[warp][u][kg][hbase + i] = sc[u][i];
+        if (kg == 0) scorr[warp][hbase + i] = corr[i];
+      }
+    }
+    __syncwarp();
+    {
+      const float4 c0 = *reinterpret_cast<const float4*>(&scorr[warp][0]);
+      const float4 c1 = *reinterpret_cast<const float4*>(&scorr[warp][4]);
+      const float c[kDecHeads] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+#pragma unroll
+      for (int h = 0; h < kDecHeads; ++h) acc[h].x *= c[h], acc[h].y *= c[h], acc[h].z *= c[h], acc[h].w *= c[h];
+    }
+#pragma unroll
+    for (int u = 0; u < kDecSteps; ++u) {
+      const float4 p0 = *reinterpret_cast<const float4*>(&sp[warp][u][kg][0]);
+      const float4 p1 = *reinterpret_cast<const float4*>(&sp[warp][u][kg][4]);
+      const float p[kDecHeads] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
+#pragma unroll
+      for (int h = 0; h < kDecHeads; ++h) {
+        acc[h].x += p[h] * vr[u].x;
+        acc[h].y += p[h] * vr[u].y;
+        acc[h].z += p[h] * vr[u].z;
+        acc[h].w += p[h] * vr[u].w;
+      }
+    }
+    if (it + 1 < n_iter) load(vbase, it + 1, vr);
+  }
+
+  // Merge the warp's key groups (same running max), then the warps in order.
+#pragma unroll
+  for (int o = D::kLanes; o < 32; o <<= 1) {
+#pragma unroll
+    for (int i = 0; i < D::kNf; ++i) l[i] += __shfl_xor_sync(0xffffffffu, l[i], o);
+#pragma unroll
+    for (int h = 0; h < kDecHeads; ++h) {
+      acc[h].x += __shfl_xor_sync(0xffffffffu, acc[h].x, o);
+      acc[h].y += __shfl_xor_sync(0xffffffffu, acc[h].y, o);
+      acc[h].z += __shfl_xor_sync(0xffffffffu, acc[h].z, o);
+      acc[h].w += __shfl_xor_sync(0xffffffffu, acc[h].w, o);
+    }
+  }
+  if (kg == 0) {
+#pragma unroll
+    for (int h = 0; h < kDecHeads; ++h) sacc[warp][h][g] = acc[h];
+    if (writer) {
+#pragma unroll
+      for (int i = 0; i < D::kNf; ++i) sm[warp][hbase + i] = m[i], sl[warp][hbase + i] = l[i];
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < heads * (DP / 4); idx += blockDim.x) {
+    const int h = idx / (DP / 4), c = idx - h * (DP / 4);
+    float mm = sm[0][h];
+#pragma unroll
+    for (int w = 1; w < kDecWarps; ++w) mm = fmaxf(mm, sm[w][h]);
+    const float m_use = mm == -INFINITY ? 0.0f : mm;
+    float lsum = 0.0f;
+    float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int w = 0; w < kDecWarps; ++w) {
+      const float f = exp2f(sm[w][h] - m_use);
+      const float4 x = sacc[w][h][c];
+      lsum += sl[w][h] * f;
+      o.x += x.x * f, o.y += x.y * f, o.z += x.z * f, o.w += x.w * f;
+    }
+    const int head = head0 + h;
+    if (a.splits == 1) {
+      // The merge kernel's arithmetic for one split (no contraction into FMAs), so that an item
+      // gives the same bits whether or not other items of its step needed splits.
+      const float sink = a.sinks[head] * kLog2e;
+      const float ms = fmaxf(sink, mm);
+      const float f = exp2f(mm - ms);
+      const float den = __fadd_rn(__fmul_rn(lsum, f), exp2f(sink - ms));
+      const float out[4] = {__fmul_rn(o.x, f) / den, __fmul_rn(o.y, f) / den, __fmul_rn(o.z, f) / den,
+                            __fmul_rn(o.w, f) / den};
+      __half* dst = reinterpret_cast<__half*>(a.o16) + static_cast<int64_t>(item.first) * a.o_stride;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int d = 4 * c + e;
+        if (d < s.head_dim) store_f16_pair(dst + k_phys(head * s.head_dim + d), a.o_lo, out[e]);
+      }
+    } else {
+      // Partials of one (token, head) are contiguous over the splits: [token][head][split].
+      const int64_t row = (static_cast<int64_t>(item.first) * s.n_heads + head) * a.splits + blockIdx.z;
+      *reinterpret_cast<float4*>(a.part_o + row * DP + 4 * c) = o;
+      if (c == 0) *reinterpret_cast<float2*>(a.part_ml + row * 2) = make_float2(mm, lsum);
+    }
+  }
+}
+
+template <int DP>
+cudaError_t attention_decode_launch_dp(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, int n_chunks, int hc,
+                                       cudaStream_t stream) {
+  const dim3 grid(a.n_items, s.n_kv_heads * n_chunks, a.splits);
+  return launch_kernel(attention_decode_kernel<DP>, grid, dim3(kDecWarps * 32), 0, stream, a, s, kv, n_chunks, hc);
+}
+
 __global__ void attention_combine_kernel(const AttnArgs a, const AttnShape s) {
   __shared__ float wz[256];
   __shared__ float red[32];
@@ -406,9 +659,46 @@ cudaError_t qkv_rope_launch(const QkvRopeArgs& a, int n, const AttnShape& s, con
   return launch_kernel(qkv_rope_kernel, grid, 128, 0, stream, a, s, kv);
 }
 
+int attention_decode_chunks(const AttnShape& s) {
+  return (s.n_heads / s.n_kv_heads + kDecHeads - 1) / kDecHeads;
+}
+
+cudaError_t attention_decode_slots(const AttnShape& s, int sm_count, int* slots) {
+  int per_sm = 0;
+  cudaError_t e = cudaErrorInvalidValue;
+  switch (s.dp) {
+    case 16:
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attention_decode_kernel<16>, kDecWarps * 32, 0);
+      break;
+    case 32:
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attention_decode_kernel<32>, kDecWarps * 32, 0);
+      break;
+    case 64:
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attention_decode_kernel<64>, kDecWarps * 32, 0);
+      break;
+    case 128:
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attention_decode_kernel<128>, kDecWarps * 32, 0);
+      break;
+    default: break;
+  }
+  *slots = per_sm * sm_count;
+  return e;
+}
+
 cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, cudaStream_t stream) {
   if (a.n_items <= 0) return cudaSuccess;
   if (s.n_kv_heads <= 0 || s.n_heads % s.n_kv_heads != 0 || a.splits < 1) return cudaErrorInvalidValue;
+  if (a.tokens_per_item == 1) {
+    const int n_chunks = attention_decode_chunks(s);
+    const int hc = (s.n_heads / s.n_kv_heads + n_chunks - 1) / n_chunks;
+    switch (s.dp) {
+      case 16: return attention_decode_launch_dp<16>(a, s, kv, n_chunks, hc, stream);
+      case 32: return attention_decode_launch_dp<32>(a, s, kv, n_chunks, hc, stream);
+      case 64: return attention_decode_launch_dp<64>(a, s, kv, n_chunks, hc, stream);
+      case 128: return attention_decode_launch_dp<128>(a, s, kv, n_chunks, hc, stream);
+      default: return cudaErrorInvalidValue;
+    }
+  }
   const int hc = attention_heads_per_chunk(s);
   const int n_chunks = (s.n_heads / s.n_kv_heads + hc - 1) / hc;
   const int rows = a.tokens_per_item * hc;

@@ -94,6 +94,10 @@ Status CudaBackend::init() {
     kv.v = reinterpret_cast<float*>(p + half);
     p += 2 * half;
   }
+  // Decode attention: enough key splits of one sequence to fill the device with decode blocks.
+  int slots = 0;
+  GPTOSS_CUDA_TRY(attention_decode_slots(shape_, sm_count_, &slots), "sizing the decode attention");
+  decode_split_cap_ = std::clamp(slots / (shape_.n_kv_heads * attention_decode_chunks(shape_)), 1, 256);
   return alloc_scratch();
 }
 
@@ -117,6 +121,9 @@ Status CudaBackend::alloc_scratch() {
     y = std::max(y, static_cast<size_t>(g2.nparts()) * P * H);
     tiles = std::max(tiles, static_cast<size_t>(g1.max_tiles));
   }
+  // Decode steps (one token per sequence, at most max_slots of them).
+  if (decode_split_cap_ > 1)
+    attn = std::max(attn, static_cast<size_t>(decode_split_cap_) * std::min<int64_t>(Tm, opts_.max_slots));
   Scratch& s = scratch_;
   s.logit_rows = static_cast<int>(std::min<int64_t>(Tm, 256));
   const size_t P = static_cast<size_t>(Tm * K), V = static_cast<size_t>(cfg_.vocab_size);
@@ -225,15 +232,12 @@ StepPlan CudaBackend::plan_step(std::span<const SeqBatch> batch, const StepOutpu
     max_full = std::max(max_full, hi), max_sliding = std::max(max_sliding, sl);
   }
   // Enough splits to fill the device, but none with fewer than ~256 keys; powers of two keep the
-  // number of distinct decode graphs small.
-  const int cap = attention_splits(p.items, shape_.n_kv_heads, chunks, sm_count_);
-  auto splits_for = [cap](double keys) {
-    int s = 1;
-    while (s < cap && s * 256.0 < keys) s *= 2;
-    return std::min(s, cap);
-  };
-  p.splits_full = splits_for(max_full);
-  p.splits_sliding = splits_for(max_sliding);
+  // number of distinct decode graphs small. The decode kernel's cap depends on the device only, so a
+  // sequence's splits (and its result) do not depend on the other sequences of the step.
+  const int cap =
+      p.tokens_per_item == 1 ? decode_split_cap_ : attention_splits(p.items, shape_.n_kv_heads, chunks, sm_count_);
+  p.splits_full = attention_item_splits(static_cast<int>(max_full), cap);
+  p.splits_sliding = attention_item_splits(static_cast<int>(max_sliding), cap);
   return p;
 }
 

@@ -96,6 +96,7 @@ class CudaBackend final : public Backend {
   // Crossover measured on an H200 (20b, decode of N sequences): N = 8 GEMV 1196 vs GEMM 1163 tok/s,
   // N = 16 GEMV 1091 vs GEMM 1916 tok/s.
   int gemv_max_tokens_ = 8;
+  int decode_split_cap_ = 1;  // most key splits of one decode sequence (fills the device with decode blocks)
   std::string device_name_;
   cudaStream_t stream_ = nullptr;
   ThreadPool pool_;

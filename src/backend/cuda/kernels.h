@@ -19,6 +19,7 @@ inline constexpr int kActPad = 128;   // fp16 activation row strides: ≥ every 
 inline constexpr int kGemmWarps = 4;  // warps per GEMM block (16 rows each)
 inline constexpr int kAttnKeyTile = 64;      // keys staged per attention tile
 inline constexpr int kAttnRowsPerWarp = 16;  // (token, head) query rows per attention warp
+inline constexpr int kAttnSplitKeys = 256;   // a key split gets at least about this many keys
 
 inline int64_t round_up(int64_t x, int64_t m) {
   return (x + m - 1) / m * m;
@@ -133,11 +134,11 @@ struct MoeGemvArgs {
   const uint8_t* scales = nullptr;  // [E][same rows][kblocks]
   int64_t w_expert_bytes = 0, s_expert_bytes = 0;
   int rows = 0;
-  int kblocks = 0;  // a multiple of 4; kblocks·32 ≤ 12 000
-  int cols = 0;     // valid activations per row (≤ kblocks·32; the rest count as zero)
+  int kblocks = 0;           // a multiple of 4; kblocks·32 ≤ 12 000
+  int cols = 0;              // valid activations per row (≤ kblocks·32; the rest count as zero)
   const float* x = nullptr;  // f32 rows in logical order
   int64_t x_stride = 0;
-  int x_row_div = 1;  // activation row of pair p: p / x_row_div (top_k for token rows, 1 for pair rows)
+  int x_row_div = 1;                 // activation row of pair p: p / x_row_div (top_k for token rows, 1 for pair rows)
   const int32_t* experts = nullptr;  // [pairs]
   int pairs = 0;
   const float* bias = nullptr;  // SwiGLU mode: f32 [E][bias_expert_stride]
@@ -275,10 +276,10 @@ struct AttnArgs {
   const int32_t* pos = nullptr;     // [n]
   const AttnItem* items = nullptr;  // [n_items]
   int n_items = 0;
-  int tokens_per_item = 0;       // ≤ rows per block / heads per chunk
+  int tokens_per_item = 0;       // 1: decode kernel; else ≤ rows per block / heads per chunk
   const float* sinks = nullptr;  // [n_heads]
   float scale = 0.125f;
-  int splits = 1;           // key splits per item (1: final output written directly)
+  int splits = 1;           // key splits (grid z; 1: final output written directly), see below
   uint16_t* o16 = nullptr;  // fp16 pairs [n][o_stride], lo at + o_lo, k_phys order
   int64_t o_stride = 0;
   int64_t o_lo = 0;
@@ -286,8 +287,26 @@ struct AttnArgs {
   float* part_ml = nullptr;  // [n][n_heads][splits][2]
   int n_tokens = 0;          // n (for partial strides)
 };
-// Heads per block-chunk (≤ 64) and tokens per item for `n_heads / n_kv_heads` query heads per KV head.
+// Key splits for `keys` keys with at most `cap` splits: doubling while a split keeps more than
+// kAttnSplitKeys keys. Items of one token (decode) each use attention_item_splits(their keys,
+// a.splits), so a.splits must be that of the item with the most keys; items of several tokens all
+// split their keys a.splits ways.
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+    inline int
+    attention_item_splits(int keys, int cap) {
+  int s = 1;
+  while (s < cap && s * kAttnSplitKeys < keys) s *= 2;
+  return s < cap ? s : cap;
+}
+// Heads per block-chunk (≤ 64) and tokens per item for `n_heads / n_kv_heads` query heads per KV head
+// (items of several tokens).
 int attention_heads_per_chunk(const AttnShape& s);
+// Items of one token run the decode kernel: blocks per KV head (chunks of ≤ 8 q heads) and the
+// number of its blocks the device holds at once.
+int attention_decode_chunks(const AttnShape& s);
+cudaError_t attention_decode_slots(const AttnShape& s, int sm_count, int* slots);
 cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, cudaStream_t stream);
 // Merges split partials (with the sinks) into o16.
 cudaError_t attention_combine_launch(const AttnArgs& a, const AttnShape& s, cudaStream_t stream);

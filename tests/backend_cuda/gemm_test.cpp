@@ -1,6 +1,6 @@
-// The tensor-core GEMM (dense fp16 and MXFP4 experts) against float64 derivations and the CPU
-// reference ops, on gpt-oss and awkward shapes; split-K partials and batch size must not change a
-// single bit of any output.
+// The tensor-core GEMM (dense fp16 and MXFP4 experts) and the decode expert kernel against float64
+// derivations and the CPU reference ops, on gpt-oss and awkward shapes; split-K partials, batch size
+// and the decode kernel's mode must not change a single bit of any output.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -530,63 +530,174 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MoeGemmTest,
                          });
 
 // ---------------------------------------------------------------------------------------------
-// The decode GEMV (moe_gemv_launch): plain products and the fused SwiGLU against float64 and the CPU
-// ops, and one token's pairs launched alone give the same bits as inside a batch.
-class MoeGemvTest : public ::testing::TestWithParam<MoeCase> {};
+// The decode kernel (moe_decode_launch) in both modes: per (token, expert) pair against float64 and
+// the CPU ops (plain products and the fused SwiGLU), a token's pairs launched alone, and the
+// grouping's tiles giving the same bits as the pairs for gate/up + SwiGLU and the down product
+// over its output.
+class MoeDecodeTest : public ::testing::TestWithParam<MoeCase> {};
 
-struct MoeGemvDevice {
+// Weights of s on the device (activations: MoeDevice's fp16 pairs, or `x` with `half` per half).
+struct DecodeWeights {
   DevArray<uint8_t> blocks, scales;
-  DevArray<float> bias, x;
-  DevArray<int32_t> idx;
-  MoeGemvDevice(const MoeSetup& s) : blocks(s.dev_blocks), scales(s.dev_scales), bias(s.bias_dev), x(s.x), idx(s.idx) {}
-  cuda::MoeGemvArgs args(const MoeSetup& s, const MoeCase& c, int pairs, float* out, bool swiglu) const {
-    cuda::MoeGemvArgs a;
+  explicit DecodeWeights(const MoeSetup& s) : blocks(s.dev_blocks), scales(s.dev_scales) {}
+  cuda::MoeDecodeArgs args(const MoeSetup& s, const uint16_t* x, int64_t half) const {
+    cuda::MoeDecodeArgs a;
     a.w = blocks.get();
     a.scales = scales.get();
     a.w_expert_bytes = static_cast<int64_t>(s.rows_p) * s.kblocks * 16;
     a.s_expert_bytes = static_cast<int64_t>(s.rows_p) * s.kblocks;
     a.rows = s.rows;
     a.kblocks = s.kblocks;
-    a.cols = c.hidden;
-    a.x = x.get();
-    a.x_stride = c.hidden;
-    a.x_row_div = c.top_k;
-    a.experts = idx.get();
-    a.pairs = pairs;
-    if (swiglu) {
-      a.bias = bias.get();
-      a.bias_expert_stride = s.rows_p;
-    }
-    a.out = out;
-    a.out_stride = swiglu ? c.inter : s.rows;
+    a.x = x;
+    a.x_stride = 2 * half;
+    a.x_lo = half;
     return a;
   }
 };
 
-TEST_P(MoeGemvTest, MatchesReferenceSwigluAndTokenAlone) {
+void set_swiglu(cuda::MoeDecodeArgs& a, const MoeDevice& d, const MoeSetup& s, uint16_t* act, int ip) {
+  a.out16 = act;
+  a.out16_stride = 2 * ip;
+  a.out16_lo = ip;
+  a.bias = d.bias.get();
+  a.bias_expert_stride = s.rows_p;
+}
+
+TEST_P(MoeDecodeTest, PairsMatchReferenceSwigluAndTokenAlone) {
   const MoeCase c = GetParam();
   const MoeSetup s = make_moe(c, 311 + c.experts * 7 + c.hidden + c.tokens);
-  MoeGemvDevice d(s);
-  DevArray<float> y(static_cast<size_t>(s.pairs) * s.rows), act(static_cast<size_t>(s.pairs) * c.inter);
+  MoeDevice d(s, c);
+  const DecodeWeights w(s);
+  const int ip = static_cast<int>(cuda::round_up(c.inter, cuda::kActPad));
+  DevArray<float> y(static_cast<size_t>(s.pairs) * s.rows);
+  DevArray<uint16_t> act(static_cast<size_t>(s.pairs) * 2 * ip);
   y.fill_bytes(0xff);
   act.fill_bytes(0xff);
-  CUDA_ASSERT(cuda::moe_gemv_launch(d.args(s, c, s.pairs, y.get(), false), nullptr));
-  CUDA_ASSERT(cuda::moe_gemv_launch(d.args(s, c, s.pairs, act.get(), true), nullptr));
-  const std::vector<float> yd = y.download(), ad = act.download();
+  cuda::MoeDecodeArgs a = w.args(s, d.x.get(), d.kp);
+  a.experts = d.idx.get();
+  a.pairs = s.pairs;
+  a.x_row_div = c.top_k;
+  cuda::MoeDecodeArgs sw = a;
+  a.out = y.get();
+  a.out_stride = s.rows;
+  set_swiglu(sw, d, s, act.get(), ip);
+  CUDA_ASSERT(cuda::moe_decode_launch(a, nullptr));
+  CUDA_ASSERT(cuda::moe_decode_launch(sw, nullptr));
+  const std::vector<float> yd = y.download();
+  const std::vector<uint16_t> ad = act.download();
+  CUDA_ASSERT(cudaGetLastError());
 
-  expect_expert_outputs(s, c, yd, [&](int p, int j) { return ad[static_cast<size_t>(p) * c.inter + j]; });
+  expect_expert_outputs(s, c, yd, [&](int p, int j) { return pair_value(ad, static_cast<size_t>(p), ip, j); });
 
   // Token 0's pairs launched alone: the same bits.
   DevArray<float> one(static_cast<size_t>(c.top_k) * s.rows);
-  CUDA_ASSERT(cuda::moe_gemv_launch(d.args(s, c, c.top_k, one.get(), false), nullptr));
+  one.fill_bytes(0xff);
+  a.pairs = c.top_k;
+  a.out = one.get();
+  CUDA_ASSERT(cuda::moe_decode_launch(a, nullptr));
   const std::vector<float> od = one.download();
   for (size_t i = 0; i < od.size(); ++i) ASSERT_TRUE(same_bits(od[i], yd[i])) << "element " << i;
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, MoeGemvTest,
-                         ::testing::Values(MoeCase{32, 4, 1, 2880, 2880}, MoeCase{32, 4, 3, 2880, 1440},
-                                           MoeCase{7, 3, 5, 160, 96}, MoeCase{4, 4, 2, 64, 40},
-                                           MoeCase{5, 2, 3, 96, 16}, MoeCase{6, 1, 2, 4160, 72}),
+TEST_P(MoeDecodeTest, GroupedTilesGiveThePairBits) {
+  const MoeCase c = GetParam();
+  const MoeSetup s = make_moe(c, 517 + c.experts * 5 + c.inter + c.tokens);
+  MoeDevice d(s, c);
+  const DecodeWeights w(s);
+  const int ip = static_cast<int>(cuda::round_up(c.inter, cuda::kActPad));
+  const int nt = cuda::kMoeDecodeTileTokens, max_tiles = cuda::moe_max_tiles(s.pairs, c.experts, nt);
+  DevArray<int32_t> st(static_cast<size_t>(s.pairs)), sp(static_cast<size_t>(s.pairs)),
+      tiles(static_cast<size_t>(max_tiles) * 4), n_tiles(1);
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts,
+                                     cuda::MoeGroupOut{nt, st.get(), sp.get(), tiles.get(), n_tiles.get(), max_tiles},
+                                     nullptr));
+  auto pairs_mode = [&](cuda::MoeDecodeArgs a, int x_row_div) {
+    a.experts = d.idx.get();
+    a.pairs = s.pairs;
+    a.x_row_div = x_row_div;
+    return a;
+  };
+  auto tiles_mode = [&](cuda::MoeDecodeArgs a, const int32_t* x_gather, const int32_t* out_scatter) {
+    a.tiles = tiles.get();
+    a.n_tiles = n_tiles.get();
+    a.max_tiles = max_tiles;
+    a.x_gather = x_gather;
+    a.out_scatter = out_scatter;
+    return a;
+  };
+
+  // Plain products, outputs scattered back to pair rows.
+  const size_t ny = static_cast<size_t>(s.pairs) * s.rows;
+  DevArray<float> yp(ny), yg(ny);
+  yg.fill_bytes(0xff);
+  cuda::MoeDecodeArgs a = w.args(s, d.x.get(), d.kp);
+  a.out_stride = s.rows;
+  a.out = yp.get();
+  CUDA_ASSERT(cuda::moe_decode_launch(pairs_mode(a, c.top_k), nullptr));
+  a.out = yg.get();
+  CUDA_ASSERT(cuda::moe_decode_launch(tiles_mode(a, st.get(), sp.get()), nullptr));
+  const std::vector<float> vp = yp.download(), vg = yg.download();
+  for (size_t i = 0; i < ny; ++i) ASSERT_TRUE(same_bits(vg[i], vp[i])) << "plain element " << i;
+
+  // gate/up + SwiGLU: pair rows vs sorted rows (the padding of the activation rows stays zero).
+  DevArray<uint16_t> ap(static_cast<size_t>(s.pairs) * 2 * ip), ag(static_cast<size_t>(s.pairs) * 2 * ip);
+  cuda::MoeDecodeArgs g = w.args(s, d.x.get(), d.kp);
+  set_swiglu(g, d, s, ap.get(), ip);
+  CUDA_ASSERT(cuda::moe_decode_launch(pairs_mode(g, c.top_k), nullptr));
+  g.out16 = ag.get();
+  CUDA_ASSERT(cuda::moe_decode_launch(tiles_mode(g, st.get(), nullptr), nullptr));
+  const std::vector<uint16_t> hp = ap.download(), hg = ag.download();
+  const std::vector<int32_t> order = sp.download();
+  for (int i = 0; i < s.pairs; ++i) {
+    const size_t p = static_cast<size_t>(order[static_cast<size_t>(i)]);
+    for (int j = 0; j < c.inter; ++j) {
+      const size_t at = static_cast<size_t>(cuda::k_phys(j));
+      ASSERT_EQ(hg[static_cast<size_t>(i) * 2 * ip + at], hp[p * 2 * ip + at]) << "hi, sorted " << i << " j " << j;
+      ASSERT_EQ(hg[static_cast<size_t>(i) * 2 * ip + ip + at], hp[p * 2 * ip + ip + at])
+          << "lo, sorted " << i << " j " << j;
+    }
+  }
+
+  // Down product over those activations (reduction = inter, which must be whole blocks of 32):
+  // pairs read their own rows, tiles the sorted rows; against float64 over the pair activations.
+  if (c.inter % 32 != 0) return;
+  const MoeSetup s2 = make_moe(MoeCase{c.experts, c.top_k, c.tokens, c.inter, c.hidden / 2 + 4}, 919 + c.inter);
+  const DecodeWeights w2(s2);
+  const size_t n2 = static_cast<size_t>(s.pairs) * s2.rows;
+  DevArray<float> zp(n2), zg(n2);
+  zp.fill_bytes(0xff);
+  zg.fill_bytes(0xff);
+  cuda::MoeDecodeArgs dp = w2.args(s2, ap.get(), ip), dg = w2.args(s2, ag.get(), ip);
+  dp.out = zp.get(), dg.out = zg.get();
+  dp.out_stride = dg.out_stride = s2.rows;
+  CUDA_ASSERT(cuda::moe_decode_launch(pairs_mode(dp, 1), nullptr));
+  CUDA_ASSERT(cuda::moe_decode_launch(tiles_mode(dg, nullptr, sp.get()), nullptr));
+  const std::vector<float> up = zp.download(), ug = zg.download();
+  for (size_t i = 0; i < n2; ++i) ASSERT_TRUE(same_bits(ug[i], up[i])) << "down element " << i;
+  std::vector<float> wrow(static_cast<size_t>(c.inter));
+  for (int p = 0; p < s.pairs; ++p) {
+    const size_t e = static_cast<size_t>(s.idx[static_cast<size_t>(p)]);
+    for (int r = 0; r < s2.rows; ++r) {
+      const size_t row = e * s2.rows + r;
+      mxfp4_dequantize_row(&s2.blocks[row * s2.nb * 16], &s2.scales[row * s2.nb], c.inter, wrow.data());
+      double ref = 0, abs_sum = 0;
+      for (int k = 0; k < c.inter; ++k) {
+        const double v =
+            static_cast<double>(wrow[static_cast<size_t>(k)]) * pair_value(hp, static_cast<size_t>(p), ip, k);
+        ref += v, abs_sum += std::fabs(v);
+      }
+      ASSERT_NEAR(up[static_cast<size_t>(p) * s2.rows + r], ref, mma_tolerance(c.inter, abs_sum))
+          << "down pair " << p << " row " << r;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, MoeDecodeTest,
+                         ::testing::Values(MoeCase{32, 4, 1, 2880, 2880}, MoeCase{32, 4, 1, 2880, 1440},
+                                           MoeCase{32, 4, 64, 2880, 2880}, MoeCase{128, 4, 3, 2880, 2880},
+                                           MoeCase{7, 3, 5, 160, 96}, MoeCase{4, 4, 37, 64, 32},
+                                           MoeCase{4, 4, 2, 64, 40}, MoeCase{5, 2, 3, 96, 36},
+                                           MoeCase{6, 1, 2, 4160, 72}, MoeCase{8, 2, 70, 4160, 128}),
                          [](const auto& info) {
                            const MoeCase& c = info.param;
                            return "e" + std::to_string(c.experts) + "k" + std::to_string(c.top_k) + "_t" +

@@ -1,6 +1,6 @@
 // Programmatic Dependent Launch: every kernel may start while the previous one still runs and orders
 // itself with griddepcontrol.wait. A decode step's launch sequence at gpt-oss-20b shapes (norm, qkv
-// GEMM, RoPE + KV store, attention, o GEMM, residual + norm, router, expert GEMVs, final norm), run
+// product, RoPE + KV store, attention, o product, residual + norm, router, expert products, final norm), run
 // back to back on a stream and replayed from a captured graph, must give the same bits as the same
 // launches with a host synchronisation after each one (a read before the wait would see stale data).
 #include <gtest/gtest.h>
@@ -41,12 +41,14 @@ struct Experts {
         blocks(random_bytes(static_cast<size_t>(kExperts) * rows_ * kblocks * 16, seed)),
         scales(random_bytes(static_cast<size_t>(kExperts) * rows_ * kblocks, seed + 1, 118, 10)),
         bias(random_f32(static_cast<size_t>(kExperts) * rows_, seed + 2, 0.5f)) {}
-  cuda::MoeGemvArgs args(const int32_t* experts, int pairs) const {
-    cuda::MoeGemvArgs a;
+  // Per-pair decode products of activations x (fp16 pairs, hi/lo `half` apart).
+  cuda::MoeDecodeArgs args(const int32_t* experts, int pairs, const uint16_t* x, int64_t half) const {
+    cuda::MoeDecodeArgs a;
     a.w = blocks.get(), a.scales = scales.get();
     a.w_expert_bytes = static_cast<int64_t>(rows) * kblocks * 16,
     a.s_expert_bytes = static_cast<int64_t>(rows) * kblocks;
     a.rows = rows, a.kblocks = kblocks, a.experts = experts, a.pairs = pairs;
+    a.x = x, a.x_stride = 2 * half, a.x_lo = half;
     return a;
   }
 };
@@ -55,7 +57,8 @@ struct Experts {
 // the step's buffers.
 struct Step {
   int T;
-  int hp = static_cast<int>(cuda::round_up(kH, cuda::kActPad)), qp = kQ;
+  int hp = static_cast<int>(cuda::round_up(kH, cuda::kActPad)), qp = kQ,
+      ip = static_cast<int>(cuda::round_up(kInter, cuda::kActPad));
   int qkv_seg, qkv_nseg, o_seg, o_nseg;
   DevArray<uint16_t> w_qkv, w_o, router_w;
   DevArray<float> b_qkv, b_o, router_b, gain, inv_freq, sinks;
@@ -63,8 +66,8 @@ struct Step {
   DevArray<int32_t> pos, slot;
   DevArray<cuda::AttnItem> items;
   std::vector<float> h0, k0, v0;
-  DevArray<float> h, x32, qkv, q32, kc, vc, proj, logits, wts, act32, y;
-  DevArray<uint16_t> x16, o16;
+  DevArray<float> h, x32, qkv, q32, kc, vc, proj, logits, wts, y;
+  DevArray<uint16_t> x16, o16, a16;
   DevArray<unsigned int> counters;
   DevArray<int32_t> idx;
 
@@ -94,10 +97,10 @@ struct Step {
         proj(static_cast<size_t>(16) * t * kH),
         logits(static_cast<size_t>(t) * kExperts),
         wts(static_cast<size_t>(t) * kTopK),
-        act32(static_cast<size_t>(t) * kTopK * kInter),
         y(static_cast<size_t>(t) * kTopK * kH),
         x16(static_cast<size_t>(t) * 2 * hp),
         o16(static_cast<size_t>(t) * 2 * qp),
+        a16(static_cast<size_t>(t) * kTopK * 2 * ip),
         counters(static_cast<size_t>(t)),
         idx(static_cast<size_t>(t) * kTopK) {
     cuda::gemm_segments(kH / 32, &qkv_seg, &qkv_nseg);
@@ -123,6 +126,12 @@ struct Step {
     return a;
   }
 
+  // A dense product as the backend runs it: the decode GEMV for a few tokens, else the GEMM.
+  cudaError_t product(const cuda::GemmArgs& a, cudaStream_t st) const {
+    return T <= cuda::kDenseGemvTokens ? cuda::dense_gemv_launch(a, st)
+                                       : cuda::gemm_launch(a, cuda::gemm_tile_cols(T), st);
+  }
+
   // The launches of kLayers layers (the same weights each time) and the final norm; `after` runs
   // after each launch.
   cudaError_t enqueue(cudaStream_t st, const std::function<cudaError_t()>& after) {
@@ -139,8 +148,7 @@ struct Step {
   } while (0)
     for (int l = 0; l < kLayers; ++l) {
       PDL_TRY(cuda::add_rmsnorm_launch(h.get(), T, kH, pending, gain.get(), 1e-5f, x16.get(), 2 * hp, hp, nullptr, st));
-      PDL_TRY(cuda::gemm_launch(dense(w_qkv, kQkvRows, kH / 32, qkv_seg, qkv_nseg, x16.get(), hp, qkv.get()),
-                                cuda::gemm_tile_cols(T), st));
+      PDL_TRY(product(dense(w_qkv, kQkvRows, kH / 32, qkv_seg, qkv_nseg, x16.get(), hp, qkv.get()), st));
       cuda::QkvRopeArgs r;
       r.parts = qkv.get(), r.nparts = qkv_nseg, r.part_stride = static_cast<int64_t>(T) * kQkvRows;
       r.stride = kQkvRows, r.bias = b_qkv.get(), r.pos = pos.get(), r.slot = slot.get();
@@ -150,8 +158,7 @@ struct Step {
       at.q32 = q32.get(), at.pos = pos.get(), at.items = items.get(), at.n_items = T, at.tokens_per_item = 1;
       at.sinks = sinks.get(), at.o16 = o16.get(), at.o_stride = 2 * qp, at.o_lo = qp, at.n_tokens = T;
       PDL_TRY(cuda::attention_launch(at, shape, kv, st));
-      PDL_TRY(cuda::gemm_launch(dense(w_o, kH, kQ / 32, o_seg, o_nseg, o16.get(), qp, proj.get()),
-                                cuda::gemm_tile_cols(T), st));
+      PDL_TRY(product(dense(w_o, kH, kQ / 32, o_seg, o_nseg, o16.get(), qp, proj.get()), st));
       cuda::ResidualAdd add;
       add.parts = proj.get(), add.nparts = o_nseg, add.part_stride = static_cast<int64_t>(T) * kH, add.stride = kH;
       add.bias = b_o.get();
@@ -159,13 +166,13 @@ struct Step {
       PDL_TRY(cuda::router_launch(x32.get(), T, kH, router_w.get(), router_b.get(), kExperts, kTopK, idx.get(),
                                   wts.get(), cuda::RouterStatsDev{}, nullptr,
                                   cuda::RouterWork{logits.get(), counters.get()}, st));
-      cuda::MoeGemvArgs v1 = mlp1.args(idx.get(), P);
-      v1.cols = kH, v1.x = x32.get(), v1.x_stride = kH, v1.x_row_div = kTopK;
-      v1.bias = mlp1.bias.get(), v1.bias_expert_stride = mlp1.rows, v1.out = act32.get(), v1.out_stride = kInter;
-      PDL_TRY(cuda::moe_gemv_launch(v1, st));
-      cuda::MoeGemvArgs v2 = mlp2.args(idx.get(), P);
-      v2.cols = kInter, v2.x = act32.get(), v2.x_stride = kInter, v2.out = y.get(), v2.out_stride = kH;
-      PDL_TRY(cuda::moe_gemv_launch(v2, st));
+      cuda::MoeDecodeArgs v1 = mlp1.args(idx.get(), P, x16.get(), hp);
+      v1.x_row_div = kTopK, v1.bias = mlp1.bias.get(), v1.bias_expert_stride = mlp1.rows;
+      v1.out16 = a16.get(), v1.out16_stride = 2 * ip, v1.out16_lo = ip;
+      PDL_TRY(cuda::moe_decode_launch(v1, st));
+      cuda::MoeDecodeArgs v2 = mlp2.args(idx.get(), P, a16.get(), ip);
+      v2.out = y.get(), v2.out_stride = kH;
+      PDL_TRY(cuda::moe_decode_launch(v2, st));
       pending = cuda::ResidualAdd{};
       pending.parts = y.get(), pending.nparts = 1, pending.part_stride = static_cast<int64_t>(P) * kH;
       pending.stride = kH, pending.top_k = kTopK, pending.experts = idx.get(), pending.weights = wts.get();
@@ -179,8 +186,8 @@ struct Step {
   // Resets the state, poisons every intermediate buffer.
   void reset() {
     h.upload(h0), kc.upload(k0), vc.upload(v0);
-    for (auto* b : {&x32, &qkv, &q32, &proj, &wts, &act32, &y, &logits}) b->fill_bytes(0xff);
-    x16.fill_bytes(0xff), o16.fill_bytes(0xff), idx.fill_bytes(0xff);
+    for (auto* b : {&x32, &qkv, &q32, &proj, &wts, &y, &logits}) b->fill_bytes(0xff);
+    x16.fill_bytes(0xff), o16.fill_bytes(0xff), a16.fill_bytes(0xff), idx.fill_bytes(0xff);
     cudaDeviceSynchronize();
   }
 

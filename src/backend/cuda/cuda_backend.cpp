@@ -68,7 +68,8 @@ CudaBackend::~CudaBackend() {
 Status CudaBackend::init() {
   const char* prof = std::getenv("GPTOSS_CUDA_PROFILE");
   prof_.enable(prof != nullptr && std::strcmp(prof, "0") != 0);
-  if (const char* g = std::getenv("GPTOSS_CUDA_EXPERT_GEMV_TOKENS")) gemv_max_tokens_ = std::max(0, std::atoi(g));
+  if (const char* v = std::getenv("GPTOSS_CUDA_EXPERT_DECODE_TOKENS")) decode_max_tokens_ = std::max(0, std::atoi(v));
+  if (const char* v = std::getenv("GPTOSS_CUDA_EXPERT_PAIR_TOKENS")) pair_max_tokens_ = std::max(0, std::atoi(v));
   GPTOSS_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating a CUDA stream");
   GPTOSS_ASSIGN_OR_RETURN(dev_, model_upload(*model_, stream_, &pool_));
   // KV cache: sliding layers keep a ring large enough for a rewind of `rollback` tokens and for a
@@ -120,6 +121,8 @@ Status CudaBackend::alloc_scratch() {
     const GemmPlan g2 = gemm_plan_moe(L0.mlp2.rows, L0.mlp2.kblocks, P, E, sm_count_);
     y = std::max(y, static_cast<size_t>(g2.nparts()) * P * H);
     tiles = std::max(tiles, static_cast<size_t>(g1.max_tiles));
+    if (T <= decode_max_tokens_)
+      tiles = std::max(tiles, static_cast<size_t>(moe_max_tiles(P, E, kMoeDecodeTileTokens)));
   }
   // Decode steps (one token per sequence, at most max_slots of them).
   if (decode_split_cap_ > 1)
@@ -149,7 +152,6 @@ Status CudaBackend::alloc_scratch() {
     s.n_tiles = c.take<int32_t>(1);
     s.mlp1 = c.take<float>(mlp1);
     s.a16 = c.take<uint16_t>(P * 2 * ip_);
-    s.act32 = c.take<float>(static_cast<size_t>(std::min<int64_t>(Tm, gemv_max_tokens_) * K) * cfg_.intermediate_size);
     s.y = c.take<float>(y);
     s.logits = c.take<float>(static_cast<size_t>(s.logit_rows) * V);
     s.argmax = c.take<int32_t>(s.logit_rows);

@@ -35,7 +35,6 @@ struct Scratch {
   int32_t *sorted_token = nullptr, *sorted_pair = nullptr, *tiles = nullptr, *n_tiles = nullptr;
   float* mlp1 = nullptr;                      // split-mode gate/up partials [nseg][P][2I]
   uint16_t* a16 = nullptr;                    // SwiGLU output, fp16 pairs [P][hi: ip | lo: ip]
-  float* act32 = nullptr;                     // SwiGLU output of the decode GEMV path, f32 [P][I]
   float* y = nullptr;                         // expert outputs [nparts][P][H]
   float* logits = nullptr;                    // [logit_rows][V]
   int32_t* argmax = nullptr;                  // [logit_rows]
@@ -91,11 +90,15 @@ class CudaBackend final : public Backend {
   const Config& cfg_;
   BackendOptions opts_;
   int sm_count_ = 0;
-  // Steps of at most this many tokens run the expert products as per-pair GEMVs (moe_gemv_launch)
-  // instead of the grouped tensor-core GEMM; GPTOSS_CUDA_EXPERT_GEMV_TOKENS overrides it (0: never).
-  // Crossover measured on an H200 (20b, decode of N sequences): N = 8 GEMV 1196 vs GEMM 1163 tok/s,
-  // N = 16 GEMV 1091 vs GEMM 1916 tok/s.
-  int gemv_max_tokens_ = 8;
+  // Steps of at most decode_max_tokens_ tokens run the expert products with the tensor-core decode
+  // kernel (moe_decode_launch), larger ones with the grouped GEMM; up to pair_max_tokens_ the decode
+  // kernel takes the (token, expert) pairs straight from the router, above that the grouping's
+  // tiles (an expert shared by several tokens is read once). Overrides:
+  // GPTOSS_CUDA_EXPERT_DECODE_TOKENS (0: always the GEMM), GPTOSS_CUDA_EXPERT_PAIR_TOKENS.
+  // Measured on an H200 (20b, decode of N sequences, same run): decode kernel vs GEMM at N = 16
+  // 2412 vs 1975, N = 32 3912 vs 3348, N = 64 5102 vs 4295 tok/s; N = 2 pairs 665 vs tiles 604.
+  int decode_max_tokens_ = 64;
+  int pair_max_tokens_ = 2;
   int decode_split_cap_ = 1;  // most key splits of one decode sequence (fills the device with decode blocks)
   std::string device_name_;
   cudaStream_t stream_ = nullptr;

@@ -71,16 +71,19 @@ GemmArgs expert_args(const ExpertsDev& w, const GemmPlan& g, const Scratch& s) {
   return a;
 }
 
-MoeGemvArgs gemv_args(const ExpertsDev& w, const int32_t* experts, int pairs) {
-  MoeGemvArgs a;
+// Decode-kernel arguments of one expert matrix over activation rows x (fp16 pairs: hi, then lo at
+// + half); the caller sets the work items and the output.
+MoeDecodeArgs decode_args(const ExpertsDev& w, const uint16_t* x, int64_t half) {
+  MoeDecodeArgs a;
   a.w = w.blocks;
   a.scales = w.scales;
   a.w_expert_bytes = static_cast<int64_t>(w.rows_p) * w.kblocks * 16;
   a.s_expert_bytes = static_cast<int64_t>(w.rows_p) * w.kblocks;
   a.rows = w.rows;
   a.kblocks = w.kblocks;
-  a.experts = experts;
-  a.pairs = pairs;
+  a.x = x;
+  a.x_stride = 2 * half;
+  a.x_lo = half;
   return a;
 }
 
@@ -158,16 +161,19 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
     st.tokens = s.stat_tokens + layer;
   }
   const GemmPlan g1 = gemm_plan_moe(L.mlp1.rows, L.mlp1.kblocks, P, E, sm_count_);
+  // Decode steps run the tensor-core decode kernel: per (token, expert) pair straight from the
+  // router's top-k (no grouping) up to pair_max_tokens_, else on the grouping's tiles.
+  const bool decode = p.T <= decode_max_tokens_;
+  const bool per_pair = decode && p.T <= pair_max_tokens_;
   MoeGroupOut grp;
-  grp.nt = g1.nt, grp.sorted_token = s.sorted_token, grp.sorted_pair = s.sorted_pair;
-  grp.tiles = s.tiles, grp.n_tiles = s.n_tiles, grp.max_tiles = g1.max_tiles;
-  // The per-pair GEMV path (few tokens) reads the top-k indices directly: no grouping.
-  const bool gemv = p.T <= gemv_max_tokens_;
-  const bool fused = !gemv && router_fuses_grouping(p.T, H, E);
+  grp.nt = decode ? kMoeDecodeTileTokens : g1.nt;
+  grp.max_tiles = decode ? moe_max_tiles(P, E, kMoeDecodeTileTokens) : g1.max_tiles;
+  grp.sorted_token = s.sorted_token, grp.sorted_pair = s.sorted_pair, grp.tiles = s.tiles, grp.n_tiles = s.n_tiles;
+  const bool fused = !per_pair && router_fuses_grouping(p.T, H, E);
   GPTOSS_LAUNCH(fused ? "router + top-k + grouping" : "router + top-k", static_cast<double>(E) * H * 2,
                 router_launch(s.x32, p.T, H, L.router_w, L.router_b, E, K, s.topk_idx, s.topk_w, st,
                               fused ? &grp : nullptr, RouterWork{s.router_logits, s.router_counters}, stream_));
-  if (!gemv && !fused) GPTOSS_LAUNCH("expert grouping", 0, moe_group_launch(s.topk_idx, p.T, K, E, grp, stream_));
+  if (!per_pair && !fused) GPTOSS_LAUNCH("expert grouping", 0, moe_group_launch(s.topk_idx, p.T, K, E, grp, stream_));
   const float alpha = static_cast<float>(cfg_.swiglu_alpha), limit = static_cast<float>(cfg_.swiglu_limit);
   *moe_out = ResidualAdd{};
   moe_out->stride = H;
@@ -177,27 +183,33 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
   moe_out->expert_bias = L.mlp2.bias;
   moe_out->expert_bias_stride = L.mlp2.rows_p;
   moe_out->parts = s.y;
-  if (gemv) {
-    // Few tokens: every (token, expert) pair as two GEMVs on CUDA cores (f32 activations).
-    MoeGemvArgs v1 = gemv_args(L.mlp1, s.topk_idx, P);
-    v1.cols = H;
-    v1.x = s.x32;
-    v1.x_stride = H;
-    v1.x_row_div = K;
-    v1.bias = L.mlp1.bias;
-    v1.bias_expert_stride = L.mlp1.rows_p;
-    v1.swiglu_alpha = alpha;
-    v1.swiglu_limit = limit;
-    v1.out = s.act32;
-    v1.out_stride = I;
-    GPTOSS_LAUNCH("experts gate/up + SwiGLU (gemv)", P * expert_bytes(L.mlp1, 1, 1), moe_gemv_launch(v1, stream_));
-    MoeGemvArgs v2 = gemv_args(L.mlp2, s.topk_idx, P);
-    v2.cols = I;
-    v2.x = s.act32;
-    v2.x_stride = I;
-    v2.out = s.y;
-    v2.out_stride = H;
-    GPTOSS_LAUNCH("experts down (gemv)", P * expert_bytes(L.mlp2, 1, 1), moe_gemv_launch(v2, stream_));
+  if (decode) {
+    // gate/up + SwiGLU → a16 (row = pair p, or the pair's sorted position); down → y (row = pair).
+    MoeDecodeArgs d1 = decode_args(L.mlp1, s.x16, hp_), d2 = decode_args(L.mlp2, s.a16, ip_);
+    if (per_pair) {
+      d1.experts = d2.experts = s.topk_idx;
+      d1.pairs = d2.pairs = P;
+      d1.x_row_div = K;
+    } else {
+      d1.tiles = d2.tiles = s.tiles;
+      d1.n_tiles = d2.n_tiles = s.n_tiles;
+      d1.max_tiles = d2.max_tiles = grp.max_tiles;
+      d1.x_gather = s.sorted_token;
+      d2.out_scatter = s.sorted_pair;
+    }
+    d1.out16 = s.a16;
+    d1.out16_stride = 2 * ip_;
+    d1.out16_lo = ip_;
+    d1.bias = L.mlp1.bias;
+    d1.bias_expert_stride = L.mlp1.rows_p;
+    d1.swiglu_alpha = alpha;
+    d1.swiglu_limit = limit;
+    d2.out = s.y;
+    d2.out_stride = H;
+    const int reads = per_pair ? P : std::min(P, E);  // expert matrices read (at most)
+    GPTOSS_LAUNCH("experts gate/up + SwiGLU (decode)", reads * expert_bytes(L.mlp1, 1, 1),
+                  moe_decode_launch(d1, stream_));
+    GPTOSS_LAUNCH("experts down (decode)", reads * expert_bytes(L.mlp2, 1, 1), moe_decode_launch(d2, stream_));
     moe_out->nparts = 1;
     moe_out->part_stride = static_cast<int64_t>(P) * H;
     return Status::ok_status();

@@ -1,5 +1,5 @@
 // Small device helpers shared by the CUDA kernels: Programmatic Dependent Launch controls, fp16
-// packing, MXFP4 decoding, the mma.sync wrapper and warp/block reductions.
+// packing, the clamped SwiGLU, MXFP4 decoding, the mma.sync wrapper and warp/block reductions.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -46,6 +46,14 @@ __device__ __forceinline__ void store_f16_pair(__half* p, int64_t lo, float v) {
   const __half h = f32_to_f16_sat(v);
   p[0] = h;
   p[lo] = __float2half_rn(v - __half2float(h));
+}
+
+// gpt-oss clamped SwiGLU of one gate/up pair: gate clamped above at limit, up to [−limit, limit],
+// gate·σ(alpha·gate)·(up + 1).
+__device__ __forceinline__ float swiglu_clamped(float gate, float up, float alpha, float limit) {
+  const float g = fminf(gate, limit);
+  const float l = fminf(fmaxf(up, -limit), limit);
+  return g / (1.0f + expf(-alpha * g)) * (l + 1.0f);
 }
 
 __device__ __forceinline__ float bf16_bits_to_f32(uint16_t v) {

@@ -77,12 +77,6 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 16 : 0));
 }
 
-__device__ __forceinline__ float swiglu(float gate, float up, float alpha, float limit) {
-  const float g = fminf(gate, limit);
-  const float l = fminf(fmaxf(up, -limit), limit);
-  return g / (1.0f + expf(-alpha * g)) * (l + 1.0f);
-}
-
 // Gate/up rows are interleaved (row 2j = gate j, 2j+1 = up j): lanes with even g hold gates and
 // fetch the matching ups from the lane of row g+1 (lane ^ 4). acc holds rows row0 + g, row0 + g + 8.
 template <int NS>
@@ -102,10 +96,11 @@ __device__ __forceinline__ void store_swiglu(const GemmArgs& a, const float (&ac
       const int r_lo = row0 + g, r_hi = row0 + g + 8;
       if (r_lo < a.rows)
         store_f16_pair(out + k_phys(r_lo / 2), a.out16_lo,
-                       swiglu(acc[ns][c] + bias[r_lo], up_lo + bias[r_lo + 1], a.swiglu_alpha, a.swiglu_limit));
+                       swiglu_clamped(acc[ns][c] + bias[r_lo], up_lo + bias[r_lo + 1], a.swiglu_alpha, a.swiglu_limit));
       if (r_hi < a.rows)
-        store_f16_pair(out + k_phys(r_hi / 2), a.out16_lo,
-                       swiglu(acc[ns][2 + c] + bias[r_hi], up_hi + bias[r_hi + 1], a.swiglu_alpha, a.swiglu_limit));
+        store_f16_pair(
+            out + k_phys(r_hi / 2), a.out16_lo,
+            swiglu_clamped(acc[ns][2 + c] + bias[r_hi], up_hi + bias[r_hi + 1], a.swiglu_alpha, a.swiglu_limit));
     }
   }
 }

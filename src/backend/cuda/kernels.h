@@ -122,32 +122,44 @@ cudaError_t dense_gemv_launch(const GemmArgs& a, cudaStream_t stream);
 void mxfp4_repack_row(const uint8_t* blocks, int nb, int kblocks, uint8_t* out);
 
 // ---------------------------------------------------------------------------------------------
-// Decode MoE products (few tokens): one (token, expert) pair per grid row on CUDA cores in f32,
-// out[p, r] = Σ_k W_e[r, k]·x[p / x_row_div, k] with e = experts[p]. Every pair is computed on its
-// own in a fixed order (batch-invariant). With `bias` the rows are interleaved gate/up and the
-// output is the clamped SwiGLU: out[p, j] = SwiGLU(W·x[2j] + bias[2j], W·x[2j+1] + bias[2j+1]).
-inline constexpr int kGemvWarps = 4;        // warps per block
-inline constexpr int kGemvMinBlocks = 4;    // resident blocks per SM the register budget is sized for
-inline constexpr int kGemvRowsPerWarp = 4;  // weight rows per warp
-struct MoeGemvArgs {
-  const uint8_t* w = nullptr;       // MXFP4 in the mxfp4_repack_row layout [E][≥ round_up(rows, 32)][kblocks·16]
-  const uint8_t* scales = nullptr;  // [E][same rows][kblocks]
+// Decode MoE products (few tokens per expert) on tensor cores: out[c, r] = Σ_k W_e[r, k]·x[c, k] for
+// the token columns c of each work item, one warp per (16 rows, item). Items are either single
+// (token, expert) pairs straight from the router (tiles == null: item p = expert experts[p], column
+// p) or the grouping's tiles {expert, start, count ≤ kMoeDecodeTileTokens} (columns start..start +
+// count − 1). Column c reads activation row x_gather[c] (null: c / x_row_div) and writes output row
+// out_scatter[c] (null: c). With `bias` the rows are interleaved gate/up and the output is the
+// clamped SwiGLU as fp16 pairs; else f32. The reduction runs in block order, so every column's
+// result is the same bits whatever the batch or the mode (see moe_decode.cu).
+inline constexpr int kMoeDecodeTileTokens = 16;  // tokens per grouped tile
+struct MoeDecodeArgs {
+  const uint8_t* w = nullptr;       // MXFP4 in the mxfp4_repack_row layout [E][≥ round_up(rows, 16)][kblocks·16]
+  const uint8_t* scales = nullptr;  // [E][same rows][kblocks], every byte ≤ 240
   int64_t w_expert_bytes = 0, s_expert_bytes = 0;
   int rows = 0;
-  int kblocks = 0;           // a multiple of 4; kblocks·32 ≤ 12 000
-  int cols = 0;              // valid activations per row (≤ kblocks·32; the rest count as zero)
-  const float* x = nullptr;  // f32 rows in logical order
-  int64_t x_stride = 0;
-  int x_row_div = 1;                 // activation row of pair p: p / x_row_div (top_k for token rows, 1 for pair rows)
-  const int32_t* experts = nullptr;  // [pairs]
+  int kblocks = 0;  // a multiple of 4
+
+  // Activations as fp16 pairs (hi at x + row·x_stride, lo at + x_lo; ≥ kblocks·32 each, k_phys order).
+  const uint16_t* x = nullptr;
+  int64_t x_stride = 0, x_lo = 0;
+  const int32_t* x_gather = nullptr;
+  int x_row_div = 1;
+
+  const int32_t* experts = nullptr;  // per-pair items: expert of pair p, [pairs]
   int pairs = 0;
+  const int32_t* tiles = nullptr;  // grouped items: int4 per tile
+  const int32_t* n_tiles = nullptr;
+  int max_tiles = 0;  // grid size bound
+
+  const int32_t* out_scatter = nullptr;
+  float* out = nullptr;  // f32 [.][out_stride] (no bias)
+  int64_t out_stride = 0;
+  uint16_t* out16 = nullptr;  // SwiGLU output: fp16 pairs, lo at + out16_lo, k_phys order
+  int64_t out16_stride = 0, out16_lo = 0;
   const float* bias = nullptr;  // SwiGLU mode: f32 [E][bias_expert_stride]
   int64_t bias_expert_stride = 0;
   float swiglu_alpha = 1.702f, swiglu_limit = 7.0f;
-  float* out = nullptr;  // f32 [pairs][out_stride]
-  int64_t out_stride = 0;
 };
-cudaError_t moe_gemv_launch(const MoeGemvArgs& a, cudaStream_t stream);
+cudaError_t moe_decode_launch(const MoeDecodeArgs& a, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------
 // Per-token elementwise kernels.

@@ -1,0 +1,240 @@
+// MXFP4 expert products of decode steps (few tokens per expert) on tensor cores.
+//
+// One block = one warp = 16 weight rows of one expert × the tokens of one work item, over the
+// whole reduction, streamed through a ring of kStages shared-memory stages of one 4-block group
+// each: the code bytes of rows g and g+8 that lane t multiplies (16 bytes each in the layout of
+// mxfp4_repack_row), the 16 rows' scale words and, for single pairs, the group's activations. The
+// copies (cp.async) run kStages − 1 groups ahead of the math; one __syncwarp per group publishes
+// them to the whole warp and retires the stage read before. Items of several tokens (grouped
+// tiles) read their activations through L1 instead.
+//
+// Weights are the m16n8k16 A operand, decoded in registers to value·2^-14 half2 (exact, the only
+// per-weight ALU work). The activations are the B operand as fp16 pairs: column 2j holds token j's
+// hi half, column 2j+1 its lo half (4 tokens per n8 tile), so the lane that owns column pair
+// (2t, 2t+1) of the accumulator holds both halves of token t. Each 32-block is multiplied into a
+// zero accumulator and folded into the running f32 sum with one FMA by its scale 2^(s−127)·2^14 (a
+// power of two), in block order. A token's output depends only on its own column and that order,
+// so it is the same bits in every batch and in both modes (per pair or grouped by expert).
+#include "backend/cuda/device_util.cuh"
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
+
+namespace gptoss::cuda {
+namespace {
+
+constexpr int kRows = 16;                     // weight rows per warp (one m16 tile)
+constexpr int kStages = 8;                    // ring stages per warp (4-block groups)
+constexpr uint32_t kScaleBias = 0x0E0E0E0Eu;  // + 14 on each E8M0 byte of a scale word
+
+// One ring stage. PAIRS: also the group's activations of the item's single token: act[4·c + t] =
+// elements 8t..8t+7 (storage order) of block c/2, hi half (c even) or lo half.
+template <bool PAIRS>
+struct Stage {
+  uint4 code[2][32];  // lane-indexed code words of rows g and g+8
+  uint32_t scale[kRows];
+  uint4 act[PAIRS ? 32 : 1];
+};
+
+// Asynchronous copies global → shared: 16 bytes through L2 only (the weights are read once), 4 bytes.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+// Waits until at most kStages − 2 of this thread's commit groups are pending.
+__device__ __forceinline__ void cp_async_wait_ring() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2) : "memory");
+}
+
+__device__ __forceinline__ uint32_t word_at(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// 2^(s − 113) for byte B of a scale word whose bytes hold s + 14 (s ≤ 240): the byte moved into the
+// f32 exponent field. This is the block scale 2^(s−127) times the 2^14 of the decoded codes.
+template <int B>
+__device__ __forceinline__ float scale_factor(uint32_t w) {
+  const uint32_t e = B < 3 ? w << (23 - 8 * B) : w >> 1;
+  return __uint_as_float(e & 0x7F800000u);
+}
+
+// Block B of a group: rows g (code word of qa, scale word sa) and g+8 (qb, sb) times the used
+// 4-token tiles, whose B fragments (lane t's 8 activations of column g) are bv[nn].
+template <int B, int NN>
+__device__ __forceinline__ void block_mma(float (&tot)[NN][2], const uint4& qa, const uint4& qb, uint32_t sa,
+                                          uint32_t sb, const uint4 (&bv)[NN], int count) {
+  const uint32_t wa = word_at(qa, B), wb = word_at(qb, B);
+  // Pairs (e0,e4), (e1,e5) feed k-step 0, (e2,e6), (e3,e7) k-step 1 (the activations' k_phys order).
+  const uint32_t a0 = fp4_pair_x2m14<0>(wa), a1 = fp4_pair_x2m14<0>(wb);
+  const uint32_t a2 = fp4_pair_x2m14<1>(wa), a3 = fp4_pair_x2m14<1>(wb);
+  const uint32_t a4 = fp4_pair_x2m14<2>(wa), a5 = fp4_pair_x2m14<2>(wb);
+  const uint32_t a6 = fp4_pair_x2m14<3>(wa), a7 = fp4_pair_x2m14<3>(wb);
+  const float fa = scale_factor<B>(sa), fb = scale_factor<B>(sb);
+#pragma unroll
+  for (int nn = 0; nn < NN; ++nn) {
+    if (nn > 0 && 4 * nn >= count) break;  // tile 0 always holds a token
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    mma_f16(d, a0, a1, a2, a3, bv[nn].x, bv[nn].y);
+    mma_f16(d, a4, a5, a6, a7, bv[nn].z, bv[nn].w);
+    // d[0], d[1]: row g, hi and lo halves of token 4·nn + t; d[2], d[3]: row g+8.
+    tot[nn][0] = fmaf(fa, d[0] + d[1], tot[nn][0]);
+    tot[nn][1] = fmaf(fb, d[2] + d[3], tot[nn][1]);
+  }
+}
+
+// B fragments of block B for every used tile: from the stage (PAIRS) or through L1 (xb[nn]: lane
+// t's activations of column g at the group's block 0).
+template <int B, int NN, bool PAIRS>
+__device__ __forceinline__ void load_b(uint4 (&bv)[NN], const Stage<PAIRS>& st, const uint16_t* const (&xb)[NN], int g,
+                                       int t, int count) {
+  if constexpr (PAIRS) {
+    bv[0] = st.act[(2 * B + (g & 1)) * 4 + t];
+  } else {
+#pragma unroll
+    for (int nn = 0; nn < NN; ++nn) {
+      if (nn > 0 && 4 * nn >= count) break;
+      bv[nn] = __ldg(reinterpret_cast<const uint4*>(xb[nn] + 32 * B));
+    }
+  }
+}
+
+// PAIRS: items are single (token, expert) pairs (NN = 1); else grouped tiles of ≤ 4·NN tokens.
+template <int NN, bool PAIRS, bool SWIGLU>
+__global__ void __launch_bounds__(32) moe_decode_kernel(const MoeDecodeArgs a) {
+  __shared__ Stage<PAIRS> ring[kStages];
+  pdl_wait();  // the experts (hence the weight addresses) come from the router
+  pdl_launch_dependents();
+  int expert, start, count;
+  if constexpr (PAIRS) {
+    expert = a.experts[blockIdx.y], start = blockIdx.y, count = 1;
+  } else {
+    if (static_cast<int>(blockIdx.y) >= *a.n_tiles) return;
+    const int4 tl = reinterpret_cast<const int4*>(a.tiles)[blockIdx.y];
+    expert = tl.x, start = tl.y, count = tl.z;
+  }
+  const int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
+  const int row0 = blockIdx.x * kRows;
+  const int64_t rs = static_cast<int64_t>(a.kblocks) * 16;                            // code bytes per row
+  const uint8_t* wnext = a.w + expert * a.w_expert_bytes + (row0 + g) * rs + t * 16;  // next group to copy
+  // Lanes t = 0, 1 copy the scale words of rows g, g + 8.
+  const uint8_t* snext = a.scales + expert * a.s_expert_bytes + static_cast<int64_t>(row0 + g + 8 * t) * a.kblocks;
+
+  // Column g of tile nn: token 4·nn + g/2, its hi (g even) or lo half. Past the item's last token
+  // a lane reads that token again: such columns are computed but never stored (the columns of an
+  // mma are independent). PAIRS: lane (g, t) copies act[lane] = the lane-t piece of block g/2.
+  const uint16_t* xb[NN];
+#pragma unroll
+  for (int nn = 0; nn < NN; ++nn) {
+    const int j = min(4 * nn + (g >> 1), count - 1);
+    const int64_t row = a.x_gather ? a.x_gather[start + j] : (start + j) / a.x_row_div;
+    xb[nn] = a.x + row * a.x_stride + (g & 1) * a.x_lo + t * 8 + (PAIRS ? (g >> 1) * 32 : 0);
+  }
+
+  // Group i goes to stage i % kStages. Every step commits one (possibly empty) copy group, the
+  // refill of the stage read in the step before.
+  const int groups = a.kblocks / 4;
+  int put = 0, get = 0;  // ring stages of the next copy and the next group to multiply
+  auto issue = [&](bool copy) {
+    if (copy) {
+      Stage<PAIRS>& st = ring[put];
+      cp_async16(&st.code[0][lane], wnext);
+      cp_async16(&st.code[1][lane], wnext + 8 * rs);
+      if (t < 2) cp_async4(&st.scale[g + 8 * t], snext);
+      if constexpr (PAIRS) cp_async16(&st.act[lane], xb[0]);
+    }
+    cp_async_commit();
+    wnext += 64, snext += 4;
+    if constexpr (PAIRS) xb[0] += 128;
+    put = put + 1 == kStages ? 0 : put + 1;
+  };
+#pragma unroll
+  for (int i = 0; i < kStages; ++i) issue(i < groups);
+
+  float tot[NN][2];
+#pragma unroll
+  for (int nn = 0; nn < NN; ++nn) tot[nn][0] = 0.0f, tot[nn][1] = 0.0f;
+  for (int i = 0; i < groups; ++i) {
+    cp_async_wait_ring();  // this lane's copies of group i have landed
+    __syncwarp();          // ... and every lane's; every lane is done with stage i − 1
+    if (i > 0) issue(i - 1 + kStages < groups);
+    const Stage<PAIRS>& st = ring[get];
+    get = get + 1 == kStages ? 0 : get + 1;
+    const uint4 qa = st.code[0][lane], qb = st.code[1][lane];
+    const uint32_t fa = st.scale[g] + kScaleBias, fb = st.scale[g + 8] + kScaleBias;
+    uint4 bv[4][NN];
+    load_b<0, NN, PAIRS>(bv[0], st, xb, g, t, count);
+    load_b<1, NN, PAIRS>(bv[1], st, xb, g, t, count);
+    load_b<2, NN, PAIRS>(bv[2], st, xb, g, t, count);
+    load_b<3, NN, PAIRS>(bv[3], st, xb, g, t, count);
+    block_mma<0, NN>(tot, qa, qb, fa, fb, bv[0], count);
+    block_mma<1, NN>(tot, qa, qb, fa, fb, bv[1], count);
+    block_mma<2, NN>(tot, qa, qb, fa, fb, bv[2], count);
+    block_mma<3, NN>(tot, qa, qb, fa, fb, bv[3], count);
+    if constexpr (!PAIRS) {
+#pragma unroll
+      for (int nn = 0; nn < NN; ++nn) xb[nn] += 128;
+    }
+  }
+
+  // Lane (g, t) holds rows row0 + g and row0 + g + 8 of token 4·nn + t.
+#pragma unroll
+  for (int nn = 0; nn < NN; ++nn) {
+    if (4 * nn >= count) break;
+    const int j = 4 * nn + t;
+    if constexpr (SWIGLU) {
+      // Rows are interleaved gate/up: even g holds gates, lane + 4 (row g + 1) the matching ups.
+      const float up0 = __shfl_xor_sync(0xffffffffu, tot[nn][0], 4);
+      const float up1 = __shfl_xor_sync(0xffffffffu, tot[nn][1], 4);
+      if ((g & 1) || j >= count) continue;
+      const int64_t orow = a.out_scatter ? a.out_scatter[start + j] : start + j;
+      __half* out = reinterpret_cast<__half*>(a.out16) + orow * a.out16_stride;
+      const float* bias = a.bias + expert * a.bias_expert_stride;
+      const int r0 = row0 + g, r1 = row0 + g + 8;
+      if (r0 < a.rows)
+        store_f16_pair(out + k_phys(r0 / 2), a.out16_lo,
+                       swiglu_clamped(tot[nn][0] + bias[r0], up0 + bias[r0 + 1], a.swiglu_alpha, a.swiglu_limit));
+      if (r1 < a.rows)
+        store_f16_pair(out + k_phys(r1 / 2), a.out16_lo,
+                       swiglu_clamped(tot[nn][1] + bias[r1], up1 + bias[r1 + 1], a.swiglu_alpha, a.swiglu_limit));
+    } else {
+      if (j >= count) continue;
+      const int64_t orow = a.out_scatter ? a.out_scatter[start + j] : start + j;
+      float* out = a.out + orow * a.out_stride;
+      if (row0 + g < a.rows) out[row0 + g] = tot[nn][0];
+      if (row0 + g + 8 < a.rows) out[row0 + g + 8] = tot[nn][1];
+    }
+  }
+}
+
+template <int NN, bool PAIRS>
+cudaError_t launch_mode(const MoeDecodeArgs& a, int items, cudaStream_t stream) {
+  // One warp per block: blocks of independent warps would only coarsen the spread over the SMs.
+  const dim3 grid((a.rows + kRows - 1) / kRows, items);
+  if (a.bias != nullptr) return launch_kernel(moe_decode_kernel<NN, PAIRS, true>, grid, dim3(32), 0, stream, a);
+  return launch_kernel(moe_decode_kernel<NN, PAIRS, false>, grid, dim3(32), 0, stream, a);
+}
+
+}  // namespace
+
+cudaError_t moe_decode_launch(const MoeDecodeArgs& a, cudaStream_t stream) {
+  const int items = a.tiles ? a.max_tiles : a.pairs;
+  if (items <= 0 || a.rows <= 0) return cudaSuccess;
+  if (a.kblocks <= 0 || a.kblocks % 4 != 0 || a.w == nullptr || a.scales == nullptr || a.x == nullptr ||
+      a.x_lo < static_cast<int64_t>(a.kblocks) * 32 || a.x_stride < a.x_lo + static_cast<int64_t>(a.kblocks) * 32 ||
+      a.x_lo % 8 != 0 || a.x_stride % 8 != 0)  // 16-byte activation loads
+    return cudaErrorInvalidValue;
+  if (a.x_row_div < 1 || (a.tiles ? a.n_tiles == nullptr : a.experts == nullptr)) return cudaErrorInvalidValue;
+  if (a.bias != nullptr ? (a.rows % 2 != 0 || a.out16 == nullptr || a.out16_lo <= 0) : a.out == nullptr)
+    return cudaErrorInvalidValue;
+  // Grouped tiles hold up to kMoeDecodeTileTokens tokens; a pair is one token.
+  return a.tiles ? launch_mode<kMoeDecodeTileTokens / 4, false>(a, items, stream)
+                 : launch_mode<1, true>(a, items, stream);
+}
+
+}  // namespace gptoss::cuda

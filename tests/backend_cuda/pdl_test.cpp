@@ -183,11 +183,14 @@ struct Step {
     return cudaSuccess;
   }
 
-  // Resets the state, poisons every intermediate buffer.
+  // Resets the state and poisons the intermediate buffers (zeroes the padded fp16-pair rows).
   void reset() {
     h.upload(h0), kc.upload(k0), vc.upload(v0);
     for (auto* b : {&x32, &qkv, &q32, &proj, &wts, &y, &logits}) b->fill_bytes(0xff);
-    x16.fill_bytes(0xff), o16.fill_bytes(0xff), a16.fill_bytes(0xff), idx.fill_bytes(0xff);
+    o16.fill_bytes(0xff), idx.fill_bytes(0xff);
+    // The fp16-pair rows are read up to their padded length (kblocks·32): their padding must be zero
+    // (as in the backend's scratch); every valid column is rewritten by each layer.
+    x16.fill_bytes(0), a16.fill_bytes(0);
     cudaDeviceSynchronize();
   }
 

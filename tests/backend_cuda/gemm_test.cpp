@@ -41,6 +41,7 @@ class DenseGemmTest : public ::testing::TestWithParam<DenseCase> {};
 struct DenseSetup {
   int rows_p, kp, kblocks, seg, nseg;
   std::vector<uint16_t> wb;  // bf16 [rows][cols]
+  std::vector<float> wf;     // the same weights in f32
   std::vector<float> x;      // f32 [n][cols]
 };
 
@@ -51,8 +52,32 @@ DenseSetup make_dense(const DenseCase& c, uint64_t seed) {
   s.kblocks = s.kp / 32;
   cuda::gemm_segments(s.kblocks, &s.seg, &s.nseg);
   s.wb = random_bf16(static_cast<size_t>(c.rows) * c.cols, seed, 2.0f / std::sqrt(static_cast<float>(c.cols)));
+  s.wf.resize(s.wb.size());
+  for (size_t i = 0; i < s.wf.size(); ++i) s.wf[i] = bf16_to_f32(s.wb[i]);
   s.x = random_f32(static_cast<size_t>(c.n) * c.cols, seed + 1, 3.0f);
   return s;
+}
+
+// Output `y` [rows] of token t against the float64 product (mma tolerance) and the CPU op.
+void expect_dense_row(const DenseSetup& s, const DenseCase& c, int t, const float* y) {
+  const float* xt = &s.x[static_cast<size_t>(t) * c.cols];
+  for (int r = 0; r < c.rows; ++r) {
+    double ref = 0, abs_sum = 0;
+    for (int k = 0; k < c.cols; ++k) {
+      const double p = static_cast<double>(s.wf[static_cast<size_t>(r) * c.cols + k]) * xt[k];
+      ref += p, abs_sum += std::fabs(p);
+    }
+    ASSERT_NEAR(y[r], ref, mma_tolerance(c.cols, abs_sum)) << "token " << t << " row " << r;
+  }
+  // Both are near-f32 (pairs carry x to 2^-22).
+  std::vector<float> cpu(static_cast<size_t>(c.rows));
+  cpu::matmul_bf16(xt, 1, c.cols, s.wb.data(), nullptr, c.rows, cpu.data(), nullptr);
+  EXPECT_LE(rel_l2(y, cpu.data(), c.rows), 1e-5) << "token " << t;
+}
+
+std::string dense_case_name(const ::testing::TestParamInfo<DenseCase>& info) {
+  return "r" + std::to_string(info.param.rows) + "_k" + std::to_string(info.param.cols) + "_n" +
+         std::to_string(info.param.n);
 }
 
 // fp16 copy padded to [rows_p][kp] with columns in the device's k_phys order (dense weights and
@@ -106,9 +131,7 @@ GemmArgs dense_args(const DenseSetup& s, const DenseCase& c, const uint16_t* w, 
 TEST_P(DenseGemmTest, MatchesFloat64AndCpuReference) {
   const DenseCase c = GetParam();
   const DenseSetup s = make_dense(c, 1000 + c.rows * 7 + c.cols + c.n);
-  std::vector<float> wf(s.wb.size());
-  for (size_t i = 0; i < wf.size(); ++i) wf[i] = bf16_to_f32(s.wb[i]);
-  DevArray<uint16_t> w(pad_f16(wf, c.rows, c.cols, s.rows_p, s.kp));
+  DevArray<uint16_t> w(pad_f16(s.wf, c.rows, c.cols, s.rows_p, s.kp));
   DevArray<uint16_t> x(pad_pairs(s.x, c.n, c.cols, s.kp));
   DevArray<float> out(static_cast<size_t>(c.n) * c.rows);
   out.fill_bytes(0xff);  // NaN poison: every output must be written
@@ -117,29 +140,13 @@ TEST_P(DenseGemmTest, MatchesFloat64AndCpuReference) {
   const std::vector<float> y = out.download();
   CUDA_ASSERT(cudaGetLastError());
 
-  for (int t = 0; t < c.n; ++t)
-    for (int r = 0; r < c.rows; ++r) {
-      double ref = 0, abs_sum = 0;
-      for (int k = 0; k < c.cols; ++k) {
-        const double p =
-            static_cast<double>(wf[static_cast<size_t>(r) * c.cols + k]) * s.x[static_cast<size_t>(t) * c.cols + k];
-        ref += p, abs_sum += std::fabs(p);
-      }
-      const float got = y[static_cast<size_t>(t) * c.rows + r];
-      ASSERT_NEAR(got, ref, mma_tolerance(c.cols, abs_sum)) << "token " << t << " row " << r;
-    }
-  // Against the CPU op: both are near-f32 (pairs carry x to 2^-22).
-  std::vector<float> cpu(static_cast<size_t>(c.n) * c.rows);
-  cpu::matmul_bf16(s.x.data(), c.n, c.cols, s.wb.data(), nullptr, c.rows, cpu.data(), nullptr);
-  EXPECT_LE(rel_l2(y.data(), cpu.data(), cpu.size()), 1e-5);
+  for (int t = 0; t < c.n; ++t) expect_dense_row(s, c, t, &y[static_cast<size_t>(t) * c.rows]);
 }
 
 TEST_P(DenseGemmTest, SplitPartialsAndBatchSizeDoNotChangeBits) {
   const DenseCase c = GetParam();
   const DenseSetup s = make_dense(c, 2000 + c.rows + c.cols * 3 + c.n);
-  std::vector<float> wf(s.wb.size());
-  for (size_t i = 0; i < wf.size(); ++i) wf[i] = bf16_to_f32(s.wb[i]);
-  DevArray<uint16_t> w(pad_f16(wf, c.rows, c.cols, s.rows_p, s.kp));
+  DevArray<uint16_t> w(pad_f16(s.wf, c.rows, c.cols, s.rows_p, s.kp));
   DevArray<uint16_t> x(pad_pairs(s.x, c.n, c.cols, s.kp));
   DevArray<float> full(static_cast<size_t>(c.n) * c.rows), parts(static_cast<size_t>(s.nseg) * c.n * c.rows),
       single(static_cast<size_t>(c.rows));
@@ -170,10 +177,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DenseGemmTest,
                                            DenseCase{130, 160, 33}, DenseCase{256, 320, 64}, DenseCase{5120, 2880, 1},
                                            DenseCase{2880, 4096, 3}, DenseCase{1000, 2880, 65},
                                            DenseCase{3001, 2880, 9}, DenseCase{512, 2880, 200}),
-                         [](const auto& info) {
-                           return "r" + std::to_string(info.param.rows) + "_k" + std::to_string(info.param.cols) +
-                                  "_n" + std::to_string(info.param.n);
-                         });
+                         dense_case_name);
 
 // ---------------------------------------------------------------------------------------------
 // The decode GEMV for ≤ 4 columns (qkv and o projections at decode): against float64 and the CPU
@@ -183,9 +187,7 @@ class DenseGemvTest : public ::testing::TestWithParam<DenseCase> {};
 TEST_P(DenseGemvTest, MatchesFloat64AndCpuAndIsBatchInvariant) {
   const DenseCase c = GetParam();
   const DenseSetup s = make_dense(c, 3000 + c.rows * 5 + c.cols + c.n);
-  std::vector<float> wf(s.wb.size());
-  for (size_t i = 0; i < wf.size(); ++i) wf[i] = bf16_to_f32(s.wb[i]);
-  DevArray<uint16_t> w(pad_f16(wf, c.rows, c.cols, s.rows_p, s.kp));
+  DevArray<uint16_t> w(pad_f16(s.wf, c.rows, c.cols, s.rows_p, s.kp));
   DevArray<uint16_t> x(pad_pairs(s.x, c.n, c.cols, s.kp));
   const size_t part = static_cast<size_t>(c.n) * c.rows;
   DevArray<float> gv(s.nseg * part), one(static_cast<size_t>(s.nseg) * c.rows);
@@ -202,21 +204,7 @@ TEST_P(DenseGemvTest, MatchesFloat64AndCpuAndIsBatchInvariant) {
     for (int sg = 1; sg < s.nseg; ++sg) v += yv[sg * part + i];
     sum_v[i] = v;
   }
-  for (int t = 0; t < c.n; ++t)
-    for (int r = 0; r < c.rows; ++r) {
-      double ref = 0, abs_sum = 0;
-      for (int k = 0; k < c.cols; ++k) {
-        const double p =
-            static_cast<double>(wf[static_cast<size_t>(r) * c.cols + k]) * s.x[static_cast<size_t>(t) * c.cols + k];
-        ref += p, abs_sum += std::fabs(p);
-      }
-      ASSERT_NEAR(sum_v[static_cast<size_t>(t) * c.rows + r], ref, mma_tolerance(c.cols, abs_sum))
-          << "token " << t << " row " << r;
-    }
-  // Against the CPU op: both are near-f32.
-  std::vector<float> cpu(part);
-  cpu::matmul_bf16(s.x.data(), c.n, c.cols, s.wb.data(), nullptr, c.rows, cpu.data(), nullptr);
-  EXPECT_LE(rel_l2(sum_v.data(), cpu.data(), part), 1e-5);
+  for (int t = 0; t < c.n; ++t) expect_dense_row(s, c, t, &sum_v[static_cast<size_t>(t) * c.rows]);
 
   // Every column alone gives the same bits as in the batch.
   for (int t = 0; t < c.n; ++t) {
@@ -263,10 +251,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DenseGemvTest,
                                            DenseCase{2880, 4096, 3}, DenseCase{64, 64, 1}, DenseCase{100, 96, 4},
                                            DenseCase{17, 32, 2}, DenseCase{130, 160, 3}, DenseCase{3001, 2000, 2},
                                            DenseCase{1000, 1056, 4}),
-                         [](const auto& info) {
-                           return "r" + std::to_string(info.param.rows) + "_k" + std::to_string(info.param.cols) +
-                                  "_n" + std::to_string(info.param.n);
-                         });
+                         dense_case_name);
 
 // ---------------------------------------------------------------------------------------------
 struct MoeCase {
@@ -714,9 +699,7 @@ class TiledDenseGemmTest : public ::testing::TestWithParam<DenseCase> {};
 TEST_P(TiledDenseGemmTest, SameBitsAsGemmKernelAndMatchesFloat64) {
   const DenseCase c = GetParam();
   const DenseSetup s = make_dense(c, 4000 + c.rows * 3 + c.cols + c.n);
-  std::vector<float> wf(s.wb.size());
-  for (size_t i = 0; i < wf.size(); ++i) wf[i] = bf16_to_f32(s.wb[i]);
-  DevArray<uint16_t> w(pad_f16(wf, c.rows, c.cols, s.rows_p, s.kp));
+  DevArray<uint16_t> w(pad_f16(s.wf, c.rows, c.cols, s.rows_p, s.kp));
   DevArray<uint16_t> x(pad_pairs(s.x, c.n, c.cols, s.kp));
   const size_t size = static_cast<size_t>(c.n) * c.rows;
   DevArray<float> ref(size), out(size);
@@ -739,21 +722,7 @@ TEST_P(TiledDenseGemmTest, SameBitsAsGemmKernelAndMatchesFloat64) {
   std::vector<int> tokens;
   for (int t = 0; t < c.n; t += step) tokens.push_back(t);
   if (tokens.back() != c.n - 1) tokens.push_back(c.n - 1);
-  std::vector<float> cpu(static_cast<size_t>(c.rows));
-  for (int t : tokens) {
-    const float* xt = &s.x[static_cast<size_t>(t) * c.cols];
-    const float* yt = &yr[static_cast<size_t>(t) * c.rows];
-    for (int r = 0; r < c.rows; ++r) {
-      double v = 0, abs_sum = 0;
-      for (int k = 0; k < c.cols; ++k) {
-        const double p = static_cast<double>(wf[static_cast<size_t>(r) * c.cols + k]) * xt[k];
-        v += p, abs_sum += std::fabs(p);
-      }
-      ASSERT_NEAR(yt[r], v, mma_tolerance(c.cols, abs_sum)) << "token " << t << " row " << r;
-    }
-    cpu::matmul_bf16(xt, 1, c.cols, s.wb.data(), nullptr, c.rows, cpu.data(), nullptr);
-    EXPECT_LE(rel_l2(yt, cpu.data(), cpu.size()), 1e-5) << "token " << t;
-  }
+  for (int t : tokens) expect_dense_row(s, c, t, &yr[static_cast<size_t>(t) * c.rows]);
 }
 
 TEST(TiledGemm, RejectsWhatItCannotDo) {
@@ -777,10 +746,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, TiledDenseGemmTest,
                          ::testing::Values(DenseCase{5120, 2880, 2048}, DenseCase{2880, 4096, 2048},
                                            DenseCase{100, 96, 70}, DenseCase{300, 160, 130}, DenseCase{1000, 2880, 65},
                                            DenseCase{17, 64, 64}, DenseCase{2880, 2880, 200}),
-                         [](const auto& info) {
-                           return "r" + std::to_string(info.param.rows) + "_k" + std::to_string(info.param.cols) +
-                                  "_n" + std::to_string(info.param.n);
-                         });
+                         dense_case_name);
 
 struct TiledMoeCase {
   MoeCase c;

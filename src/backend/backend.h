@@ -15,11 +15,11 @@
 namespace gptoss {
 
 struct BackendOptions {
-  std::string kind = "cpu";       // "cpu", "cuda", or "auto" (cuda when a GPU is usable, else cpu)
-  int threads = 0;                // CPU threads (0 = all cores)
-  int device = 0;                 // CUDA device ordinal
-  int max_slots = 1;              // sequences that can hold a KV cache at once
-  int64_t max_context = 4096;     // tokens per slot (≤ max_position_embeddings)
+  std::string kind = "cpu";    // "cpu", "cuda", or "auto" (cuda when a GPU is usable, else cpu)
+  int threads = 0;             // CPU threads (0 = all cores)
+  int device = 0;              // CUDA device ordinal
+  int max_slots = 1;           // sequences that can hold a KV cache at once
+  int64_t max_context = 4096;  // tokens per slot (≤ max_position_embeddings)
   // How far a slot can be rewound (prefix reuse): sliding layers keep a ring of
   // sliding_window + rollback entries, full layers keep max_context entries.
   int64_t rollback = 1024;
@@ -37,10 +37,10 @@ struct SeqBatch {
 // Router decisions, accumulated over forward() calls when the caller passes one.
 struct RouterStats {
   int64_t layers = 0, experts = 0, top_k = 0;
-  std::vector<uint64_t> counts;          // [layer * experts + e]: times expert e was selected
-  std::vector<double> top1_weight_sum;   // [layer]: Σ over tokens of the largest routing weight
-  std::vector<double> entropy_sum;       // [layer]: Σ over tokens of −Σ w log w (nats) of the top-k weights
-  std::vector<uint64_t> tokens;          // [layer]: tokens routed
+  std::vector<uint64_t> counts;         // [layer * experts + e]: times expert e was selected
+  std::vector<double> top1_weight_sum;  // [layer]: Σ over tokens of the largest routing weight
+  std::vector<double> entropy_sum;      // [layer]: Σ over tokens of −Σ w log w (nats) of the top-k weights
+  std::vector<uint64_t> tokens;         // [layer]: tokens routed
   void reset(int64_t n_layers, int64_t n_experts, int64_t k);
   void merge(const RouterStats& other);
 };
@@ -48,16 +48,16 @@ struct RouterStats {
 struct StepOutputs {
   // Host outputs, optional. Rows are in batch order: a sequence contributes tokens.size() rows if
   // all_logits, else 1 row (its last token).
-  float* logits = nullptr;         // [rows, vocab_size] f32
-  int32_t* argmax = nullptr;       // [rows] greedy token (lowest id on ties)
+  float* logits = nullptr;    // [rows, vocab_size] f32
+  int32_t* argmax = nullptr;  // [rows] greedy token (lowest id on ties)
   RouterStats* router_stats = nullptr;
 };
 
 struct MemoryStats {
-  size_t weight_bytes = 0;        // weights resident for this backend (host mapping or device)
-  size_t kv_bytes_reserved = 0;   // KV cache allocated for all slots
-  size_t kv_bytes_used = 0;       // KV entries currently holding tokens
-  size_t scratch_bytes = 0;       // activations / workspaces
+  size_t weight_bytes = 0;                   // weights resident for this backend (host mapping or device)
+  size_t kv_bytes_reserved = 0;              // KV cache allocated for all slots
+  size_t kv_bytes_used = 0;                  // KV entries currently holding tokens
+  size_t scratch_bytes = 0;                  // activations / workspaces
   size_t device_total = 0, device_used = 0;  // GPU memory (0 on CPU)
 };
 

@@ -14,16 +14,24 @@ std::atomic<int> g_level{static_cast<int>(LogLevel::kWarn)};  // process-wide ve
 std::mutex g_write_mu;
 }  // namespace
 
-void log_set_level(LogLevel level) { g_level.store(static_cast<int>(level)); }
-LogLevel log_level() { return static_cast<LogLevel>(g_level.load()); }
+void log_set_level(LogLevel level) {
+  g_level.store(static_cast<int>(level));
+}
+LogLevel log_level() {
+  return static_cast<LogLevel>(g_level.load());
+}
 
 void log_init_from_env() {
   const char* v = std::getenv("GPTOSS_LOG");
   if (!v) return;
-  if (!std::strcmp(v, "debug")) log_set_level(LogLevel::kDebug);
-  else if (!std::strcmp(v, "info")) log_set_level(LogLevel::kInfo);
-  else if (!std::strcmp(v, "warn")) log_set_level(LogLevel::kWarn);
-  else if (!std::strcmp(v, "error")) log_set_level(LogLevel::kError);
+  if (!std::strcmp(v, "debug"))
+    log_set_level(LogLevel::kDebug);
+  else if (!std::strcmp(v, "info"))
+    log_set_level(LogLevel::kInfo);
+  else if (!std::strcmp(v, "warn"))
+    log_set_level(LogLevel::kWarn);
+  else if (!std::strcmp(v, "error"))
+    log_set_level(LogLevel::kError);
 }
 
 void log_write(LogLevel level, const std::string& msg) {

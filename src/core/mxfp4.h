@@ -8,15 +8,17 @@
 
 namespace gptoss {
 
-inline constexpr int kMxfp4BlockSize = 32;       // values per scale
-inline constexpr int kMxfp4BytesPerBlock = 16;   // packed payload bytes per block
+inline constexpr int kMxfp4BlockSize = 32;      // values per scale
+inline constexpr int kMxfp4BytesPerBlock = 16;  // packed payload bytes per block
 
 // E2M1 code → value (bit3 sign, bits2-1 exponent with bias 1, bit0 mantissa).
 inline constexpr float kFp4Values[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
                                          -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
 
 // E8M0 byte → 2^(s-127). 255 (NaN in OCP) is treated as 2^128 = inf, like ldexp in the references.
-inline float e8m0_to_f32(uint8_t s) { return std::ldexp(1.0f, static_cast<int>(s) - 127); }
+inline float e8m0_to_f32(uint8_t s) {
+  return std::ldexp(1.0f, static_cast<int>(s) - 127);
+}
 
 // Dequantizes one row of `cols` values (cols % 32 == 0) from its packed blocks and scales.
 void mxfp4_dequantize_row(const uint8_t* blocks, const uint8_t* scales, int cols, float* out);

@@ -10,9 +10,9 @@
 namespace gptoss {
 
 struct NpyArray {
-  std::string descr;             // "<f4" or "<i4"
+  std::string descr;  // "<f4" or "<i4"
   std::vector<int64_t> shape;
-  std::vector<uint8_t> data;     // raw little-endian bytes
+  std::vector<uint8_t> data;  // raw little-endian bytes
   int64_t numel() const;
   std::vector<float> as_f32() const;    // requires descr "<f4"
   std::vector<int32_t> as_i32() const;  // accepts "<i4" or "<i8" (narrowed)

@@ -192,6 +192,13 @@ void ServerImpl::respond_stream(httplib::Response& res, std::shared_ptr<Response
 
 namespace {
 
+// The usage block of a finished generation of a prompt of `prompt_tokens` tokens.
+Usage usage_of(int64_t prompt_tokens, const GenerationEvent& fin) {
+  return {.prompt_tokens = prompt_tokens,
+          .completion_tokens = fin.generated_tokens,
+          .cached_tokens = fin.cached_prompt_tokens};
+}
+
 // Chat: harmony output → reasoning / content / tool calls.
 class ChatBuilder : public ResponseBuilder {
  public:
@@ -221,20 +228,15 @@ class ChatBuilder : public ResponseBuilder {
     ChatDelta d = mapper_.finish();
     if (!d.empty()) out += sse_event(chat_chunk_json(meta_, chat_delta_json(d), "", include_usage_));
     out += sse_event(chat_chunk_json(meta_, json::object(), mapper_.finish_reason(fin.finish), include_usage_));
-    if (include_usage_) out += sse_event(chat_usage_chunk_json(meta_, usage(fin)));
+    if (include_usage_) out += sse_event(chat_usage_chunk_json(meta_, usage_of(prompt_tokens_, fin)));
     return out + kSseDone;
   }
   json response(const GenerationEvent& fin) override {
     mapper_.finish();
-    return chat_completion_json(meta_, mapper_, mapper_.finish_reason(fin.finish), usage(fin));
+    return chat_completion_json(meta_, mapper_, mapper_.finish_reason(fin.finish), usage_of(prompt_tokens_, fin));
   }
 
  private:
-  Usage usage(const GenerationEvent& fin) const {
-    return {.prompt_tokens = prompt_tokens_,
-            .completion_tokens = fin.generated_tokens,
-            .cached_tokens = fin.cached_prompt_tokens};
-  }
   ResponseMeta meta_;
   bool include_usage_;
   int64_t prompt_tokens_;
@@ -266,12 +268,12 @@ class CompletionBuilder : public ResponseBuilder {
     std::string out;
     if (!tail.empty()) out += sse_event(completion_chunk_json(meta_, tail, "", include_usage_));
     out += sse_event(completion_chunk_json(meta_, "", finish_reason(fin), include_usage_));
-    if (include_usage_) out += sse_event(completion_usage_chunk_json(meta_, usage(fin)));
+    if (include_usage_) out += sse_event(completion_usage_chunk_json(meta_, usage_of(prompt_tokens_, fin)));
     return out + kSseDone;
   }
   json response(const GenerationEvent& fin) override {
     flush();
-    return completion_json(meta_, text_, finish_reason(fin), usage(fin));
+    return completion_json(meta_, text_, finish_reason(fin), usage_of(prompt_tokens_, fin));
   }
 
  private:
@@ -283,11 +285,6 @@ class CompletionBuilder : public ResponseBuilder {
   }
   std::string finish_reason(const GenerationEvent& fin) const {
     return matcher_.stopped() || fin.finish == FinishReason::kStop ? "stop" : "length";
-  }
-  Usage usage(const GenerationEvent& fin) const {
-    return {.prompt_tokens = prompt_tokens_,
-            .completion_tokens = fin.generated_tokens,
-            .cached_tokens = fin.cached_prompt_tokens};
   }
   ResponseMeta meta_;
   bool include_usage_;

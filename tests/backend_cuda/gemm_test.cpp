@@ -258,6 +258,11 @@ struct MoeCase {
   int experts, top_k, tokens, hidden, inter;
 };
 
+std::string moe_case_name(const MoeCase& c) {
+  return "e" + std::to_string(c.experts) + "k" + std::to_string(c.top_k) + "_t" + std::to_string(c.tokens) + "_h" +
+         std::to_string(c.hidden) + "_i" + std::to_string(c.inter);
+}
+
 class MoeGemmTest : public ::testing::TestWithParam<MoeCase> {};
 
 // Random gate/up experts in checkpoint layout plus the device copy padded to kRowTile rows and an
@@ -507,12 +512,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MoeGemmTest,
                                            MoeCase{128, 4, 3, 2880, 2880}, MoeCase{5, 1, 60, 96, 64},
                                            MoeCase{7, 3, 100, 160, 96}, MoeCase{4, 4, 37, 64, 32},
                                            MoeCase{8, 2, 300, 256, 320}, MoeCase{16, 2, 513, 128, 160}),
-                         [](const auto& info) {
-                           const MoeCase& c = info.param;
-                           return "e" + std::to_string(c.experts) + "k" + std::to_string(c.top_k) + "_t" +
-                                  std::to_string(c.tokens) + "_h" + std::to_string(c.hidden) + "_i" +
-                                  std::to_string(c.inter);
-                         });
+                         [](const auto& info) { return moe_case_name(info.param); });
 
 // ---------------------------------------------------------------------------------------------
 // The decode kernel (moe_decode_launch) in both modes: per (token, expert) pair against float64 and
@@ -683,12 +683,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MoeDecodeTest,
                                            MoeCase{7, 3, 5, 160, 96}, MoeCase{4, 4, 37, 64, 32},
                                            MoeCase{4, 4, 2, 64, 40}, MoeCase{5, 2, 3, 96, 36},
                                            MoeCase{6, 1, 2, 4160, 72}, MoeCase{8, 2, 70, 4160, 128}),
-                         [](const auto& info) {
-                           const MoeCase& c = info.param;
-                           return "e" + std::to_string(c.experts) + "k" + std::to_string(c.top_k) + "_t" +
-                                  std::to_string(c.tokens) + "_h" + std::to_string(c.hidden) + "_i" +
-                                  std::to_string(c.inter);
-                         });
+                         [](const auto& info) { return moe_case_name(info.param); });
 
 // ---------------------------------------------------------------------------------------------
 // The tiled GEMM for wide column tiles (gemm_tiled_launch, 64- and 128-row blocks): bit for bit the
@@ -840,11 +835,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(TiledMoeCase{{32, 4, 2048, 2880, 2880}, false}, TiledMoeCase{{128, 4, 2048, 2880, 1440}, false},
                       TiledMoeCase{{32, 4, 600, 2880, 2880}, true}, TiledMoeCase{{8, 2, 300, 256, 100}, false},
                       TiledMoeCase{{1, 1, 300, 160, 96}, false}, TiledMoeCase{{16, 4, 200, 128, 72}, true}),
-    [](const auto& info) {
-      const MoeCase& c = info.param.c;
-      return "e" + std::to_string(c.experts) + "k" + std::to_string(c.top_k) + "_t" + std::to_string(c.tokens) + "_h" +
-             std::to_string(c.hidden) + "_i" + std::to_string(c.inter) + (info.param.skew ? "_skew" : "");
-    });
+    [](const auto& info) { return moe_case_name(info.param.c) + (info.param.skew ? "_skew" : ""); });
 
 }  // namespace
 }  // namespace gptoss::testing

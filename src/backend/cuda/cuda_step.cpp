@@ -87,6 +87,19 @@ MoeDecodeArgs decode_args(const ExpertsDev& w, const uint16_t* x, int64_t half) 
   return a;
 }
 
+// The fused SwiGLU epilogue of a gate/up product (GemmArgs or MoeDecodeArgs): bias + clamped SwiGLU
+// into fp16 pairs of `half` elements per half.
+template <typename Args>
+void swiglu_out(Args& a, const ExpertsDev& w, uint16_t* out16, int64_t half, float alpha, float limit) {
+  a.out16 = out16;
+  a.out16_stride = 2 * half;
+  a.out16_lo = half;
+  a.bias = w.bias;
+  a.bias_expert_stride = w.rows_p;
+  a.swiglu_alpha = alpha;
+  a.swiglu_limit = limit;
+}
+
 }  // namespace
 
 Status CudaBackend::attention_block(const StepPlan& p, int layer) {
@@ -197,13 +210,7 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
       d1.x_gather = s.sorted_token;
       d2.out_scatter = s.sorted_pair;
     }
-    d1.out16 = s.a16;
-    d1.out16_stride = 2 * ip_;
-    d1.out16_lo = ip_;
-    d1.bias = L.mlp1.bias;
-    d1.bias_expert_stride = L.mlp1.rows_p;
-    d1.swiglu_alpha = alpha;
-    d1.swiglu_limit = limit;
+    swiglu_out(d1, L.mlp1, s.a16, ip_, alpha, limit);
     d2.out = s.y;
     d2.out_stride = H;
     const int reads = per_pair ? P : std::min(P, E);  // expert matrices read (at most)
@@ -227,13 +234,7 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
     a1.part_stride = static_cast<int64_t>(P) * L.mlp1.rows;
   } else {
     a1.mode = GemmOut::kSwiglu;
-    a1.out16 = s.a16;
-    a1.out16_stride = 2 * ip_;
-    a1.out16_lo = ip_;
-    a1.bias = L.mlp1.bias;
-    a1.bias_expert_stride = L.mlp1.rows_p;
-    a1.swiglu_alpha = alpha;
-    a1.swiglu_limit = limit;
+    swiglu_out(a1, L.mlp1, s.a16, ip_, alpha, limit);
   }
   GPTOSS_LAUNCH(g1.split ? "experts gate/up (split)" : "experts gate/up + SwiGLU", expert_bytes(L.mlp1, P, E),
                 gemm_launch(a1, g1.nt, stream_));

@@ -24,7 +24,8 @@ class JsonScanner {
   bool consume(char c);
   // True when the next non-space byte is `c` (consumes nothing else).
   bool peek_is(char c);
-  // Parses a JSON string (escapes decoded, \uXXXX surrogate pairs joined) into *out.
+  // Parses a JSON string into *out: escapes decoded, a pair of \u escapes holding UTF-16 surrogates
+  // joined into one code point.
   Status parse_string(std::string* out);
   // Parses an integer number into *out.
   Status parse_int(long long* out);

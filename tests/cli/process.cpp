@@ -199,6 +199,7 @@ bool PtyProcess::wait_exit(int timeout_ms) {
 }
 
 std::string make_temp_dir(const std::string& tag) {
+  // mkdtemp's template: it replaces the six trailing X characters with a unique suffix.
   std::string tmpl = (fs::temp_directory_path() / ("gptoss-" + tag + "-XXXXXX")).string();
   if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
   return tmpl;

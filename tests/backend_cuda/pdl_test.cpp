@@ -5,6 +5,7 @@
 // launches with a host synchronisation after each one (a read before the wait would see stale data).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -28,6 +29,15 @@ std::vector<uint8_t> random_bytes(size_t n, uint64_t seed, int lo = 0, int span 
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     v[i] = static_cast<uint8_t>(lo + static_cast<int>((z ^ (z >> 31)) % static_cast<uint64_t>(span)));
   }
+  return v;
+}
+
+// fp16-pair rows ([hi: half][lo: half] each) with NaN in the `valid` leading columns of each half and
+// zero padding.
+std::vector<uint16_t> poisoned_pairs(int rows, int half, int valid) {
+  std::vector<uint16_t> v(static_cast<size_t>(rows) * 2 * half, 0);
+  for (size_t h = 0; h < static_cast<size_t>(rows) * 2; ++h)
+    std::fill_n(v.begin() + static_cast<std::ptrdiff_t>(h * half), valid, uint16_t{0xffff});
   return v;
 }
 
@@ -189,8 +199,9 @@ struct Step {
     for (auto* b : {&x32, &qkv, &q32, &proj, &wts, &y, &logits}) b->fill_bytes(0xff);
     o16.fill_bytes(0xff), idx.fill_bytes(0xff);
     // The fp16-pair rows are read up to their padded length (kblocks·32): their padding must be zero
-    // (as in the backend's scratch); every valid column is rewritten by each layer.
-    x16.fill_bytes(0), a16.fill_bytes(0);
+    // (as in the backend's scratch), their valid columns are poisoned like the other buffers.
+    x16.upload(poisoned_pairs(T, hp, kH));
+    a16.upload(poisoned_pairs(T * kTopK, ip, kInter));
     cudaDeviceSynchronize();
   }
 

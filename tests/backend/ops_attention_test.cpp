@@ -11,21 +11,12 @@
 #include <vector>
 
 #include "backend/cpu/ops.h"
+#include "backend/ops_test_util.h"
 #include "core/dtype.h"
 #include "model/config.h"
 
 namespace gptoss::cpu {
 namespace {
-
-constexpr double kEps32 = 1.0 / (1 << 24);
-
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
 
 // ---------------------------------------------------------------------------------------------
 // RoPE

@@ -10,28 +10,12 @@
 #include <vector>
 
 #include "backend/cpu/ops.h"
+#include "backend/ops_test_util.h"
 #include "core/dtype.h"
 #include "model/config.h"
 
 namespace gptoss::cpu {
 namespace {
-
-constexpr double kEps32 = 1.0 / (1 << 24);  // unit roundoff of f32
-
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
-
-std::vector<uint16_t> randn_bf16(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::vector<uint16_t> v(n);
-  const std::vector<float> f = randn(n, seed, scale);
-  for (size_t i = 0; i < n; ++i) v[i] = f32_to_bf16(f[i]);
-  return v;
-}
 
 // The canonical order of ops.h, emulated lane by lane with std::fma.
 float canonical_dot(const float* a, const float* b, int64_t n) {

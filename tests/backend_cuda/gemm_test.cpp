@@ -10,6 +10,7 @@
 #include <numeric>
 
 #include "backend/cpu/ops.h"
+#include "backend/cuda/cuda_internal.h"
 #include "backend/cuda/kernels.h"
 #include "backend_cuda/cuda_test_util.h"
 #include "core/mxfp4.h"
@@ -177,6 +178,82 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DenseGemmTest,
                                            DenseCase{130, 160, 33}, DenseCase{256, 320, 64}, DenseCase{5120, 2880, 1},
                                            DenseCase{2880, 4096, 3}, DenseCase{1000, 2880, 65},
                                            DenseCase{3001, 2880, 9}, DenseCase{512, 2880, 200}),
+                         dense_case_name);
+
+// ---------------------------------------------------------------------------------------------
+// The cuBLAS path of prefill-sized dense products: the same function (float64 within the mma
+// tolerance, the CPU op to rel L2 1e-5) from the same fp16-pair inputs, deterministic run to run.
+class CublasDenseTest : public ::testing::TestWithParam<DenseCase> {};
+
+TEST_P(CublasDenseTest, MatchesFloat64AndCpuAndRepeatsItsBits) {
+  const DenseCase c = GetParam();
+  const DenseSetup s = make_dense(c, 4000 + c.rows * 3 + c.cols + c.n);
+  DevArray<uint16_t> w(pad_f16(s.wf, c.rows, c.cols, s.rows_p, s.kp));
+  DevArray<uint16_t> x(pad_pairs(s.x, c.n, c.cols, s.kp));
+  // Output rows wider than the product (out_stride > rows): the gap must stay untouched.
+  const int stride = c.rows + 3;
+  DevArray<float> out(static_cast<size_t>(c.n) * stride);
+  out.fill_bytes(0xff);  // NaN poison: every output must be written
+  Result<cuda::CublasHandle> h = cuda::CublasHandle::create(nullptr);
+  ASSERT_TRUE(h.ok()) << h.status().message();
+  GemmArgs a = dense_args(s, c, w.get(), x.get(), c.n, out.get());
+  a.out_stride = stride;
+  Status st = cuda::cublas_dense(*h, a);
+  ASSERT_TRUE(st.ok()) << st.message();
+  const std::vector<float> y = out.download();
+  CUDA_ASSERT(cudaGetLastError());
+  // Every token of small products; the first, middle and last of large ones (the float64 check is O(rows·cols)).
+  std::vector<int> tokens;
+  for (int t = 0; t < c.n; ++t)
+    if (static_cast<int64_t>(c.n) * c.rows * c.cols <= (int64_t{1} << 28) || t == 0 || t == c.n / 2 || t == c.n - 1)
+      tokens.push_back(t);
+  for (int t : tokens) {
+    const float* yt = &y[static_cast<size_t>(t) * stride];
+    expect_dense_row(s, c, t, yt);
+    for (int r = c.rows; r < stride; ++r) {
+      uint32_t bits;
+      std::memcpy(&bits, &yt[r], 4);
+      ASSERT_EQ(bits, 0xffffffffu) << "token " << t << " wrote past its row, column " << r;
+    }
+  }
+  // Run to run: the same bits.
+  DevArray<float> again(static_cast<size_t>(c.n) * stride);
+  a.out = again.get();
+  st = cuda::cublas_dense(*h, a);
+  ASSERT_TRUE(st.ok()) << st.message();
+  const std::vector<float> y2 = again.download();
+  for (int t = 0; t < c.n; ++t)
+    for (int r = 0; r < c.rows; ++r) {
+      const size_t i = static_cast<size_t>(t) * stride + r;
+      ASSERT_TRUE(same_bits(y[i], y2[i])) << "token " << t << " row " << r << " changed between runs";
+    }
+}
+
+TEST(CublasDense, RejectsWhatItCannotDo) {
+  const DenseCase c{64, 64, 5};
+  DenseSetup s = make_dense(c, 9);
+  DevArray<uint16_t> w(static_cast<size_t>(s.rows_p) * s.kp), x(static_cast<size_t>(5) * 2 * s.kp);
+  DevArray<float> out(static_cast<size_t>(5) * 64);
+  Result<cuda::CublasHandle> h = cuda::CublasHandle::create(nullptr);
+  ASSERT_TRUE(h.ok()) << h.status().message();
+  GemmArgs a = dense_args(s, c, w.get(), x.get(), 5, out.get());
+  a.weights = GemmWeights::kMxfp4;
+  EXPECT_EQ(cuda::cublas_dense(*h, a).code(), ErrorCode::kInvalidArgument) << "MXFP4 weights";
+  a.weights = GemmWeights::kF16;
+  a.mode = GemmOut::kPartial;
+  EXPECT_EQ(cuda::cublas_dense(*h, a).code(), ErrorCode::kInvalidArgument) << "partial outputs";
+  a.mode = GemmOut::kStore;
+  a.out_stride = 10;
+  EXPECT_EQ(cuda::cublas_dense(*h, a).code(), ErrorCode::kInvalidArgument) << "rows wider than the output stride";
+  a.out_stride = 64;
+  a.x_stride = s.kp;
+  EXPECT_EQ(cuda::cublas_dense(*h, a).code(), ErrorCode::kInvalidArgument) << "hi and lo halves overlap";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CublasDenseTest,
+                         ::testing::Values(DenseCase{5120, 2880, 300}, DenseCase{2880, 4096, 257},
+                                           DenseCase{5120, 2880, 2048}, DenseCase{64, 64, 1}, DenseCase{100, 96, 7},
+                                           DenseCase{17, 32, 130}, DenseCase{3001, 2880, 1}, DenseCase{1000, 1056, 65}),
                          dense_case_name);
 
 // ---------------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ CudaBackend::CudaBackend(std::shared_ptr<const Model> model, const BackendOption
 CudaBackend::~CudaBackend() {
   if (prof_.on()) std::fprintf(stderr, "%s", prof_.report().c_str());
   for (auto& [t, exec] : graphs_) cudaGraphExecDestroy(exec);
+  cublas_ = CublasHandle{};  // before its stream
   if (stream_) cudaStreamDestroy(stream_);
 }
 
@@ -70,7 +71,9 @@ Status CudaBackend::init() {
   prof_.enable(prof != nullptr && std::strcmp(prof, "0") != 0);
   if (const char* v = std::getenv("GPTOSS_CUDA_EXPERT_DECODE_TOKENS")) decode_max_tokens_ = std::max(0, std::atoi(v));
   if (const char* v = std::getenv("GPTOSS_CUDA_EXPERT_PAIR_TOKENS")) pair_max_tokens_ = std::max(0, std::atoi(v));
+  if (const char* v = std::getenv("GPTOSS_CUDA_CUBLAS_TOKENS")) cublas_min_tokens_ = std::max(0, std::atoi(v));
   GPTOSS_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating a CUDA stream");
+  GPTOSS_ASSIGN_OR_RETURN(cublas_, CublasHandle::create(stream_));
   GPTOSS_ASSIGN_OR_RETURN(dev_, model_upload(*model_, stream_, &pool_));
   // KV cache: sliding layers keep a ring large enough for a rewind of `rollback` tokens and for a
   // whole batch of new tokens (so a chunk never overwrites keys its own queries still need).
@@ -191,7 +194,7 @@ MemoryStats CudaBackend::memory_stats() const {
   const size_t entry = static_cast<size_t>(shape_.n_kv_heads) * shape_.dp * sizeof(float) * 2;
   for (const KvLayer& kv : kv_)
     for (int64_t len : lengths_) m.kv_bytes_used += static_cast<size_t>(std::min(len, kv.cap)) * entry;
-  m.scratch_bytes = scratch_.mem.size();
+  m.scratch_bytes = scratch_.mem.size() + cublas_.workspace_bytes();
   size_t free_b = 0, total_b = 0;
   if (cudaSetDevice(opts_.device) == cudaSuccess && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) {
     m.device_total = total_b;

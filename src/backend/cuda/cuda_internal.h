@@ -2,6 +2,7 @@
 // weights, and the per-step planning of GEMM and attention launches.
 #pragma once
 
+#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -62,6 +63,30 @@ class PinnedBuffer {
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
 };
+
+// A cuBLAS handle bound to one stream, with its own workspace (dense_cublas.cpp).
+class CublasHandle {
+ public:
+  CublasHandle() = default;
+  ~CublasHandle();
+  CublasHandle(CublasHandle&& o) noexcept : h_(o.h_), workspace_(std::move(o.workspace_)) { o.h_ = nullptr; }
+  CublasHandle& operator=(CublasHandle&& o) noexcept;
+  CublasHandle(const CublasHandle&) = delete;
+  CublasHandle& operator=(const CublasHandle&) = delete;
+  static Result<CublasHandle> create(cudaStream_t stream);
+  cublasHandle_t get() const { return h_; }
+  size_t workspace_bytes() const { return workspace_.size(); }
+
+ private:
+  cublasHandle_t h_ = nullptr;
+  DeviceBuffer workspace_;
+};
+
+// The dense product of `a` through cuBLAS, the same function as gemm_launch in kStore mode (fp16 weights,
+// fp16-pair activations, no gather/scatter/tiles) with another summation order: out = W·hi, then
+// out += W·lo, fp16 GEMMs with f32 accumulation, on the handle's stream. Invalid arguments and
+// cuBLAS failures come back as errors.
+Status cublas_dense(const CublasHandle& h, const GemmArgs& a);
 
 // A dense weight on the device: fp16 [rows_p][kblocks·32], zero padded.
 struct DenseDev {
@@ -149,8 +174,9 @@ class KernelProfiler {
 struct GemmPlan {
   int nt = 8;  // column tile
   int seg_blocks = 0, nseg = 1;
-  bool split = false;  // segments in separate blocks (kPartial)
-  int max_tiles = 0;   // MoE grid bound
+  bool split = false;   // segments in separate blocks (kPartial)
+  bool cublas = false;  // dense products of large steps: cublas_dense (one plain store)
+  int max_tiles = 0;    // MoE grid bound
   int nparts() const { return split ? nseg : 1; }
 };
 GemmPlan gemm_plan_dense(int rows, int kblocks, int n, int sm_count);

@@ -48,12 +48,6 @@ GemmArgs dense_args(const DenseDev& w, const GemmPlan& g, const uint16_t* x, int
   return a;
 }
 
-// A dense product of the layers: the decode GEMV for a few columns (same output layout), else the GEMM.
-cudaError_t dense_launch(const GemmArgs& a, int nt, cudaStream_t stream) {
-  if (a.n <= kDenseGemvTokens) return dense_gemv_launch(a, stream);
-  return gemm_launch(a, nt, stream);
-}
-
 GemmArgs expert_args(const ExpertsDev& w, const GemmPlan& g, const Scratch& s) {
   GemmArgs a;
   a.weights = GemmWeights::kMxfp4;
@@ -102,14 +96,32 @@ void swiglu_out(Args& a, const ExpertsDev& w, uint16_t* out16, int64_t half, flo
 
 }  // namespace
 
+GemmPlan CudaBackend::dense_plan(const DenseDev& w, int T) const {
+  GemmPlan g = gemm_plan_dense(w.rows, w.kblocks, T, sm_count_);
+  if (cublas_min_tokens_ > 0 && T >= cublas_min_tokens_) g.split = false, g.cublas = true;
+  return g;
+}
+
+Status CudaBackend::dense_product(const char* name, const DenseDev& w, const GemmPlan& g, const GemmArgs& a) {
+  if (g.cublas) {
+    prof_.begin(stream_);
+    GPTOSS_RETURN_IF_ERROR(cublas_dense(cublas_, a));
+    prof_.end(name, dense_bytes(w), stream_);
+  } else {
+    GPTOSS_LAUNCH(name, dense_bytes(w),
+                  a.n <= kDenseGemvTokens ? dense_gemv_launch(a, stream_) : gemm_launch(a, g.nt, stream_));
+  }
+  return Status::ok_status();
+}
+
 Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   const LayerDev& L = dev_->layers[static_cast<size_t>(layer)];
   const KvLayer& kv = kv_[static_cast<size_t>(layer)];
   Scratch& s = scratch_;
   const int H = static_cast<int>(cfg_.hidden_size);
-  const GemmPlan gq = gemm_plan_dense(L.qkv.rows, L.qkv.kblocks, p.T, sm_count_);
-  GPTOSS_LAUNCH("qkv projection", dense_bytes(L.qkv),
-                dense_launch(dense_args(L.qkv, gq, s.x16, hp_, p.T, s.qkv, L.qkv.rows), gq.nt, stream_));
+  const GemmPlan gq = dense_plan(L.qkv, p.T);
+  GPTOSS_RETURN_IF_ERROR(
+      dense_product("qkv projection", L.qkv, gq, dense_args(L.qkv, gq, s.x16, hp_, p.T, s.qkv, L.qkv.rows)));
 
   QkvRopeArgs r;
   r.parts = s.qkv;
@@ -145,9 +157,8 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
                 attention_launch(at, shape_, kv, stream_));
   if (at.splits > 1) GPTOSS_LAUNCH("attention split merge", 0, attention_combine_launch(at, shape_, stream_));
 
-  const GemmPlan go = gemm_plan_dense(L.o.rows, L.o.kblocks, p.T, sm_count_);
-  GPTOSS_LAUNCH("o projection", dense_bytes(L.o),
-                dense_launch(dense_args(L.o, go, s.o16, qp_, p.T, s.proj, H), go.nt, stream_));
+  const GemmPlan go = dense_plan(L.o, p.T);
+  GPTOSS_RETURN_IF_ERROR(dense_product("o projection", L.o, go, dense_args(L.o, go, s.o16, qp_, p.T, s.proj, H)));
   ResidualAdd add;
   add.parts = s.proj;
   add.nparts = go.nparts();

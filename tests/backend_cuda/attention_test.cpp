@@ -42,7 +42,7 @@ TEST(CudaQkvRope, RotatesQAndStoresKvAtRingIndex) {
   a.concentration = rope.concentration, a.q32 = q32.get();
   cuda::KvLayer kv;
   kv.k = kc.get(), kv.v = vc.get(), kv.cap = cap;
-  CUDA_ASSERT(cuda::qkv_rope_launch(a, n, cuda::AttnShape{hq, hkv, d, dp}, kv, nullptr));
+  CUDA_ASSERT(cuda::qkv_rope_launch(a, n, cuda::AttnShape{hq, hkv, d, dp}, kv, test_launch()));
   const auto q = q32.download(), k = kc.download(), v = vc.download();
   for (int t = 0; t < n; ++t) {
     std::vector<float> row(static_cast<size_t>(cols));
@@ -95,7 +95,8 @@ int decode_keys(int p, int window) {
 // One attention launch (+ merge) over device K/V, q, sinks; returns o16 as floats (poisoned first).
 std::vector<float> run_attention(const cuda::AttnShape& shape, const cuda::KvLayer& kv, const DevArray<float>& qd,
                                  const DevArray<float>& sd, const std::vector<int32_t>& pos,
-                                 const std::vector<cuda::AttnItem>& items, int tokens_per_item, int splits) {
+                                 const std::vector<cuda::AttnItem>& items, int tokens_per_item, int splits,
+                                 const cuda::Launch& ln = test_launch()) {
   const int T = static_cast<int>(pos.size()), hq = shape.n_heads, d = shape.head_dim;
   DevArray<uint16_t> o16(static_cast<size_t>(T) * 2 * hq * d);  // fp16 pairs: [hi][lo] per token
   o16.fill_bytes(0xff);
@@ -108,8 +109,8 @@ std::vector<float> run_attention(const cuda::AttnShape& shape, const cuda::KvLay
   a.splits = splits, a.o16 = o16.get(), a.o_stride = 2 * static_cast<int64_t>(hq) * d;
   a.o_lo = static_cast<int64_t>(hq) * d;
   a.part_o = po.get(), a.part_ml = pml.get(), a.n_tokens = T;
-  EXPECT_EQ(cuda::attention_launch(a, shape, kv, nullptr), cudaSuccess);
-  EXPECT_EQ(cuda::attention_combine_launch(a, shape, nullptr), cudaSuccess);
+  EXPECT_EQ(cuda::attention_launch(a, shape, kv, ln), cudaSuccess);
+  EXPECT_EQ(cuda::attention_combine_launch(a, shape, ln), cudaSuccess);
   const std::vector<float> o = from_f16(o16.download());
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   return o;
@@ -158,6 +159,15 @@ TEST_P(CudaAttention, MatchesCpuSinkAttention) {
   cuda::KvLayer kv;
   kv.k = kd.get(), kv.v = vd.get(), kv.cap = c.cap, kv.window = c.window;
   const std::vector<float> o = run_attention(shape, kv, qd, sd, pos, items, max_count, splits);
+  if (!c.decode) {
+    // With one raw tile stage (what a device with less shared memory per block gets): the same bits.
+    cuda::Launch one_stage = test_launch();
+    one_stage.smem_optin = static_cast<int>(cuda::attention_smem_bytes(dp, 2)) - 1;
+    ASSERT_LE(cuda::attention_smem_bytes(dp, 1), static_cast<size_t>(one_stage.smem_optin));
+    const std::vector<float> o1 = run_attention(shape, kv, qd, sd, pos, items, max_count, splits, one_stage);
+    ASSERT_EQ(o1.size(), o.size());
+    EXPECT_EQ(0, std::memcmp(o1.data(), o.data(), o.size() * sizeof(float))) << "one raw stage";
+  }
   double worst = 0;
 
   int t = 0;

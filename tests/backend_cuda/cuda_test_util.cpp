@@ -44,4 +44,11 @@ bool have_gpu() {
   return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
 
+cuda::Launch test_launch(cudaStream_t stream) {
+  cuda::Launch l;
+  const cudaError_t e = cuda::launch_target(stream, &l);
+  if (e != cudaSuccess) ADD_FAILURE() << "launch_target: " << cudaGetErrorString(e);
+  return l;
+}
+
 }  // namespace gptoss::testing

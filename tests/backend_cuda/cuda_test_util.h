@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "backend/cuda/kernels.h"
 #include "backend/test_util.h"  // rel_l2, golden fixtures, chunked feeding (shared with the CPU tests)
 #include "core/dtype.h"
 
@@ -58,5 +59,9 @@ std::vector<float> from_f16(const std::vector<uint16_t>& v);
 
 // True when a CUDA device is usable by this process.
 bool have_gpu();
+
+// The launch target of the current device on `stream`, as the backend finds it (launch_target);
+// a test failure when the binary holds no kernel code for the device.
+cuda::Launch test_launch(cudaStream_t stream = nullptr);
 
 }  // namespace gptoss::testing

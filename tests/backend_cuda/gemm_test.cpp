@@ -137,7 +137,7 @@ TEST_P(DenseGemmTest, MatchesFloat64AndCpuReference) {
   DevArray<float> out(static_cast<size_t>(c.n) * c.rows);
   out.fill_bytes(0xff);  // NaN poison: every output must be written
   CUDA_ASSERT(
-      cuda::gemm_launch(dense_args(s, c, w.get(), x.get(), c.n, out.get()), cuda::gemm_tile_cols(c.n), nullptr));
+      cuda::gemm_launch(dense_args(s, c, w.get(), x.get(), c.n, out.get()), cuda::gemm_tile_cols(c.n), test_launch()));
   const std::vector<float> y = out.download();
   CUDA_ASSERT(cudaGetLastError());
 
@@ -152,13 +152,13 @@ TEST_P(DenseGemmTest, SplitPartialsAndBatchSizeDoNotChangeBits) {
   DevArray<float> full(static_cast<size_t>(c.n) * c.rows), parts(static_cast<size_t>(s.nseg) * c.n * c.rows),
       single(static_cast<size_t>(c.rows));
   GemmArgs a = dense_args(s, c, w.get(), x.get(), c.n, full.get());
-  CUDA_ASSERT(cuda::gemm_launch(a, cuda::gemm_tile_cols(c.n), nullptr));
+  CUDA_ASSERT(cuda::gemm_launch(a, cuda::gemm_tile_cols(c.n), test_launch()));
   a.mode = GemmOut::kPartial;
   a.out = parts.get();
-  CUDA_ASSERT(cuda::gemm_launch(a, 8, nullptr));
+  CUDA_ASSERT(cuda::gemm_launch(a, 8, test_launch()));
   // The last column alone, with the widest column tile.
   GemmArgs one = dense_args(s, c, w.get(), x.get() + static_cast<size_t>(c.n - 1) * 2 * s.kp, 1, single.get());
-  CUDA_ASSERT(cuda::gemm_launch(one, 64, nullptr));
+  CUDA_ASSERT(cuda::gemm_launch(one, 64, test_launch()));
   const std::vector<float> yf = full.download(), yp = parts.download(), y1 = single.download();
   for (int t = 0; t < c.n; ++t)
     for (int r = 0; r < c.rows; ++r) {
@@ -271,7 +271,7 @@ TEST_P(DenseGemvTest, MatchesFloat64AndCpuAndIsBatchInvariant) {
   gv.fill_bytes(0xff);  // NaN poison: every partial must be written
   GemmArgs a = dense_args(s, c, w.get(), x.get(), c.n, gv.get());
   a.mode = GemmOut::kPartial;
-  CUDA_ASSERT(cuda::dense_gemv_launch(a, nullptr));
+  CUDA_ASSERT(cuda::dense_gemv_launch(a, test_launch()));
   const std::vector<float> yv = gv.download();
   CUDA_ASSERT(cudaGetLastError());
 
@@ -288,7 +288,7 @@ TEST_P(DenseGemvTest, MatchesFloat64AndCpuAndIsBatchInvariant) {
     one.fill_bytes(0xff);
     GemmArgs b = dense_args(s, c, w.get(), x.get() + static_cast<size_t>(t) * 2 * s.kp, 1, one.get());
     b.mode = GemmOut::kPartial;
-    CUDA_ASSERT(cuda::dense_gemv_launch(b, nullptr));
+    CUDA_ASSERT(cuda::dense_gemv_launch(b, test_launch()));
     const std::vector<float> y1 = one.download();
     for (int sg = 0; sg < s.nseg; ++sg)
       for (int r = 0; r < c.rows; ++r)
@@ -302,7 +302,7 @@ TEST_P(DenseGemvTest, MatchesFloat64AndCpuAndIsBatchInvariant) {
     st.fill_bytes(0xff);
     a.mode = GemmOut::kStore;
     a.out = st.get();
-    CUDA_ASSERT(cuda::dense_gemv_launch(a, nullptr));
+    CUDA_ASSERT(cuda::dense_gemv_launch(a, test_launch()));
     const std::vector<float> ys = st.download();
     for (size_t i = 0; i < part; ++i) ASSERT_TRUE(same_bits(ys[i], yv[i])) << "store mode differs at " << i;
   }
@@ -313,14 +313,14 @@ TEST(DenseGemv, RejectsWhatItCannotDo) {
   DevArray<uint16_t> w(static_cast<size_t>(s.rows_p) * s.kp), x(static_cast<size_t>(5) * 2 * s.kp);
   DevArray<float> out(static_cast<size_t>(5) * 64);
   GemmArgs a = dense_args(s, DenseCase{64, 64, 5}, w.get(), x.get(), 5, out.get());
-  EXPECT_EQ(cuda::dense_gemv_launch(a, nullptr), cudaErrorInvalidValue) << "5 columns";
+  EXPECT_EQ(cuda::dense_gemv_launch(a, test_launch()), cudaErrorInvalidValue) << "5 columns";
   a.n = 4;
   a.weights = GemmWeights::kMxfp4;
-  EXPECT_EQ(cuda::dense_gemv_launch(a, nullptr), cudaErrorInvalidValue) << "MXFP4 weights";
+  EXPECT_EQ(cuda::dense_gemv_launch(a, test_launch()), cudaErrorInvalidValue) << "MXFP4 weights";
   a.weights = GemmWeights::kF16;
   a.seg_blocks = 20;
   a.nseg = 1;
-  EXPECT_EQ(cuda::dense_gemv_launch(a, nullptr), cudaErrorInvalidValue) << "segments over 16 blocks";
+  EXPECT_EQ(cuda::dense_gemv_launch(a, test_launch()), cudaErrorInvalidValue) << "segments over 16 blocks";
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, DenseGemvTest,
@@ -478,7 +478,7 @@ TEST_P(MoeGemmTest, GroupingCoversEveryPairOnce) {
   const MoeCase c = GetParam();
   const MoeSetup s = make_moe(c, 77 + c.experts + c.tokens);
   MoeDevice d(s, c);
-  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, d.group(s), nullptr));
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, d.group(s), test_launch()));
   const auto st = d.sorted_token.download(), sp = d.sorted_pair.download(), tl = d.tiles.download();
   const int n_tiles = d.n_tiles.download()[0];
   std::vector<int> seen(static_cast<size_t>(s.pairs), 0);
@@ -505,14 +505,14 @@ TEST_P(MoeGemmTest, ExpertOutputsMatchReferenceAndSwiglu) {
   const MoeCase c = GetParam();
   const MoeSetup s = make_moe(c, 99 + c.experts * 3 + c.hidden);
   MoeDevice d(s, c);
-  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, d.group(s), nullptr));
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, d.group(s), test_launch()));
   DevArray<float> y(static_cast<size_t>(s.pairs) * s.rows);
   y.fill_bytes(0xff);
   GemmArgs a = d.args(s);
   a.out = y.get();
   a.out_stride = s.rows;
   a.out_scatter = d.sorted_pair.get();
-  CUDA_ASSERT(cuda::gemm_launch(a, s.nt, nullptr));
+  CUDA_ASSERT(cuda::gemm_launch(a, s.nt, test_launch()));
   const int ip = static_cast<int>(cuda::round_up(c.inter, cuda::kActPad));
   DevArray<uint16_t> act(static_cast<size_t>(s.pairs) * 2 * ip);
   GemmArgs sw = d.args(s);
@@ -523,7 +523,7 @@ TEST_P(MoeGemmTest, ExpertOutputsMatchReferenceAndSwiglu) {
   sw.out_scatter = d.sorted_pair.get();
   sw.bias = d.bias.get();
   sw.bias_expert_stride = s.rows_p;
-  CUDA_ASSERT(cuda::gemm_launch(sw, s.nt, nullptr));
+  CUDA_ASSERT(cuda::gemm_launch(sw, s.nt, test_launch()));
   const std::vector<float> yd = y.download();
   const std::vector<uint16_t> ad = act.download();
 
@@ -534,7 +534,7 @@ TEST_P(MoeGemmTest, SplitSwigluAndTokenAloneAreBitIdentical) {
   const MoeCase c = GetParam();
   const MoeSetup s = make_moe(c, 123 + c.tokens * 5 + c.inter);
   MoeDevice d(s, c);
-  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, d.group(s), nullptr));
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, d.group(s), test_launch()));
   const int ip = static_cast<int>(cuda::round_up(c.inter, cuda::kActPad));
   DevArray<uint16_t> fused(static_cast<size_t>(s.pairs) * 2 * ip), split(static_cast<size_t>(s.pairs) * 2 * ip);
   DevArray<float> parts(static_cast<size_t>(s.nseg) * s.pairs * s.rows);
@@ -545,16 +545,16 @@ TEST_P(MoeGemmTest, SplitSwigluAndTokenAloneAreBitIdentical) {
   sw.out16_lo = ip;
   sw.bias = d.bias.get();
   sw.bias_expert_stride = s.rows_p;
-  CUDA_ASSERT(cuda::gemm_launch(sw, s.nt, nullptr));
+  CUDA_ASSERT(cuda::gemm_launch(sw, s.nt, test_launch()));
   GemmArgs pa = d.args(s);
   pa.mode = GemmOut::kPartial;
   pa.out = parts.get();
   pa.out_stride = s.rows;
   pa.part_stride = static_cast<int64_t>(s.pairs) * s.rows;
-  CUDA_ASSERT(cuda::gemm_launch(pa, s.nt, nullptr));
+  CUDA_ASSERT(cuda::gemm_launch(pa, s.nt, test_launch()));
   CUDA_ASSERT(cuda::swiglu_parts_launch(parts.get(), s.nseg, pa.part_stride, s.rows, c.inter, d.tiles.get(),
                                         d.n_tiles.get(), s.max_tiles, d.bias.get(), s.rows_p, 1.702f, 7.0f, split.get(),
-                                        2 * ip, ip, nullptr));
+                                        2 * ip, ip, test_launch()));
   const auto f = fused.download(), sp = split.download();
   for (size_t i = 0; i < f.size(); ++i) ASSERT_EQ(f[i], sp[i]) << "element " << i;
 
@@ -564,13 +564,13 @@ TEST_P(MoeGemmTest, SplitSwigluAndTokenAloneAreBitIdentical) {
   a.out = y_all.get();
   a.out_stride = s.rows;
   a.out_scatter = d.sorted_pair.get();
-  CUDA_ASSERT(cuda::gemm_launch(a, s.nt, nullptr));
+  CUDA_ASSERT(cuda::gemm_launch(a, s.nt, test_launch()));
   const std::vector<float> all = y_all.download();
   const int nt1 = 8, max1 = cuda::moe_max_tiles(c.top_k, c.experts, nt1);
   DevArray<int32_t> st1(static_cast<size_t>(c.top_k)), sp1(static_cast<size_t>(c.top_k)),
       tl1(static_cast<size_t>(max1) * 4), n1(1);
   const cuda::MoeGroupOut g1{nt1, st1.get(), sp1.get(), tl1.get(), n1.get(), max1};
-  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), 1, c.top_k, c.experts, g1, nullptr));
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), 1, c.top_k, c.experts, g1, test_launch()));
   GemmArgs b = d.args(s);
   b.x_gather = st1.get();
   b.tiles = tl1.get();
@@ -579,7 +579,7 @@ TEST_P(MoeGemmTest, SplitSwigluAndTokenAloneAreBitIdentical) {
   b.out = y_one.get();
   b.out_stride = s.rows;
   b.out_scatter = sp1.get();
-  CUDA_ASSERT(cuda::gemm_launch(b, nt1, nullptr));
+  CUDA_ASSERT(cuda::gemm_launch(b, nt1, test_launch()));
   const std::vector<float> alone = y_one.download();
   for (size_t i = 0; i < alone.size(); ++i) ASSERT_TRUE(same_bits(alone[i], all[i])) << "element " << i;
 }
@@ -643,8 +643,8 @@ TEST_P(MoeDecodeTest, PairsMatchReferenceSwigluAndTokenAlone) {
   a.out = y.get();
   a.out_stride = s.rows;
   set_swiglu(sw, d, s, act.get(), ip);
-  CUDA_ASSERT(cuda::moe_decode_launch(a, nullptr));
-  CUDA_ASSERT(cuda::moe_decode_launch(sw, nullptr));
+  CUDA_ASSERT(cuda::moe_decode_launch(a, test_launch()));
+  CUDA_ASSERT(cuda::moe_decode_launch(sw, test_launch()));
   const std::vector<float> yd = y.download();
   const std::vector<uint16_t> ad = act.download();
   CUDA_ASSERT(cudaGetLastError());
@@ -656,7 +656,7 @@ TEST_P(MoeDecodeTest, PairsMatchReferenceSwigluAndTokenAlone) {
   one.fill_bytes(0xff);
   a.pairs = c.top_k;
   a.out = one.get();
-  CUDA_ASSERT(cuda::moe_decode_launch(a, nullptr));
+  CUDA_ASSERT(cuda::moe_decode_launch(a, test_launch()));
   const std::vector<float> od = one.download();
   for (size_t i = 0; i < od.size(); ++i) ASSERT_TRUE(same_bits(od[i], yd[i])) << "element " << i;
 }
@@ -672,7 +672,7 @@ TEST_P(MoeDecodeTest, GroupedTilesGiveThePairBits) {
       tiles(static_cast<size_t>(max_tiles) * 4), n_tiles(1);
   CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts,
                                      cuda::MoeGroupOut{nt, st.get(), sp.get(), tiles.get(), n_tiles.get(), max_tiles},
-                                     nullptr));
+                                     test_launch()));
   auto pairs_mode = [&](cuda::MoeDecodeArgs a, int x_row_div) {
     a.experts = d.idx.get();
     a.pairs = s.pairs;
@@ -695,9 +695,9 @@ TEST_P(MoeDecodeTest, GroupedTilesGiveThePairBits) {
   cuda::MoeDecodeArgs a = w.args(s, d.x.get(), d.kp);
   a.out_stride = s.rows;
   a.out = yp.get();
-  CUDA_ASSERT(cuda::moe_decode_launch(pairs_mode(a, c.top_k), nullptr));
+  CUDA_ASSERT(cuda::moe_decode_launch(pairs_mode(a, c.top_k), test_launch()));
   a.out = yg.get();
-  CUDA_ASSERT(cuda::moe_decode_launch(tiles_mode(a, st.get(), sp.get()), nullptr));
+  CUDA_ASSERT(cuda::moe_decode_launch(tiles_mode(a, st.get(), sp.get()), test_launch()));
   const std::vector<float> vp = yp.download(), vg = yg.download();
   for (size_t i = 0; i < ny; ++i) ASSERT_TRUE(same_bits(vg[i], vp[i])) << "plain element " << i;
 
@@ -705,9 +705,9 @@ TEST_P(MoeDecodeTest, GroupedTilesGiveThePairBits) {
   DevArray<uint16_t> ap(static_cast<size_t>(s.pairs) * 2 * ip), ag(static_cast<size_t>(s.pairs) * 2 * ip);
   cuda::MoeDecodeArgs g = w.args(s, d.x.get(), d.kp);
   set_swiglu(g, d, s, ap.get(), ip);
-  CUDA_ASSERT(cuda::moe_decode_launch(pairs_mode(g, c.top_k), nullptr));
+  CUDA_ASSERT(cuda::moe_decode_launch(pairs_mode(g, c.top_k), test_launch()));
   g.out16 = ag.get();
-  CUDA_ASSERT(cuda::moe_decode_launch(tiles_mode(g, st.get(), nullptr), nullptr));
+  CUDA_ASSERT(cuda::moe_decode_launch(tiles_mode(g, st.get(), nullptr), test_launch()));
   const std::vector<uint16_t> hp = ap.download(), hg = ag.download();
   const std::vector<int32_t> order = sp.download();
   for (int i = 0; i < s.pairs; ++i) {
@@ -732,8 +732,8 @@ TEST_P(MoeDecodeTest, GroupedTilesGiveThePairBits) {
   cuda::MoeDecodeArgs dp = w2.args(s2, ap.get(), ip), dg = w2.args(s2, ag.get(), ip);
   dp.out = zp.get(), dg.out = zg.get();
   dp.out_stride = dg.out_stride = s2.rows;
-  CUDA_ASSERT(cuda::moe_decode_launch(pairs_mode(dp, 1), nullptr));
-  CUDA_ASSERT(cuda::moe_decode_launch(tiles_mode(dg, nullptr, sp.get()), nullptr));
+  CUDA_ASSERT(cuda::moe_decode_launch(pairs_mode(dp, 1), test_launch()));
+  CUDA_ASSERT(cuda::moe_decode_launch(tiles_mode(dg, nullptr, sp.get()), test_launch()));
   const std::vector<float> up = zp.download(), ug = zg.download();
   for (size_t i = 0; i < n2; ++i) ASSERT_TRUE(same_bits(ug[i], up[i])) << "down element " << i;
   std::vector<float> wrow(static_cast<size_t>(c.inter));
@@ -776,13 +776,13 @@ TEST_P(TiledDenseGemmTest, SameBitsAsGemmKernelAndMatchesFloat64) {
   const size_t size = static_cast<size_t>(c.n) * c.rows;
   DevArray<float> ref(size), out(size);
   GemmArgs a = dense_args(s, c, w.get(), x.get(), c.n, ref.get());
-  CUDA_ASSERT(cuda::gemm_launch(a, 8, nullptr));
+  CUDA_ASSERT(cuda::gemm_launch(a, 8, test_launch()));
   const std::vector<float> yr = ref.download();
   a.out = out.get();
   for (int mt = 0; mt <= 2; ++mt) {
     out.fill_bytes(0xff);  // NaN poison: every output must be written
     // mt 0: whatever gemm_launch picks for 64-column tiles.
-    CUDA_ASSERT(mt == 0 ? cuda::gemm_launch(a, 64, nullptr) : cuda::gemm_tiled_launch(a, mt, nullptr));
+    CUDA_ASSERT(mt == 0 ? cuda::gemm_launch(a, 64, test_launch()) : cuda::gemm_tiled_launch(a, mt, test_launch()));
     const std::vector<float> y = out.download();
     CUDA_ASSERT(cudaGetLastError());
     for (size_t i = 0; i < size; ++i)
@@ -802,16 +802,16 @@ TEST(TiledGemm, RejectsWhatItCannotDo) {
   DevArray<uint16_t> w(static_cast<size_t>(s.rows_p) * s.kp), x(static_cast<size_t>(64) * 2 * s.kp);
   DevArray<float> out(static_cast<size_t>(64) * 64);
   GemmArgs a = dense_args(s, DenseCase{64, 64, 64}, w.get(), x.get(), 64, out.get());
-  EXPECT_EQ(cuda::gemm_tiled_launch(a, 3, nullptr), cudaErrorInvalidValue) << "mt 3";
+  EXPECT_EQ(cuda::gemm_tiled_launch(a, 3, test_launch()), cudaErrorInvalidValue) << "mt 3";
   a.mode = GemmOut::kPartial;
-  EXPECT_EQ(cuda::gemm_tiled_launch(a, 1, nullptr), cudaErrorInvalidValue) << "split partials";
+  EXPECT_EQ(cuda::gemm_tiled_launch(a, 1, test_launch()), cudaErrorInvalidValue) << "split partials";
   EXPECT_EQ(cuda::gemm_tiled_mt(a), 0) << "split partials";
   a.mode = GemmOut::kSwiglu;
-  EXPECT_EQ(cuda::gemm_tiled_launch(a, 1, nullptr), cudaErrorInvalidValue) << "dense SwiGLU";
+  EXPECT_EQ(cuda::gemm_tiled_launch(a, 1, test_launch()), cudaErrorInvalidValue) << "dense SwiGLU";
   a.mode = GemmOut::kStore;
   a.kblocks = 3;
   a.seg_blocks = 4;
-  EXPECT_EQ(cuda::gemm_tiled_launch(a, 1, nullptr), cudaErrorInvalidValue) << "odd dense kblocks";
+  EXPECT_EQ(cuda::gemm_tiled_launch(a, 1, test_launch()), cudaErrorInvalidValue) << "odd dense kblocks";
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, TiledDenseGemmTest,
@@ -860,8 +860,8 @@ TEST_P(TiledMoeGemmTest, SameBitsAsGemmKernelAndMatchesReference) {
     }
   MoeDevice d(s, c);
   Grouping g8(8, s, c), g64(64, s, c);
-  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, g8.out(), nullptr));
-  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, g64.out(), nullptr));
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, g8.out(), test_launch()));
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, g64.out(), test_launch()));
   const int ip = static_cast<int>(cuda::round_up(c.inter, cuda::kActPad));
   const size_t ysize = static_cast<size_t>(s.pairs) * s.rows, asize = static_cast<size_t>(s.pairs) * 2 * ip;
   DevArray<float> y_ref(ysize), y(ysize);
@@ -879,8 +879,8 @@ TEST_P(TiledMoeGemmTest, SameBitsAsGemmKernelAndMatchesReference) {
   g8.apply(sw);
   st.out = y_ref.get();
   sw.out16 = act_ref.get();
-  CUDA_ASSERT(cuda::gemm_launch(st, 8, nullptr));
-  CUDA_ASSERT(cuda::gemm_launch(sw, 8, nullptr));
+  CUDA_ASSERT(cuda::gemm_launch(st, 8, test_launch()));
+  CUDA_ASSERT(cuda::gemm_launch(sw, 8, test_launch()));
   const std::vector<float> yr = y_ref.download();
   const std::vector<uint16_t> ar = act_ref.download();
 
@@ -892,8 +892,8 @@ TEST_P(TiledMoeGemmTest, SameBitsAsGemmKernelAndMatchesReference) {
     y.fill_bytes(0xff);
     act.fill_bytes(0xff);
     // mt 0: whatever gemm_launch picks for 64-column tiles.
-    CUDA_ASSERT(mt == 0 ? cuda::gemm_launch(st, 64, nullptr) : cuda::gemm_tiled_launch(st, mt, nullptr));
-    CUDA_ASSERT(mt == 0 ? cuda::gemm_launch(sw, 64, nullptr) : cuda::gemm_tiled_launch(sw, mt, nullptr));
+    CUDA_ASSERT(mt == 0 ? cuda::gemm_launch(st, 64, test_launch()) : cuda::gemm_tiled_launch(st, mt, test_launch()));
+    CUDA_ASSERT(mt == 0 ? cuda::gemm_launch(sw, 64, test_launch()) : cuda::gemm_tiled_launch(sw, mt, test_launch()));
     const std::vector<float> yd = y.download();
     const std::vector<uint16_t> ad = act.download();
     CUDA_ASSERT(cudaGetLastError());

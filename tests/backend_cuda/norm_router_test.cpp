@@ -22,7 +22,7 @@ TEST(CudaEmbed, CopiesRowsExactly) {
   DevArray<uint16_t> t(table);
   DevArray<int32_t> tok(tokens);
   DevArray<float> h(tokens.size() * dim);
-  CUDA_ASSERT(cuda::embed_launch(t.get(), dim, tok.get(), static_cast<int>(tokens.size()), h.get(), nullptr));
+  CUDA_ASSERT(cuda::embed_launch(t.get(), dim, tok.get(), static_cast<int>(tokens.size()), h.get(), test_launch()));
   std::vector<float> ref(tokens.size() * dim);
   cpu::embed_rows(table.data(), dim, tokens.data(), static_cast<int64_t>(tokens.size()), ref.data());
   EXPECT_EQ(h.download(), ref);
@@ -65,7 +65,7 @@ TEST_P(CudaAddRmsNorm, MatchesReference) {
     add.expert_bias = b.get(), add.expert_bias_stride = c.dim;
   }
   CUDA_ASSERT(cuda::add_rmsnorm_launch(h.get(), c.n, c.dim, add, g.get(), 1e-5f, x16.get(), 2 * x16_stride, x16_stride,
-                                       x32.get(), nullptr));
+                                       x32.get(), test_launch()));
 
   // Host: the same sums in double, then the CPU RMSNorm.
   std::vector<float> href = h0;
@@ -93,7 +93,7 @@ TEST_P(CudaAddRmsNorm, MatchesReference) {
   // A second launch with no contribution: the norm of the updated residual, residual untouched.
   DevArray<float> x32b(static_cast<size_t>(c.n) * c.dim);
   CUDA_ASSERT(cuda::add_rmsnorm_launch(h.get(), c.n, c.dim, cuda::ResidualAdd{}, g.get(), 1e-5f, x16.get(),
-                                       2 * x16_stride, x16_stride, x32b.get(), nullptr));
+                                       2 * x16_stride, x16_stride, x32b.get(), test_launch()));
   const std::vector<float> xb = x32b.download();
   EXPECT_LE(rel_l2(xb.data(), xref.data(), xref.size()), 1e-6);
   EXPECT_EQ(h.download(), hd);
@@ -112,6 +112,56 @@ INSTANTIATE_TEST_SUITE_P(Cases, CudaAddRmsNorm,
                                            NormCase{8, 2880, 2, 4}, NormCase{6, 2880, 2, 0}, NormCase{1, 4, 1, 1},
                                            NormCase{3, 3004, 1, 4}, NormCase{2, 12288, 2, 0},
                                            NormCase{4, 10236, 1, 3}));
+
+// The single-block kernel (for GPUs or builds without clusters) against the cluster kernel on the
+// same inputs: the residual, the f32 and the fp16-pair outputs bit for bit (run where the device
+// runs sm_90 code; elsewhere MatchesReference checks the single-block kernel, the only one there).
+TEST_P(CudaAddRmsNorm, SingleBlockKernelGivesClusterBits) {
+  const NormCase c = GetParam();
+  const cuda::Launch cluster = test_launch();
+  if (!cluster.clusters) GTEST_SKIP() << "the device runs no sm_90 code: no cluster kernel to compare with";
+  cuda::Launch block = cluster;
+  block.clusters = false;
+  const int E = 5, groups = c.top_k > 0 ? c.top_k : 1, x16_stride = static_cast<int>(cuda::round_up(c.dim, 64));
+  const size_t rows = static_cast<size_t>(c.n) * groups;
+  const std::vector<float> h0 = random_f32(static_cast<size_t>(c.n) * c.dim, 51, 30.0f);
+  DevArray<float> p(random_f32(static_cast<size_t>(std::max(c.nparts, 1)) * rows * c.dim, 52, 2.0f));
+  DevArray<float> b(random_f32(static_cast<size_t>(E) * c.dim, 53, 1.0f)), g(random_f32(c.dim, 54, 2.0f));
+  std::vector<int32_t> experts(rows);
+  std::vector<float> weights(rows);
+  for (size_t i = 0; i < rows; ++i)
+    experts[i] = static_cast<int32_t>((i * 3 + 2) % E), weights[i] = 0.15f + 0.1f * (i % 6);
+  DevArray<int32_t> ex(experts);
+  DevArray<float> w(weights);
+  cuda::ResidualAdd add;
+  add.parts = p.get(), add.nparts = c.nparts, add.part_stride = static_cast<int64_t>(rows) * c.dim;
+  add.stride = c.dim;
+  if (c.top_k == 0) {
+    add.bias = b.get();
+  } else {
+    add.top_k = c.top_k, add.experts = ex.get(), add.weights = w.get();
+    add.expert_bias = b.get(), add.expert_bias_stride = c.dim;
+  }
+  struct Out {
+    std::vector<float> h, x32;
+    std::vector<uint16_t> x16;
+  };
+  auto run = [&](const cuda::Launch& ln, Out* o) {
+    DevArray<float> h(h0), x32(static_cast<size_t>(c.n) * c.dim);
+    DevArray<uint16_t> x16(static_cast<size_t>(c.n) * 2 * x16_stride);
+    x32.fill_bytes(0xff), x16.fill_bytes(0xff);
+    CUDA_ASSERT(cuda::add_rmsnorm_launch(h.get(), c.n, c.dim, add, g.get(), 1e-5f, x16.get(), 2 * x16_stride,
+                                         x16_stride, x32.get(), ln));
+    *o = Out{h.download(), x32.download(), x16.download()};
+  };
+  Out oc, ob;
+  run(cluster, &oc);
+  run(block, &ob);
+  EXPECT_EQ(0, std::memcmp(oc.h.data(), ob.h.data(), oc.h.size() * sizeof(float))) << "residual";
+  EXPECT_EQ(0, std::memcmp(oc.x32.data(), ob.x32.data(), oc.x32.size() * sizeof(float))) << "f32 output";
+  EXPECT_EQ(oc.x16, ob.x16) << "fp16-pair output";
+  for (float v : oc.x32) ASSERT_TRUE(std::isfinite(v));
+}
 
 // Decode-size batches: each token's residual and normalised row are bit-identical whether it is
 // launched alone or with 1..7 others (expert contributions from 4 experts, split in 2 parts).
@@ -137,7 +187,7 @@ TEST(CudaAddRmsNormBatch, RowsIndependentOfBatchSize) {
     add.top_k = k, add.experts = ex.get() + t0 * k, add.weights = w.get() + t0 * k;
     add.expert_bias = b.get(), add.expert_bias_stride = dim;
     CUDA_ASSERT(cuda::add_rmsnorm_launch(h.get(), n, dim, add, g.get(), 1e-5f, x16.get(), 2 * x16_stride, x16_stride,
-                                         x32.get(), nullptr));
+                                         x32.get(), test_launch()));
     *h_out = h.download(), *x_out = x32.download();
   };
   for (int n = 1; n <= 8; ++n) {
@@ -166,10 +216,10 @@ TEST(CudaArgmax, LowestIndexOnTiesAndNaNNeverWins) {
   DevArray<float> d(logits);
   DevArray<int32_t> out(5);
   DevArray<unsigned long long> keys(5);
-  CUDA_ASSERT(cuda::argmax_launch(d.get(), 5, vocab, keys.get(), out.get(), nullptr));
+  CUDA_ASSERT(cuda::argmax_launch(d.get(), 5, vocab, keys.get(), out.get(), test_launch()));
   auto got = out.download();
   for (unsigned long long k : keys.download()) EXPECT_EQ(k, 0u);
-  CUDA_ASSERT(cuda::argmax_launch(d.get(), 5, vocab, keys.get(), out.get(), nullptr));  // workspace reuse
+  CUDA_ASSERT(cuda::argmax_launch(d.get(), 5, vocab, keys.get(), out.get(), test_launch()));  // workspace reuse
   EXPECT_EQ(out.download(), got);
   for (int r = 0; r < 5; ++r)
     EXPECT_EQ(got[static_cast<size_t>(r)], cpu::argmax(&logits[static_cast<size_t>(r) * vocab], vocab)) << "row " << r;
@@ -183,7 +233,7 @@ TEST(CudaArgmax, SmallAndOddRows) {
     DevArray<float> d(logits);
     DevArray<int32_t> out(3);
     DevArray<unsigned long long> keys(3);
-    CUDA_ASSERT(cuda::argmax_launch(d.get(), 3, vocab, keys.get(), out.get(), nullptr));
+    CUDA_ASSERT(cuda::argmax_launch(d.get(), 3, vocab, keys.get(), out.get(), test_launch()));
     const auto got = out.download();
     for (int r = 0; r < 3; ++r)
       EXPECT_EQ(got[static_cast<size_t>(r)], cpu::argmax(&logits[static_cast<size_t>(r) * vocab], vocab)) << vocab;
@@ -222,7 +272,7 @@ TEST_P(CudaRouter, MatchesCpuTopkSoftmaxAndStats) {
   cuda::RouterStatsDev st{counts.get(), top1.get(), entropy.get(), tokens.get()};
   RouterWorkspace work(c.n, c.experts);
   CUDA_ASSERT(cuda::router_launch(xd.get(), c.n, c.dim, wd.get(), bd.get(), c.experts, c.top_k, idx.get(), wt.get(), st,
-                                  nullptr, work.get(), nullptr));
+                                  nullptr, work.get(), test_launch()));
   const auto gi = idx.download();
   const auto gw = wt.download();
 
@@ -276,7 +326,7 @@ TEST(CudaRouterTies, EqualLogitsPickLowerIndexFirst) {
   DevArray<int32_t> idx(top_k);
   RouterWorkspace work(1, experts);
   CUDA_ASSERT(cuda::router_launch(xd.get(), 1, dim, wd.get(), bd.get(), experts, top_k, idx.get(), wt.get(), {},
-                                  nullptr, work.get(), nullptr));
+                                  nullptr, work.get(), test_launch()));
   EXPECT_EQ(idx.download(), (std::vector<int32_t>{1, 2, 4}));
   for (float v : wt.download()) EXPECT_NEAR(v, 1.0f / 3, 1e-6f);
 }
@@ -297,7 +347,7 @@ TEST(CudaRouterFusedGrouping, MatchesSeparateGrouping) {
                               tiles.get(), n_tiles.get(), cuda::moe_max_tiles(n * top_k, experts, 8)};
     RouterWorkspace work(n, experts);
     CUDA_ASSERT(cuda::router_launch(xd.get(), n, dim, wd.get(), bd.get(), experts, top_k, idx.get(), wt.get(), {}, &g,
-                                    work.get(), nullptr));
+                                    work.get(), test_launch()));
     for (unsigned v : work.counters.download()) EXPECT_EQ(v, 0u) << "arrival counters must be left at zero";
     const auto ids = idx.download(), sorted = sp.download(), tl = tiles.download();
     const int nt = n_tiles.download()[0];

@@ -3,6 +3,8 @@
 // product, RoPE + KV store, attention, o product, residual + norm, router, expert products, final norm), run
 // back to back on a stream and replayed from a captured graph, must give the same bits as the same
 // launches with a host synchronisation after each one (a read before the wait would see stale data).
+// Where the device runs sm_90 code the chain also runs with the single-block RMSNorm (same bits);
+// pre-sm_90 code launches without PDL, and the test checks plain stream order.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -137,14 +139,14 @@ struct Step {
   }
 
   // A dense product as the backend runs it: the decode GEMV for a few tokens, else the GEMM.
-  cudaError_t product(const cuda::GemmArgs& a, cudaStream_t st) const {
-    return T <= cuda::kDenseGemvTokens ? cuda::dense_gemv_launch(a, st)
-                                       : cuda::gemm_launch(a, cuda::gemm_tile_cols(T), st);
+  cudaError_t product(const cuda::GemmArgs& a, const cuda::Launch& ln) const {
+    return T <= cuda::kDenseGemvTokens ? cuda::dense_gemv_launch(a, ln)
+                                       : cuda::gemm_launch(a, cuda::gemm_tile_cols(T), ln);
   }
 
   // The launches of kLayers layers (the same weights each time) and the final norm; `after` runs
   // after each launch.
-  cudaError_t enqueue(cudaStream_t st, const std::function<cudaError_t()>& after) {
+  cudaError_t enqueue(const cuda::Launch& ln, const std::function<cudaError_t()>& after) {
     const cuda::AttnShape shape{kHeads, kKvHeads, kHeadDim, kHeadDim};
     cuda::KvLayer kv;
     kv.k = kc.get(), kv.v = vc.get(), kv.cap = kCap;
@@ -157,38 +159,38 @@ struct Step {
     if (e_ != cudaSuccess) return e_;   \
   } while (0)
     for (int l = 0; l < kLayers; ++l) {
-      PDL_TRY(cuda::add_rmsnorm_launch(h.get(), T, kH, pending, gain.get(), 1e-5f, x16.get(), 2 * hp, hp, nullptr, st));
-      PDL_TRY(product(dense(w_qkv, kQkvRows, kH / 32, qkv_seg, qkv_nseg, x16.get(), hp, qkv.get()), st));
+      PDL_TRY(cuda::add_rmsnorm_launch(h.get(), T, kH, pending, gain.get(), 1e-5f, x16.get(), 2 * hp, hp, nullptr, ln));
+      PDL_TRY(product(dense(w_qkv, kQkvRows, kH / 32, qkv_seg, qkv_nseg, x16.get(), hp, qkv.get()), ln));
       cuda::QkvRopeArgs r;
       r.parts = qkv.get(), r.nparts = qkv_nseg, r.part_stride = static_cast<int64_t>(T) * kQkvRows;
       r.stride = kQkvRows, r.bias = b_qkv.get(), r.pos = pos.get(), r.slot = slot.get();
       r.inv_freq = inv_freq.get(), r.q32 = q32.get();
-      PDL_TRY(cuda::qkv_rope_launch(r, T, shape, kv, st));
+      PDL_TRY(cuda::qkv_rope_launch(r, T, shape, kv, ln));
       cuda::AttnArgs at;
       at.q32 = q32.get(), at.pos = pos.get(), at.items = items.get(), at.n_items = T, at.tokens_per_item = 1;
       at.sinks = sinks.get(), at.o16 = o16.get(), at.o_stride = 2 * qp, at.o_lo = qp, at.n_tokens = T;
-      PDL_TRY(cuda::attention_launch(at, shape, kv, st));
-      PDL_TRY(product(dense(w_o, kH, kQ / 32, o_seg, o_nseg, o16.get(), qp, proj.get()), st));
+      PDL_TRY(cuda::attention_launch(at, shape, kv, ln));
+      PDL_TRY(product(dense(w_o, kH, kQ / 32, o_seg, o_nseg, o16.get(), qp, proj.get()), ln));
       cuda::ResidualAdd add;
       add.parts = proj.get(), add.nparts = o_nseg, add.part_stride = static_cast<int64_t>(T) * kH, add.stride = kH;
       add.bias = b_o.get();
-      PDL_TRY(cuda::add_rmsnorm_launch(h.get(), T, kH, add, gain.get(), 1e-5f, x16.get(), 2 * hp, hp, x32.get(), st));
+      PDL_TRY(cuda::add_rmsnorm_launch(h.get(), T, kH, add, gain.get(), 1e-5f, x16.get(), 2 * hp, hp, x32.get(), ln));
       PDL_TRY(cuda::router_launch(x32.get(), T, kH, router_w.get(), router_b.get(), kExperts, kTopK, idx.get(),
                                   wts.get(), cuda::RouterStatsDev{}, nullptr,
-                                  cuda::RouterWork{logits.get(), counters.get()}, st));
+                                  cuda::RouterWork{logits.get(), counters.get()}, ln));
       cuda::MoeDecodeArgs v1 = mlp1.args(idx.get(), P, x16.get(), hp);
       v1.x_row_div = kTopK, v1.bias = mlp1.bias.get(), v1.bias_expert_stride = mlp1.rows;
       v1.out16 = a16.get(), v1.out16_stride = 2 * ip, v1.out16_lo = ip;
-      PDL_TRY(cuda::moe_decode_launch(v1, st));
+      PDL_TRY(cuda::moe_decode_launch(v1, ln));
       cuda::MoeDecodeArgs v2 = mlp2.args(idx.get(), P, a16.get(), ip);
       v2.out = y.get(), v2.out_stride = kH;
-      PDL_TRY(cuda::moe_decode_launch(v2, st));
+      PDL_TRY(cuda::moe_decode_launch(v2, ln));
       pending = cuda::ResidualAdd{};
       pending.parts = y.get(), pending.nparts = 1, pending.part_stride = static_cast<int64_t>(P) * kH;
       pending.stride = kH, pending.top_k = kTopK, pending.experts = idx.get(), pending.weights = wts.get();
       pending.expert_bias = mlp2.bias.get(), pending.expert_bias_stride = kH;
     }
-    PDL_TRY(cuda::add_rmsnorm_launch(h.get(), T, kH, pending, gain.get(), 1e-5f, x16.get(), 2 * hp, hp, nullptr, st));
+    PDL_TRY(cuda::add_rmsnorm_launch(h.get(), T, kH, pending, gain.get(), 1e-5f, x16.get(), 2 * hp, hp, nullptr, ln));
 #undef PDL_TRY
     return cudaSuccess;
   }
@@ -235,24 +237,34 @@ TEST_P(CudaPdlChain, BackToBackAndGraphMatchSynchronizedLaunches) {
   Step s(GetParam());
   cudaStream_t st = nullptr;
   CUDA_ASSERT(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  const cuda::Launch ln = test_launch(st);
 
   s.reset();
-  CUDA_ASSERT(s.enqueue(st, [&] { return cudaStreamSynchronize(st); }));
+  CUDA_ASSERT(s.enqueue(ln, [&] { return cudaStreamSynchronize(st); }));
   const Step::Result ref = s.result();
   for (float v : ref.h)
     ASSERT_TRUE(std::isfinite(v)) << "the chain must stay finite for the comparison to mean anything";
 
   for (int rep = 0; rep < 3; ++rep) {
     s.reset();
-    CUDA_ASSERT(s.enqueue(st, [] { return cudaSuccess; }));
+    CUDA_ASSERT(s.enqueue(ln, [] { return cudaSuccess; }));
     CUDA_ASSERT(cudaStreamSynchronize(st));
     expect_same(s.result(), ref, "back to back");
+  }
+  if (ln.clusters) {
+    // The single-block RMSNorm in the same chain: the same bits as the cluster kernel.
+    cuda::Launch block_norm = ln;
+    block_norm.clusters = false;
+    s.reset();
+    CUDA_ASSERT(s.enqueue(block_norm, [] { return cudaSuccess; }));
+    CUDA_ASSERT(cudaStreamSynchronize(st));
+    expect_same(s.result(), ref, "single-block norm, back to back");
   }
 
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
   CUDA_ASSERT(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  const cudaError_t enq = s.enqueue(st, [] { return cudaSuccess; });
+  const cudaError_t enq = s.enqueue(ln, [] { return cudaSuccess; });
   CUDA_ASSERT(cudaStreamEndCapture(st, &graph));
   CUDA_ASSERT(enq);
   CUDA_ASSERT(cudaGraphInstantiate(&exec, graph, 0));

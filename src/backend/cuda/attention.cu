@@ -106,7 +106,9 @@ struct AttnLayout {
   static constexpr int kKh = 0, kKl = kAttnKeyTile * kK, kVh = 2 * kAttnKeyTile * kK,
                        kVl = 2 * kAttnKeyTile * kK + kAttnKeyTile * kV;  // offsets in the fp16 area
   static constexpr int kHalfs = 2 * kAttnKeyTile * (kK + kV);
-  static constexpr size_t kSmemBytes = 2 * kRawFloats * sizeof(float) + kHalfs * sizeof(uint16_t);
+  // With RS raw stages (2: tile i+1 lands while tile i is split; 1: it lands while tile i is
+  // multiplied, for devices with less shared memory: at DP = 64, 102 KB with 2 stages, 70 KB with 1).
+  static constexpr size_t smem_bytes(int rs) { return rs * kRawFloats * sizeof(float) + kHalfs * sizeof(uint16_t); }
 };
 
 struct RowInfo {
@@ -270,13 +272,14 @@ __device__ __forceinline__ void attn_epilogue(const AttnArgs& a, const AttnShape
   }
 }
 
-// grid: (item, kv head × head chunk, key split); block: 1..4 warps of 16 (token, head) rows.
-template <int DP>
+// grid: (item, kv head × head chunk, key split); block: 1..4 warps of 16 (token, head) rows; RS
+// stages of raw f32 tiles (the same arithmetic either way).
+template <int DP, int RS>
 __global__ void attention_kernel(const AttnArgs a, const AttnShape s, const KvLayer kv, int n_chunks, int hc) {
   using L = AttnLayout<DP>;
   extern __shared__ uint4 attn_smem[];
-  float* raw = reinterpret_cast<float*>(attn_smem);                      // 2 stages of f32 K, V
-  uint16_t* f16 = reinterpret_cast<uint16_t*>(raw + 2 * L::kRawFloats);  // Kh, Kl, Vh, Vl
+  float* raw = reinterpret_cast<float*>(attn_smem);                       // RS stages of f32 K, V
+  uint16_t* f16 = reinterpret_cast<uint16_t*>(raw + RS * L::kRawFloats);  // Kh, Kl, Vh, Vl
   pdl_wait();
   pdl_launch_dependents();
   const AttnItem item = a.items[blockIdx.x];
@@ -325,32 +328,44 @@ __global__ void attention_kernel(const AttnArgs a, const AttnShape s, const KvLa
   const int n_tiles = ks <= ke ? (ke - ks) / kAttnKeyTile + 1 : 0;
   if (n_tiles > 0) attn_issue_tile<DP>(kbase, vbase, kv.cap, ks, ke, raw);
   for (int it = 0; it < n_tiles; ++it) {
-    if (it + 1 < n_tiles) {
+    if (RS == 2 && it + 1 < n_tiles) {
       attn_issue_tile<DP>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke, raw + ((it + 1) & 1) * L::kRawFloats);
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
     __syncthreads();
-    attn_split_tile<DP>(raw + (it & 1) * L::kRawFloats, f16);
+    attn_split_tile<DP>(raw + (RS == 2 ? (it & 1) : 0) * L::kRawFloats, f16);
     __syncthreads();
+    // One stage: the raw tile is consumed, the next one lands while this one is multiplied.
+    if (RS == 1 && it + 1 < n_tiles) attn_issue_tile<DP>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke, raw);
     attn_tile<DP>(q, f16, ks + it * kAttnKeyTile, ks, ke, ri, scale_log2, m, l, acc, lane);
     __syncthreads();
   }
   attn_epilogue<DP>(a, s, ri, m, l, acc, t);
 }
 
-template <int DP>
-cudaError_t attention_launch_dp(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, dim3 grid, int warps,
-                                int n_chunks, int hc, cudaStream_t stream) {
-  const size_t smem = AttnLayout<DP>::kSmemBytes;
+template <int DP, int RS>
+cudaError_t attention_launch_rs(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, dim3 grid, int warps,
+                                int n_chunks, int hc, const Launch& ln) {
+  const size_t smem = AttnLayout<DP>::smem_bytes(RS);
   if (smem > 48 * 1024) {
     // Opt in once per instantiation (first launches are eager, never inside a graph capture).
-    static const cudaError_t opt_in =
-        cudaFuncSetAttribute(attention_kernel<DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    static const cudaError_t opt_in = cudaFuncSetAttribute(
+        attention_kernel<DP, RS>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (opt_in != cudaSuccess) return opt_in;
   }
-  return launch_kernel(attention_kernel<DP>, grid, warps * 32, smem, stream, a, s, kv, n_chunks, hc);
+  return launch_kernel(attention_kernel<DP, RS>, grid, warps * 32, smem, ln, a, s, kv, n_chunks, hc);
+}
+
+// Two raw stages where the device allows the shared memory, else one.
+template <int DP>
+cudaError_t attention_launch_dp(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, dim3 grid, int warps,
+                                int n_chunks, int hc, const Launch& ln) {
+  if (AttnLayout<DP>::smem_bytes(2) <= static_cast<size_t>(ln.smem_optin))
+    return attention_launch_rs<DP, 2>(a, s, kv, grid, warps, n_chunks, hc, ln);
+  if (AttnLayout<DP>::smem_bytes(1) > static_cast<size_t>(ln.smem_optin)) return cudaErrorInvalidConfiguration;
+  return attention_launch_rs<DP, 1>(a, s, kv, grid, warps, n_chunks, hc, ln);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -600,9 +615,9 @@ __global__ void __launch_bounds__(kDecWarps * 32)
 
 template <int DP>
 cudaError_t attention_decode_launch_dp(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, int n_chunks, int hc,
-                                       cudaStream_t stream) {
+                                       const Launch& ln) {
   const dim3 grid(a.n_items, s.n_kv_heads * n_chunks, a.splits);
-  return launch_kernel(attention_decode_kernel<DP>, grid, dim3(kDecWarps * 32), 0, stream, a, s, kv, n_chunks, hc);
+  return launch_kernel(attention_decode_kernel<DP>, grid, dim3(kDecWarps * 32), 0, ln, a, s, kv, n_chunks, hc);
 }
 
 __global__ void attention_combine_kernel(const AttnArgs a, const AttnShape s) {
@@ -650,13 +665,13 @@ int attention_heads_per_chunk(const AttnShape& s) {
   return group < 64 ? group : 64;
 }
 
-cudaError_t qkv_rope_launch(const QkvRopeArgs& a, int n, const AttnShape& s, const KvLayer& kv, cudaStream_t stream) {
+cudaError_t qkv_rope_launch(const QkvRopeArgs& a, int n, const AttnShape& s, const KvLayer& kv, const Launch& ln) {
   if (n <= 0) return cudaSuccess;
   if (s.head_dim % 2 != 0 || s.dp < s.head_dim || s.dp % 16 != 0 || kv.cap <= 0) return cudaErrorInvalidValue;
   const int items = (s.n_heads + s.n_kv_heads) * (s.head_dim / 2) + s.n_kv_heads * s.head_dim +
                     (s.n_heads + 2 * s.n_kv_heads) * (s.dp - s.head_dim);
   const dim3 grid(n, (items + 127) / 128);
-  return launch_kernel(qkv_rope_kernel, grid, 128, 0, stream, a, s, kv);
+  return launch_kernel(qkv_rope_kernel, grid, 128, 0, ln, a, s, kv);
 }
 
 int attention_decode_chunks(const AttnShape& s) {
@@ -685,17 +700,17 @@ cudaError_t attention_decode_slots(const AttnShape& s, int sm_count, int* slots)
   return e;
 }
 
-cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, cudaStream_t stream) {
+cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, const Launch& ln) {
   if (a.n_items <= 0) return cudaSuccess;
   if (s.n_kv_heads <= 0 || s.n_heads % s.n_kv_heads != 0 || a.splits < 1) return cudaErrorInvalidValue;
   if (a.tokens_per_item == 1) {
     const int n_chunks = attention_decode_chunks(s);
     const int hc = (s.n_heads / s.n_kv_heads + n_chunks - 1) / n_chunks;
     switch (s.dp) {
-      case 16: return attention_decode_launch_dp<16>(a, s, kv, n_chunks, hc, stream);
-      case 32: return attention_decode_launch_dp<32>(a, s, kv, n_chunks, hc, stream);
-      case 64: return attention_decode_launch_dp<64>(a, s, kv, n_chunks, hc, stream);
-      case 128: return attention_decode_launch_dp<128>(a, s, kv, n_chunks, hc, stream);
+      case 16: return attention_decode_launch_dp<16>(a, s, kv, n_chunks, hc, ln);
+      case 32: return attention_decode_launch_dp<32>(a, s, kv, n_chunks, hc, ln);
+      case 64: return attention_decode_launch_dp<64>(a, s, kv, n_chunks, hc, ln);
+      case 128: return attention_decode_launch_dp<128>(a, s, kv, n_chunks, hc, ln);
       default: return cudaErrorInvalidValue;
     }
   }
@@ -706,18 +721,28 @@ cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLaye
   const int warps = (rows + kAttnRowsPerWarp - 1) / kAttnRowsPerWarp;
   const dim3 grid(a.n_items, s.n_kv_heads * n_chunks, a.splits);
   switch (s.dp) {
-    case 16: return attention_launch_dp<16>(a, s, kv, grid, warps, n_chunks, hc, stream);
-    case 32: return attention_launch_dp<32>(a, s, kv, grid, warps, n_chunks, hc, stream);
-    case 64: return attention_launch_dp<64>(a, s, kv, grid, warps, n_chunks, hc, stream);
-    case 128: return attention_launch_dp<128>(a, s, kv, grid, warps, n_chunks, hc, stream);
+    case 16: return attention_launch_dp<16>(a, s, kv, grid, warps, n_chunks, hc, ln);
+    case 32: return attention_launch_dp<32>(a, s, kv, grid, warps, n_chunks, hc, ln);
+    case 64: return attention_launch_dp<64>(a, s, kv, grid, warps, n_chunks, hc, ln);
+    case 128: return attention_launch_dp<128>(a, s, kv, grid, warps, n_chunks, hc, ln);
     default: return cudaErrorInvalidValue;
   }
 }
 
-cudaError_t attention_combine_launch(const AttnArgs& a, const AttnShape& s, cudaStream_t stream) {
+size_t attention_smem_bytes(int dp, int raw_stages) {
+  switch (dp) {
+    case 16: return AttnLayout<16>::smem_bytes(raw_stages);
+    case 32: return AttnLayout<32>::smem_bytes(raw_stages);
+    case 64: return AttnLayout<64>::smem_bytes(raw_stages);
+    case 128: return AttnLayout<128>::smem_bytes(raw_stages);
+    default: return 0;
+  }
+}
+
+cudaError_t attention_combine_launch(const AttnArgs& a, const AttnShape& s, const Launch& ln) {
   if (a.n_tokens <= 0 || a.splits <= 1) return cudaSuccess;
   if (a.splits > 256 || s.dp > 256) return cudaErrorInvalidValue;
-  return launch_kernel(attention_combine_kernel, a.n_tokens * s.n_heads, 256, 0, stream, a, s);
+  return launch_kernel(attention_combine_kernel, a.n_tokens * s.n_heads, 256, 0, ln, a, s);
 }
 
 }  // namespace gptoss::cuda

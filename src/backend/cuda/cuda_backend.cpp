@@ -42,12 +42,13 @@ class Carver {
 }  // namespace
 
 CudaBackend::CudaBackend(std::shared_ptr<const Model> model, const BackendOptions& opts, int sm_count,
-                         std::string device_name)
+                         std::string device_name, const Launch& target)
     : model_(std::move(model)),
       cfg_(model_->config()),
       opts_(opts),
       sm_count_(sm_count),
       device_name_(std::move(device_name)),
+      launch_(target),
       pool_(opts.threads) {
   shape_.n_heads = static_cast<int>(cfg_.num_attention_heads);
   shape_.n_kv_heads = static_cast<int>(cfg_.num_key_value_heads);
@@ -72,7 +73,13 @@ Status CudaBackend::init() {
   if (const char* v = std::getenv("GPTOSS_CUDA_EXPERT_DECODE_TOKENS")) decode_max_tokens_ = std::max(0, std::atoi(v));
   if (const char* v = std::getenv("GPTOSS_CUDA_EXPERT_PAIR_TOKENS")) pair_max_tokens_ = std::max(0, std::atoi(v));
   if (const char* v = std::getenv("GPTOSS_CUDA_CUBLAS_TOKENS")) cublas_min_tokens_ = std::max(0, std::atoi(v));
+  // GPTOSS_CUDA_PDL=0 / GPTOSS_CUDA_CLUSTERS=0 turn off what the kernel code would allow (measurements).
+  if (const char* v = std::getenv("GPTOSS_CUDA_PDL")) launch_.pdl = launch_.pdl && std::atoi(v) != 0;
+  if (const char* v = std::getenv("GPTOSS_CUDA_CLUSTERS")) launch_.clusters = launch_.clusters && std::atoi(v) != 0;
+  log_info("cuda backend: programmatic dependent launch {}, clustered RMSNorm {}", launch_.pdl ? "on" : "off",
+           launch_.clusters ? "on" : "off");
   GPTOSS_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating a CUDA stream");
+  launch_.stream = stream_;
   GPTOSS_ASSIGN_OR_RETURN(cublas_, CublasHandle::create(stream_));
   GPTOSS_ASSIGN_OR_RETURN(dev_, model_upload(*model_, stream_, &pool_));
   // KV cache: sliding layers keep a ring large enough for a rewind of `rollback` tokens and for a
@@ -357,18 +364,28 @@ Result<std::unique_ptr<Backend>> cuda_backend_create(std::shared_ptr<const Model
                       count);
   cudaDeviceProp prop{};
   GPTOSS_CUDA_TRY(cudaGetDeviceProperties(&prop, opts.device), "reading CUDA device properties");
+  // The kernels use cp.async and m16n8k16 mma.sync: Ampere (compute capability 8.0) or later.
+  if (prop.major < 8)
+    return make_error(ErrorCode::kUnavailable, "GPU '{}' (sm_{}{}) is not supported: compute capability 8.0 or later",
+                      prop.name, prop.major, prop.minor);
   GPTOSS_CUDA_TRY(cudaSetDevice(opts.device), "selecting the CUDA device");
-  if (cuda::kernels_available() != cudaSuccess) {
+  cuda::Launch target;
+  if (cuda::launch_target(nullptr, &target) != cudaSuccess) {
     cudaGetLastError();
     return make_error(ErrorCode::kUnavailable, "GPU '{}' (sm_{}{}) is not supported by this build's CUDA kernels",
                       prop.name, prop.major, prop.minor);
   }
+  const int dp = cuda::head_dim_padded(static_cast<int>(c.head_dim));
+  if (cuda::attention_smem_bytes(dp, 1) > static_cast<size_t>(target.smem_optin))
+    return make_error(ErrorCode::kUnavailable,
+                      "cuda backend: head_dim {} needs {} bytes of shared memory per block, GPU '{}' allows {}",
+                      c.head_dim, cuda::attention_smem_bytes(dp, 1), prop.name, target.smem_optin);
   BackendOptions o = opts;
   o.kind = "cuda";
-  auto backend = std::make_unique<cuda::CudaBackend>(std::move(model), o, prop.multiProcessorCount, prop.name);
+  auto backend = std::make_unique<cuda::CudaBackend>(std::move(model), o, prop.multiProcessorCount, prop.name, target);
   GPTOSS_RETURN_IF_ERROR(backend->init());
-  log_info("cuda backend: {} ({} SMs), weights {:.2f} GiB", prop.name, prop.multiProcessorCount,
-           static_cast<double>(backend->memory_stats().weight_bytes) / (1 << 30));
+  log_info("cuda backend: {} ({} SMs, sm_{}{}), weights {:.2f} GiB", prop.name, prop.multiProcessorCount, prop.major,
+           prop.minor, static_cast<double>(backend->memory_stats().weight_bytes) / (1 << 30));
   return std::unique_ptr<Backend>(std::move(backend));
 }
 

@@ -57,7 +57,9 @@ struct StepPlan {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(std::shared_ptr<const Model> model, const BackendOptions& opts, int sm_count, std::string device_name);
+  // `target`: what launch_target() found for the device (its stream is set by init()).
+  CudaBackend(std::shared_ptr<const Model> model, const BackendOptions& opts, int sm_count, std::string device_name,
+              const Launch& target);
   ~CudaBackend() override;
   Status init();  // uploads weights, allocates KV cache and scratch
 
@@ -110,6 +112,7 @@ class CudaBackend final : public Backend {
   int decode_split_cap_ = 1;  // most key splits of one decode sequence (fills the device with decode blocks)
   std::string device_name_;
   cudaStream_t stream_ = nullptr;
+  Launch launch_;  // stream_ and what the kernel code running on this device may use
   CublasHandle cublas_;
   ThreadPool pool_;
   std::unique_ptr<ModelDev> dev_;

@@ -109,7 +109,7 @@ Status CudaBackend::dense_product(const char* name, const DenseDev& w, const Gem
     prof_.end(name, dense_bytes(w), stream_);
   } else {
     GPTOSS_LAUNCH(name, dense_bytes(w),
-                  a.n <= kDenseGemvTokens ? dense_gemv_launch(a, stream_) : gemm_launch(a, g.nt, stream_));
+                  a.n <= kDenseGemvTokens ? dense_gemv_launch(a, launch_) : gemm_launch(a, g.nt, launch_));
   }
   return Status::ok_status();
 }
@@ -134,7 +134,7 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   r.inv_freq = dev_->inv_freq;
   r.concentration = dev_->concentration;
   r.q32 = s.q32;
-  GPTOSS_LAUNCH("qkv bias + RoPE + KV store", 0, qkv_rope_launch(r, p.T, shape_, kv, stream_));
+  GPTOSS_LAUNCH("qkv bias + RoPE + KV store", 0, qkv_rope_launch(r, p.T, shape_, kv, launch_));
 
   AttnArgs at;
   at.q32 = s.q32;
@@ -154,8 +154,8 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   const double kv_bytes =
       (kv.window > 0 ? p.kv_keys_sliding : p.kv_keys_full) * shape_.n_kv_heads * shape_.dp * sizeof(float) * 2;
   GPTOSS_LAUNCH(kv.window > 0 ? "attention (sliding)" : "attention (full)", kv_bytes,
-                attention_launch(at, shape_, kv, stream_));
-  if (at.splits > 1) GPTOSS_LAUNCH("attention split merge", 0, attention_combine_launch(at, shape_, stream_));
+                attention_launch(at, shape_, kv, launch_));
+  if (at.splits > 1) GPTOSS_LAUNCH("attention split merge", 0, attention_combine_launch(at, shape_, launch_));
 
   const GemmPlan go = dense_plan(L.o, p.T);
   GPTOSS_RETURN_IF_ERROR(dense_product("o projection", L.o, go, dense_args(L.o, go, s.o16, qp_, p.T, s.proj, H)));
@@ -167,7 +167,7 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   add.bias = L.o_b;
   GPTOSS_LAUNCH("residual add + norm", 0,
                 add_rmsnorm_launch(s.h, p.T, H, add, L.mlp_norm, static_cast<float>(cfg_.rms_norm_eps), s.x16, 2 * hp_,
-                                   hp_, s.x32, stream_));
+                                   hp_, s.x32, launch_));
   return Status::ok_status();
 }
 
@@ -196,8 +196,8 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
   const bool fused = !per_pair && router_fuses_grouping(p.T, H, E);
   GPTOSS_LAUNCH(fused ? "router + top-k + grouping" : "router + top-k", static_cast<double>(E) * H * 2,
                 router_launch(s.x32, p.T, H, L.router_w, L.router_b, E, K, s.topk_idx, s.topk_w, st,
-                              fused ? &grp : nullptr, RouterWork{s.router_logits, s.router_counters}, stream_));
-  if (!per_pair && !fused) GPTOSS_LAUNCH("expert grouping", 0, moe_group_launch(s.topk_idx, p.T, K, E, grp, stream_));
+                              fused ? &grp : nullptr, RouterWork{s.router_logits, s.router_counters}, launch_));
+  if (!per_pair && !fused) GPTOSS_LAUNCH("expert grouping", 0, moe_group_launch(s.topk_idx, p.T, K, E, grp, launch_));
   const float alpha = static_cast<float>(cfg_.swiglu_alpha), limit = static_cast<float>(cfg_.swiglu_limit);
   *moe_out = ResidualAdd{};
   moe_out->stride = H;
@@ -226,8 +226,8 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
     d2.out_stride = H;
     const int reads = per_pair ? P : std::min(P, E);  // expert matrices read (at most)
     GPTOSS_LAUNCH("experts gate/up + SwiGLU (decode)", reads * expert_bytes(L.mlp1, 1, 1),
-                  moe_decode_launch(d1, stream_));
-    GPTOSS_LAUNCH("experts down (decode)", reads * expert_bytes(L.mlp2, 1, 1), moe_decode_launch(d2, stream_));
+                  moe_decode_launch(d1, launch_));
+    GPTOSS_LAUNCH("experts down (decode)", reads * expert_bytes(L.mlp2, 1, 1), moe_decode_launch(d2, launch_));
     moe_out->nparts = 1;
     moe_out->part_stride = static_cast<int64_t>(P) * H;
     return Status::ok_status();
@@ -248,11 +248,11 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
     swiglu_out(a1, L.mlp1, s.a16, ip_, alpha, limit);
   }
   GPTOSS_LAUNCH(g1.split ? "experts gate/up (split)" : "experts gate/up + SwiGLU", expert_bytes(L.mlp1, P, E),
-                gemm_launch(a1, g1.nt, stream_));
+                gemm_launch(a1, g1.nt, launch_));
   if (g1.split)
     GPTOSS_LAUNCH("experts SwiGLU", 0,
                   swiglu_parts_launch(s.mlp1, g1.nseg, a1.part_stride, L.mlp1.rows, I, s.tiles, s.n_tiles, g1.max_tiles,
-                                      L.mlp1.bias, L.mlp1.rows_p, alpha, limit, s.a16, 2 * ip_, ip_, stream_));
+                                      L.mlp1.bias, L.mlp1.rows_p, alpha, limit, s.a16, 2 * ip_, ip_, launch_));
 
   const GemmPlan g2 = gemm_plan_moe(L.mlp2.rows, L.mlp2.kblocks, P, E, sm_count_);
   GemmArgs a2 = expert_args(L.mlp2, g2, s);
@@ -265,7 +265,7 @@ Status CudaBackend::moe_block(const StepPlan& p, int layer, ResidualAdd* moe_out
   a2.out = s.y;
   a2.out_stride = H;
   a2.part_stride = static_cast<int64_t>(P) * H;
-  GPTOSS_LAUNCH("experts down", expert_bytes(L.mlp2, P, E), gemm_launch(a2, g1.nt, stream_));
+  GPTOSS_LAUNCH("experts down", expert_bytes(L.mlp2, P, E), gemm_launch(a2, g1.nt, launch_));
 
   moe_out->nparts = g2.nparts();
   moe_out->part_stride = a2.part_stride;
@@ -276,17 +276,17 @@ Status CudaBackend::enqueue_layers(const StepPlan& p) {
   Scratch& s = scratch_;
   const int H = static_cast<int>(cfg_.hidden_size);
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
-  GPTOSS_LAUNCH("embedding", 0, embed_launch(dev_->embed, H, meta_tokens(p), p.T, s.h, stream_));
+  GPTOSS_LAUNCH("embedding", 0, embed_launch(dev_->embed, H, meta_tokens(p), p.T, s.h, launch_));
   ResidualAdd pending;  // the previous layer's expert outputs, added by the next norm
   for (int l = 0; l < static_cast<int>(dev_->layers.size()); ++l) {
     GPTOSS_LAUNCH("residual add + norm", 0,
                   add_rmsnorm_launch(s.h, p.T, H, pending, dev_->layers[static_cast<size_t>(l)].attn_norm, eps, s.x16,
-                                     2 * hp_, hp_, nullptr, stream_));
+                                     2 * hp_, hp_, nullptr, launch_));
     GPTOSS_RETURN_IF_ERROR(attention_block(p, l));
     GPTOSS_RETURN_IF_ERROR(moe_block(p, l, &pending));
   }
   GPTOSS_LAUNCH("residual add + norm", 0,
-                add_rmsnorm_launch(s.h, p.T, H, pending, dev_->final_norm, eps, s.x16, 2 * hp_, hp_, nullptr, stream_));
+                add_rmsnorm_launch(s.h, p.T, H, pending, dev_->final_norm, eps, s.x16, 2 * hp_, hp_, nullptr, launch_));
   return Status::ok_status();
 }
 
@@ -299,9 +299,9 @@ Status CudaBackend::enqueue_outputs(const StepPlan& p, const StepOutputs& out) {
     g.split = false;  // plain stores: the logits buffer holds one partial per row only
     GemmArgs a = dense_args(dev_->lm_head, g, s.x16, hp_, n, s.logits, V);
     a.x_gather = meta_out_rows(p) + r0;
-    GPTOSS_LAUNCH("lm_head", dense_bytes(dev_->lm_head), gemm_launch(a, g.nt, stream_));
+    GPTOSS_LAUNCH("lm_head", dense_bytes(dev_->lm_head), gemm_launch(a, g.nt, launch_));
     GPTOSS_LAUNCH("argmax", static_cast<double>(n) * V * 4,
-                  argmax_launch(s.logits, n, V, s.argmax_keys, s.argmax, stream_));
+                  argmax_launch(s.logits, n, V, s.argmax_keys, s.argmax, launch_));
     GPTOSS_CUDA_TRY(cudaMemcpyAsync(host_argmax_.data() + static_cast<size_t>(r0) * 4, s.argmax,
                                     static_cast<size_t>(n) * 4, cudaMemcpyDeviceToHost, stream_),
                     "copying argmax");

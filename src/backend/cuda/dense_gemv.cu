@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(kWarps * 32) dense_gemv_kernel(const GemmArgs 
 
 }  // namespace
 
-cudaError_t dense_gemv_launch(const GemmArgs& a, cudaStream_t stream) {
+cudaError_t dense_gemv_launch(const GemmArgs& a, const Launch& ln) {
   if (a.n <= 0 || a.rows <= 0) return cudaSuccess;
   if (a.weights != GemmWeights::kF16 || a.n > kDenseGemvTokens || a.kblocks <= 0 || a.seg_blocks <= 0 ||
       a.seg_blocks > kWarps * kMaxWarpBlocks || a.nseg != (a.kblocks + a.seg_blocks - 1) / a.seg_blocks ||
@@ -83,7 +83,7 @@ cudaError_t dense_gemv_launch(const GemmArgs& a, cudaStream_t stream) {
   if (a.x_lo < static_cast<int64_t>(a.kblocks) * 32 || a.x_stride < a.x_lo + static_cast<int64_t>(a.kblocks) * 32)
     return cudaErrorInvalidValue;
   const dim3 grid((a.rows + 15) / 16, a.nseg);
-  return launch_kernel(dense_gemv_kernel, grid, dim3(kWarps * 32), 0, stream, a);
+  return launch_kernel(dense_gemv_kernel, grid, dim3(kWarps * 32), 0, ln, a);
 }
 
 }  // namespace gptoss::cuda

@@ -17,11 +17,18 @@ namespace gptoss::cuda {
 // kernel after all earlier ones). Only loads of weights that no kernel writes may come before it.
 // pdl_launch_dependents() lets the next kernel start launching once every block of this grid has
 // called it (or exited); it implies nothing about this grid's writes.
+// Code compiled for an architecture below sm_90 has no griddepcontrol: both are empty there, and
+// launch_kernel launches its kernels without the PDL attribute (Launch::pdl is false for such an
+// image), so each kernel starts after the previous one has completed, as in any stream.
 __device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
 }
 __device__ __forceinline__ void pdl_launch_dependents() {
+#if __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
 }
 
 __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
@@ -116,6 +123,12 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// Σ of n ≤ 32 warp sums w[0..n) (the second stage of block_sum), computed by every lane of the warp.
+__device__ __forceinline__ float warp_sums_total(const float* w, int n) {
+  const int lane = threadIdx.x & 31;
+  return warp_sum(lane < n ? w[lane] : 0.0f);
+}
+
 // Sum over the block (blockDim.x a multiple of 32, ≤ 1024); every thread gets the result. The
 // order is fixed by blockDim, so the result is deterministic. `scratch` holds ≥ 32 floats.
 __device__ __forceinline__ float block_sum(float v, float* scratch) {
@@ -124,8 +137,7 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   __syncthreads();
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  float r = lane < nw ? scratch[lane] : 0.0f;
-  return warp_sum(r);
+  return warp_sums_total(scratch, nw);
 }
 
 }  // namespace gptoss::cuda

@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(kGemmWarps * 32) gemm_kernel(const GemmArgs a)
 }
 
 template <GemmWeights WT, int NT, GemmOut MODE>
-cudaError_t launch_one(const GemmArgs& a, cudaStream_t stream) {
+cudaError_t launch_one(const GemmArgs& a, const Launch& ln) {
   const int row_blocks = static_cast<int>((a.rows + kGemmWarps * 16 - 1) / (kGemmWarps * 16));
   const int col_tiles = a.tiles ? a.max_tiles : (a.n + NT - 1) / NT;
   if (row_blocks == 0 || col_tiles == 0) return cudaSuccess;
@@ -200,28 +200,28 @@ cudaError_t launch_one(const GemmArgs& a, cudaStream_t stream) {
         gemm_kernel<WT, NT, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (opt_in != cudaSuccess) return opt_in;
   }
-  return launch_kernel(gemm_kernel<WT, NT, MODE>, grid, kGemmWarps * 32, smem, stream, a);
+  return launch_kernel(gemm_kernel<WT, NT, MODE>, grid, kGemmWarps * 32, smem, ln, a);
 }
 
 template <GemmWeights WT, GemmOut MODE>
-cudaError_t launch_nt(const GemmArgs& a, int nt, cudaStream_t stream) {
+cudaError_t launch_nt(const GemmArgs& a, int nt, const Launch& ln) {
   switch (nt) {
-    case 8: return launch_one<WT, 8, MODE>(a, stream);
-    case 16: return launch_one<WT, 16, MODE>(a, stream);
-    case 32: return launch_one<WT, 32, MODE>(a, stream);
-    case 64: return launch_one<WT, 64, MODE>(a, stream);
+    case 8: return launch_one<WT, 8, MODE>(a, ln);
+    case 16: return launch_one<WT, 16, MODE>(a, ln);
+    case 32: return launch_one<WT, 32, MODE>(a, ln);
+    case 64: return launch_one<WT, 64, MODE>(a, ln);
     default: return cudaErrorInvalidValue;
   }
 }
 
 template <GemmWeights WT>
-cudaError_t launch_mode(const GemmArgs& a, int nt, cudaStream_t stream) {
+cudaError_t launch_mode(const GemmArgs& a, int nt, const Launch& ln) {
   switch (a.mode) {
-    case GemmOut::kStore: return launch_nt<WT, GemmOut::kStore>(a, nt, stream);
-    case GemmOut::kPartial: return launch_nt<WT, GemmOut::kPartial>(a, nt, stream);
+    case GemmOut::kStore: return launch_nt<WT, GemmOut::kStore>(a, nt, ln);
+    case GemmOut::kPartial: return launch_nt<WT, GemmOut::kPartial>(a, nt, ln);
     case GemmOut::kSwiglu:
       // Only MXFP4 gate/up projections have a SwiGLU epilogue.
-      if constexpr (WT == GemmWeights::kMxfp4) return launch_nt<WT, GemmOut::kSwiglu>(a, nt, stream);
+      if constexpr (WT == GemmWeights::kMxfp4) return launch_nt<WT, GemmOut::kSwiglu>(a, nt, ln);
       return cudaErrorInvalidValue;
   }
   return cudaErrorInvalidValue;
@@ -251,7 +251,7 @@ void gemm_segments(int kblocks, int* seg_blocks, int* nseg) {
   *nseg = (kblocks + sb - 1) / sb;
 }
 
-cudaError_t gemm_launch(const GemmArgs& a, int nt, cudaStream_t stream) {
+cudaError_t gemm_launch(const GemmArgs& a, int nt, const Launch& ln) {
   if (a.kblocks <= 0 || a.seg_blocks <= 0 || a.seg_blocks % 4 != 0 ||
       a.nseg != (a.kblocks + a.seg_blocks - 1) / a.seg_blocks)
     return cudaErrorInvalidValue;
@@ -262,10 +262,10 @@ cudaError_t gemm_launch(const GemmArgs& a, int nt, cudaStream_t stream) {
   if (a.tiles && (a.n_tiles == nullptr || a.max_tiles <= 0)) return cudaErrorInvalidValue;
   if (nt == 64) {
     const int mt = gemm_tiled_mt(a);
-    if (mt > 0) return gemm_tiled_launch(a, mt, stream);
+    if (mt > 0) return gemm_tiled_launch(a, mt, ln);
   }
-  if (a.weights == GemmWeights::kF16) return launch_mode<GemmWeights::kF16>(a, nt, stream);
-  return launch_mode<GemmWeights::kMxfp4>(a, nt, stream);
+  if (a.weights == GemmWeights::kF16) return launch_mode<GemmWeights::kF16>(a, nt, ln);
+  return launch_mode<GemmWeights::kMxfp4>(a, nt, ln);
 }
 
 }  // namespace gptoss::cuda

@@ -241,7 +241,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gemm_tiled_kernel(cons
 }
 
 template <GemmWeights WT, int MT, GemmOut MODE>
-cudaError_t launch(const GemmArgs& a, cudaStream_t stream) {
+cudaError_t launch(const GemmArgs& a, const Launch& ln) {
   using S = Stage<WT, MT>;
   const int row_blocks = (a.rows + S::kRows - 1) / S::kRows;
   const int col_tiles = a.tiles ? a.max_tiles : (a.n + kCols - 1) / kCols;
@@ -252,14 +252,14 @@ cudaError_t launch(const GemmArgs& a, cudaStream_t stream) {
   static const cudaError_t opt_in =
       cudaFuncSetAttribute(gemm_tiled_kernel<WT, MT, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (opt_in != cudaSuccess) return opt_in;
-  return launch_kernel(gemm_tiled_kernel<WT, MT, MODE>, dim3(row_blocks, col_tiles), dim3(kThreads), smem, stream, a);
+  return launch_kernel(gemm_tiled_kernel<WT, MT, MODE>, dim3(row_blocks, col_tiles), dim3(kThreads), smem, ln, a);
 }
 
 template <GemmWeights WT, int MT>
-cudaError_t launch_mode(const GemmArgs& a, cudaStream_t stream) {
-  if (a.mode == GemmOut::kStore) return launch<WT, MT, GemmOut::kStore>(a, stream);
+cudaError_t launch_mode(const GemmArgs& a, const Launch& ln) {
+  if (a.mode == GemmOut::kStore) return launch<WT, MT, GemmOut::kStore>(a, ln);
   if constexpr (WT == GemmWeights::kMxfp4) {
-    if (a.mode == GemmOut::kSwiglu) return launch<WT, MT, GemmOut::kSwiglu>(a, stream);
+    if (a.mode == GemmOut::kSwiglu) return launch<WT, MT, GemmOut::kSwiglu>(a, ln);
   }
   return cudaErrorInvalidValue;
 }
@@ -289,18 +289,18 @@ int gemm_tiled_mt(const GemmArgs& a) {
   return 8 * cost2 <= 9 * cost1 ? 2 : 1;
 }
 
-cudaError_t gemm_tiled_launch(const GemmArgs& a, int mt, cudaStream_t stream) {
+cudaError_t gemm_tiled_launch(const GemmArgs& a, int mt, const Launch& ln) {
   const int cb = a.weights == GemmWeights::kF16 ? 2 : 4;
   if (a.kblocks <= 0 || a.kblocks % cb != 0 || a.seg_blocks <= 0 || a.seg_blocks % cb != 0 ||
       (a.weights == GemmWeights::kMxfp4 && a.scales == nullptr) ||
       (a.tiles && (a.n_tiles == nullptr || a.max_tiles <= 0)))
     return cudaErrorInvalidValue;
   if (mt == 1)
-    return a.weights == GemmWeights::kF16 ? launch_mode<GemmWeights::kF16, 1>(a, stream)
-                                          : launch_mode<GemmWeights::kMxfp4, 1>(a, stream);
+    return a.weights == GemmWeights::kF16 ? launch_mode<GemmWeights::kF16, 1>(a, ln)
+                                          : launch_mode<GemmWeights::kMxfp4, 1>(a, ln);
   if (mt == 2)
-    return a.weights == GemmWeights::kF16 ? launch_mode<GemmWeights::kF16, 2>(a, stream)
-                                          : launch_mode<GemmWeights::kMxfp4, 2>(a, stream);
+    return a.weights == GemmWeights::kF16 ? launch_mode<GemmWeights::kF16, 2>(a, ln)
+                                          : launch_mode<GemmWeights::kMxfp4, 2>(a, ln);
   return cudaErrorInvalidValue;
 }
 

@@ -1,15 +1,39 @@
 // Launch wrappers and POD argument structs of the CUDA kernels (shared by the .cu files, the CUDA
 // backend and the op tests). Plain C++: device buffers of half precision are passed as uint16_t*.
-// Every wrapper validates what it can on the host and returns the launch's cudaError_t. Every kernel
-// is launched with Programmatic Dependent Launch (launch.cuh): it may start while the previous kernel
-// of the stream runs and waits for it in the kernel (pdl_wait, device_util.cuh).
+// Every wrapper validates what it can on the host and returns the launch's cudaError_t. On sm_90
+// code every kernel is launched with Programmatic Dependent Launch (launch.cuh): it may start while
+// the previous kernel of the stream runs and waits for it in the kernel (pdl_wait, device_util.cuh).
 #pragma once
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace gptoss::cuda {
+
+// Where a launch wrapper enqueues its kernel, and what the kernel code this binary runs on the
+// current device may use. launch_target() fills it in; the backend keeps one for its stream.
+struct Launch {
+  cudaStream_t stream = nullptr;
+  // The device runs this binary's sm_90 code (PTX version ≥ 9.0): Programmatic Dependent Launch
+  // (else the kernels contain no griddepcontrol and launch without the PDL attribute).
+  bool pdl = false;
+  // add_rmsnorm as one thread block cluster per token (sm_90 code); else the single-block kernel
+  // (the same bits, see add_rmsnorm_launch).
+  bool clusters = false;
+  // The most dynamic shared memory one block may opt in to on this device (bytes): 227 KB on
+  // sm_90, 163 KB on sm_80, 99 KB on sm_86/sm_89. Kernels that can trade pipeline depth for
+  // shared memory do so below their preferred size (attention_launch).
+  int smem_optin = 0;
+};
+
+// Fills *l for `stream` on the current device: cudaErrorNoKernelImageForDevice (or
+// cudaErrorInvalidDeviceFunction) when this binary holds no kernel code the device can run. The
+// kernel image is asked for its PTX version (cudaFuncGetAttributes): every .cu file is compiled for
+// the same architectures, so one kernel speaks for all of them. With "90a-real;80-virtual" an
+// H100/H200 runs the sm_90a code, an A100/L40S/RTX 4090 the compute_80 PTX compiled by the driver.
+cudaError_t launch_target(cudaStream_t stream, Launch* l);
 
 // Device layout constants shared by the upload code and the kernels.
 inline constexpr int kRowTile = 64;   // GEMM weight rows are padded to a multiple of this
@@ -95,12 +119,12 @@ int gemm_tile_cols(int64_t cols_per_group);
 // Launches the GEMM with column tile `nt`; kPartial uses grid.z = nseg, the others one block per
 // (row tile, column tile). The caller picks the mode (see gemm_use_split). With nt = 64 it runs the
 // tiled kernel below when gemm_tiled_mt(a) > 0 (same bits either way).
-cudaError_t gemm_launch(const GemmArgs& a, int nt, cudaStream_t stream);
+cudaError_t gemm_launch(const GemmArgs& a, int nt, const Launch& ln);
 // The GEMM for wide column tiles (gemm_tiled.cu): blocks of 64·mt weight rows × 64 columns, the
 // same bits as gemm_launch; kStore and kSwiglu only, dense kblocks even. gemm_tiled_mt picks mt (1 or
 // 2) by how the blocks fill the SMs, 0 when the grid is too small for it (or the mode is kPartial).
 int gemm_tiled_mt(const GemmArgs& a);
-cudaError_t gemm_tiled_launch(const GemmArgs& a, int mt, cudaStream_t stream);
+cudaError_t gemm_tiled_launch(const GemmArgs& a, int mt, const Launch& ln);
 // True when (row blocks × column tiles) is fewer than two blocks per SM: then segments run in
 // separate blocks (kPartial). (Measured on H200 decode: splitting the expert down-projection and
 // summing its partials in the next norm beats one unsplit pass, 303 vs 281 tok/s.)
@@ -113,7 +137,7 @@ void gemm_segments(int kblocks, int* seg_blocks, int* nseg);
 // kernel that streams the weights with more bytes in flight (see dense_gemv.cu). Segments of at most
 // 16 blocks (gemm_segments).
 inline constexpr int kDenseGemvTokens = 4;
-cudaError_t dense_gemv_launch(const GemmArgs& a, cudaStream_t stream);
+cudaError_t dense_gemv_launch(const GemmArgs& a, const Launch& ln);
 
 // Device layout of one MXFP4 row (host function): checkpoint blocks [nb][16] → kblocks (a multiple
 // of 4, ≥ nb) blocks regrouped by 4 so that lane t of a GEMM quad reads its code bytes 4t..4t+3 of
@@ -159,18 +183,13 @@ struct MoeDecodeArgs {
   int64_t bias_expert_stride = 0;
   float swiglu_alpha = 1.702f, swiglu_limit = 7.0f;
 };
-cudaError_t moe_decode_launch(const MoeDecodeArgs& a, cudaStream_t stream);
+cudaError_t moe_decode_launch(const MoeDecodeArgs& a, const Launch& ln);
 
 // ---------------------------------------------------------------------------------------------
 // Per-token elementwise kernels.
 
-// cudaSuccess when this binary holds kernels for the current device (else
-// cudaErrorInvalidDeviceFunction / cudaErrorNoKernelImageForDevice).
-cudaError_t kernels_available();
-
 // h[t, :] = embed[tokens[t], :] (bf16 → f32).
-cudaError_t embed_launch(const uint16_t* table, int64_t dim, const int32_t* tokens, int n, float* h,
-                         cudaStream_t stream);
+cudaError_t embed_launch(const uint16_t* table, int64_t dim, const int32_t* tokens, int n, float* h, const Launch& ln);
 
 // What add_rmsnorm adds to the residual before normalising.
 struct ResidualAdd {
@@ -187,11 +206,14 @@ struct ResidualAdd {
   int64_t expert_bias_stride = 0;
 };
 // h[t] += contribution (in place), then x = gain ⊙ h / rms(h): x16 fp16 pairs (row t at
-// t·x16_stride, lo at + x16_lo, k_phys order) and, when x32 is not null, f32 [n, dim]. One cluster
-// of 8 blocks per token (sm_90); dim % 4 == 0 and dim ≤ 12288. The sum of squares is reduced in a
-// fixed order (batch-invariant).
+// t·x16_stride, lo at + x16_lo, k_phys order) and, when x32 is not null, f32 [n, dim]; dim % 4 == 0
+// and dim ≤ 12288. With Launch::clusters one cluster of 8 blocks of 128 threads per token (sm_90),
+// else one block of 8·128 threads per token whose groups of 128 threads do what the cluster's blocks
+// do. Either way the sum of squares is summed per thread, over each 128 threads in block_sum's
+// order, then over the 8 slices in order, and every element gets the same operations: the two
+// kernels give the same bits (when compiled for the same architecture), independent of the batch.
 cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add, const float* gain, float eps,
-                               uint16_t* x16, int64_t x16_stride, int64_t x16_lo, float* x32, cudaStream_t stream);
+                               uint16_t* x16, int64_t x16_stride, int64_t x16_lo, float* x32, const Launch& ln);
 
 // SwiGLU of split-mode gate/up partials: parts [nparts][pairs][rows_p] f32 (interleaved gate/up),
 // written as fp16 pairs (lo at + out_lo) like the fused epilogue,
@@ -199,12 +221,12 @@ cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add,
 cudaError_t swiglu_parts_launch(const float* parts, int nparts, int64_t part_stride, int64_t rows_p, int inter,
                                 const int32_t* tiles, const int32_t* n_tiles, int max_tiles, const float* bias,
                                 int64_t bias_expert_stride, float alpha, float limit, uint16_t* a16, int64_t out_stride,
-                                int64_t out_lo, cudaStream_t stream);
+                                int64_t out_lo, const Launch& ln);
 
 // argmax over each row of logits [rows, vocab] (lowest index on ties, NaN never wins). keys [rows]
 // is a workspace that must be zero before the first launch (it is left zero).
 cudaError_t argmax_launch(const float* logits, int rows, int64_t vocab, unsigned long long* keys, int32_t* out,
-                          cudaStream_t stream);
+                          const Launch& ln);
 
 // ---------------------------------------------------------------------------------------------
 // Router: logits = W x + b (f32 math over bf16 weights), top-k (ties → lower index), softmax over
@@ -241,10 +263,10 @@ bool router_fuses_grouping(int n, int dim, int experts);
 // `group` (optional, only when router_fuses_grouping) is filled in the same launch.
 cudaError_t router_launch(const float* x, int n, int dim, const uint16_t* w, const float* b, int experts, int top_k,
                           int32_t* idx, float* weight, const RouterStatsDev& stats, const MoeGroupOut* group,
-                          const RouterWork& ws, cudaStream_t stream);
+                          const RouterWork& ws, const Launch& ln);
 // The grouping as its own single-block launch (idx [n, top_k]); experts ≤ 256.
 cudaError_t moe_group_launch(const int32_t* idx, int n, int top_k, int experts, const MoeGroupOut& group,
-                             cudaStream_t stream);
+                             const Launch& ln);
 
 // ---------------------------------------------------------------------------------------------
 // Attention. KV cache of one layer: K and V each [slots][kv_heads][cap][dp] f32, position p of a
@@ -275,7 +297,7 @@ struct QkvRopeArgs {
   float concentration = 1.0f;
   float* q32 = nullptr;
 };
-cudaError_t qkv_rope_launch(const QkvRopeArgs& a, int n, const AttnShape& s, const KvLayer& kv, cudaStream_t stream);
+cudaError_t qkv_rope_launch(const QkvRopeArgs& a, int n, const AttnShape& s, const KvLayer& kv, const Launch& ln);
 
 // One work item: `count` consecutive query tokens of one sequence, starting at step token `first`
 // (positions pos[first..]), slot `slot`.
@@ -319,8 +341,12 @@ int attention_heads_per_chunk(const AttnShape& s);
 // number of its blocks the device holds at once.
 int attention_decode_chunks(const AttnShape& s);
 cudaError_t attention_decode_slots(const AttnShape& s, int sm_count, int* slots);
-cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, cudaStream_t stream);
+cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, const Launch& ln);
+// Dynamic shared memory per block of the kernel for items of several tokens with `raw_stages` (2 or
+// 1) stages of f32 K/V tiles: attention_launch takes 2 stages where Launch::smem_optin allows it,
+// else 1 (the same bits), else fails with cudaErrorInvalidConfiguration.
+size_t attention_smem_bytes(int dp, int raw_stages);
 // Merges split partials (with the sinks) into o16.
-cudaError_t attention_combine_launch(const AttnArgs& a, const AttnShape& s, cudaStream_t stream);
+cudaError_t attention_combine_launch(const AttnArgs& a, const AttnShape& s, const Launch& ln);
 
 }  // namespace gptoss::cuda

@@ -1,20 +1,25 @@
-// launch_kernel: the one way the CUDA backend launches a kernel. Every launch allows Programmatic
-// Dependent Launch (cudaLaunchAttributeProgrammaticStreamSerialization): the kernel may be
-// scheduled while the previous kernel of the stream is still running, once that kernel's blocks
-// have all called pdl_launch_dependents() (or exited), and it orders itself after that kernel with
-// pdl_wait() (device_util.cuh), which every kernel must call. After a copy, a memset or an event
-// in the stream the launch waits as usual. Stream capture turns the overlap into programmatic
-// edges of the graph.
+// launch_kernel: the one way the CUDA backend launches a kernel. With Launch::pdl (the kernel image
+// is sm_90 code, see launch_target in kernels.h) every launch allows Programmatic Dependent Launch
+// (cudaLaunchAttributeProgrammaticStreamSerialization): the kernel may be scheduled while the
+// previous kernel of the stream is still running, once that kernel's blocks have all called
+// pdl_launch_dependents() (or exited), and it orders itself after that kernel with pdl_wait()
+// (device_util.cuh), which every kernel must call. After a copy, a memset or an event in the stream
+// the launch waits as usual. Stream capture turns the overlap into programmatic edges of the graph.
+// Without Launch::pdl (code for sm_80/sm_89, where pdl_wait compiles to nothing) the attribute is
+// not set: a kernel that launched early without waiting could read its predecessor's output before
+// it is written.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <utility>
 
+#include "backend/cuda/kernels.h"
+
 namespace gptoss::cuda {
 
 template <typename... Params, typename... Args>
-cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const Launch& l,
                           Args&&... args) {
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -23,9 +28,9 @@ cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
+  cfg.stream = l.stream;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = l.pdl ? 1 : 0;
   const cudaError_t launch = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
   const cudaError_t last = cudaGetLastError();  // also clears a launch error
   return launch != cudaSuccess ? launch : last;

@@ -213,16 +213,16 @@ __global__ void __launch_bounds__(32) moe_decode_kernel(const MoeDecodeArgs a) {
 }
 
 template <int NN, bool PAIRS>
-cudaError_t launch_mode(const MoeDecodeArgs& a, int items, cudaStream_t stream) {
+cudaError_t launch_mode(const MoeDecodeArgs& a, int items, const Launch& ln) {
   // One warp per block: blocks of independent warps would only coarsen the spread over the SMs.
   const dim3 grid((a.rows + kRows - 1) / kRows, items);
-  if (a.bias != nullptr) return launch_kernel(moe_decode_kernel<NN, PAIRS, true>, grid, dim3(32), 0, stream, a);
-  return launch_kernel(moe_decode_kernel<NN, PAIRS, false>, grid, dim3(32), 0, stream, a);
+  if (a.bias != nullptr) return launch_kernel(moe_decode_kernel<NN, PAIRS, true>, grid, dim3(32), 0, ln, a);
+  return launch_kernel(moe_decode_kernel<NN, PAIRS, false>, grid, dim3(32), 0, ln, a);
 }
 
 }  // namespace
 
-cudaError_t moe_decode_launch(const MoeDecodeArgs& a, cudaStream_t stream) {
+cudaError_t moe_decode_launch(const MoeDecodeArgs& a, const Launch& ln) {
   const int items = a.tiles ? a.max_tiles : a.pairs;
   if (items <= 0 || a.rows <= 0) return cudaSuccess;
   if (a.kblocks <= 0 || a.kblocks % 4 != 0 || a.w == nullptr || a.scales == nullptr || a.x == nullptr ||
@@ -233,8 +233,7 @@ cudaError_t moe_decode_launch(const MoeDecodeArgs& a, cudaStream_t stream) {
   if (a.bias != nullptr ? (a.rows % 2 != 0 || a.out16 == nullptr || a.out16_lo <= 0) : a.out == nullptr)
     return cudaErrorInvalidValue;
   // Grouped tiles hold up to kMoeDecodeTileTokens tokens; a pair is one token.
-  return a.tiles ? launch_mode<kMoeDecodeTileTokens / 4, false>(a, items, stream)
-                 : launch_mode<1, true>(a, items, stream);
+  return a.tiles ? launch_mode<kMoeDecodeTileTokens / 4, false>(a, items, ln) : launch_mode<1, true>(a, items, ln);
 }
 
 }  // namespace gptoss::cuda

@@ -34,16 +34,18 @@ __device__ __forceinline__ float sum_parts(const float* p, int nparts, int64_t p
 
 constexpr int kNormMaxVec = 3;  // float4s per add_rmsnorm thread: dim ≤ 8·128·3·4 = 12288
 
-// Σ_s parts[s·stride] of 4 consecutive floats, in segment order (loads issued 8 at a time).
+// Σ_s parts[s·stride] of 4 consecutive floats, in segment order (loads issued kLoads at a time; the
+// sums are the same for any kLoads).
+template <int kLoads>
 __device__ __forceinline__ float4 sum_parts4(const float* p, int nparts, int64_t part_stride) {
   float4 v = *reinterpret_cast<const float4*>(p);
-  for (int s0 = 1; s0 < nparts; s0 += 8) {
-    float4 q[8];
+  for (int s0 = 1; s0 < nparts; s0 += kLoads) {
+    float4 q[kLoads];
 #pragma unroll
-    for (int s = 0; s < 8; ++s)
+    for (int s = 0; s < kLoads; ++s)
       if (s0 + s < nparts) q[s] = *reinterpret_cast<const float4*>(p + (s0 + s) * part_stride);
 #pragma unroll
-    for (int s = 0; s < 8; ++s)
+    for (int s = 0; s < kLoads; ++s)
       if (s0 + s < nparts) v.x += q[s].x, v.y += q[s].y, v.z += q[s].z, v.w += q[s].w;
   }
   return v;
@@ -53,12 +55,13 @@ __device__ __forceinline__ float4 ld4(const float* p) {
   return *reinterpret_cast<const float4*>(p);
 }
 
-// The residual plus this step's contribution at [i, i+4) of token t.
+// The residual plus this step's contribution at [i, i+4) of token t (kLoads: see sum_parts4).
+template <int kLoads>
 __device__ __forceinline__ float4 residual4(const float* hr, int t, int i, const ResidualAdd& add) {
   float4 v = ld4(hr + i);
   if (add.nparts == 0) return v;
   if (add.top_k == 0) {
-    float4 d = sum_parts4(add.parts + t * add.stride + i, add.nparts, add.part_stride);
+    float4 d = sum_parts4<kLoads>(add.parts + t * add.stride + i, add.nparts, add.part_stride);
     if (add.bias) {
       const float4 b = ld4(add.bias + i);
       d.x += b.x, d.y += b.y, d.z += b.z, d.w += b.w;
@@ -75,45 +78,86 @@ __device__ __forceinline__ float4 residual4(const float* hr, int t, int i, const
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     if (j >= add.top_k) break;
-    const float4 y = sum_parts4(add.parts + (t * add.top_k + j) * add.stride + i, add.nparts, add.part_stride);
+    const float4 y = sum_parts4<kLoads>(add.parts + (t * add.top_k + j) * add.stride + i, add.nparts, add.part_stride);
     const float4 b = ld4(add.expert_bias + e[j] * add.expert_bias_stride + i);
     moe.x += w[j] * (y.x + b.x), moe.y += w[j] * (y.y + b.y), moe.z += w[j] * (y.z + b.z), moe.w += w[j] * (y.w + b.w);
   }
   return make_float4(v.x + moe.x, v.y + moe.y, v.z + moe.z, v.w + moe.w);
 }
 
-// One cluster of kNormCluster blocks per token, each owning a contiguous slice of the row's float4s
-// and keeping them in registers between the update and the normalisation (a decode step's handful of
-// tokens then spreads its loads over many SMs). The sum of squares is summed per thread in order, by a
-// fixed block tree, then over the cluster's blocks in rank order through distributed shared memory:
-// every block gets the same value and the arithmetic is the same whatever the batch.
-__global__ void __cluster_dims__(kNormCluster, 1, 1) __launch_bounds__(kNormBlockThreads)
-    add_rmsnorm_kernel(float* h, int dim, const ResidualAdd add, const float* gain, float eps, uint16_t* x16,
-                       int64_t x16_stride, int64_t x16_lo, float* x32) {
+// add_rmsnorm in slices: each token's row of float4s is cut into kNormCluster contiguous slices,
+// slice r handled by 128 threads (block r of the token's cluster, or threads 128·r.. of the token's
+// single block); thread j of a slice updates float4s j, j + 128, j + 256 of it and adds their
+// squares (sum_sq4) in that order.
+struct NormSlice {
+  int t, lo, hi, j;  // token, slice [lo, hi) of float4s, thread 0..127 of the slice
+  __device__ __forceinline__ NormSlice(int token, int rank, int thread, int dim) : t(token), j(thread) {
+    const int nvec = dim / 4, per = (nvec + kNormCluster - 1) / kNormCluster;
+    lo = rank * per, hi = min(nvec, lo + per);
+  }
+  __device__ __forceinline__ int f(int c) const { return lo + c * kNormBlockThreads + j; }
+};
+
+__device__ __forceinline__ float sum_sq4(float4 v) {
+  return v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+}
+
+// Writes the slice's normalised values given the row's sum of squares.
+__device__ __forceinline__ void norm_store(const NormSlice& sl, int dim, float ss, float eps,
+                                           const float4 (&v)[kNormMaxVec], const float4 (&g)[kNormMaxVec],
+                                           uint16_t* x16, int64_t x16_stride, int64_t x16_lo, float* x32) {
+  const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
+  __half* xo = reinterpret_cast<__half*>(x16) + sl.t * x16_stride;
+#pragma unroll
+  for (int c = 0; c < kNormMaxVec; ++c) {
+    if (sl.f(c) < sl.hi) {
+      const int i = sl.f(c) * 4;
+      const float4 y = make_float4(g[c].x * (v[c].x * inv), g[c].y * (v[c].y * inv), g[c].z * (v[c].z * inv),
+                                   g[c].w * (v[c].w * inv));
+      store_f16_pair(xo + k_phys(i), x16_lo, y.x);
+      store_f16_pair(xo + k_phys(i + 1), x16_lo, y.y);
+      store_f16_pair(xo + k_phys(i + 2), x16_lo, y.z);
+      store_f16_pair(xo + k_phys(i + 3), x16_lo, y.w);
+      if (x32) *reinterpret_cast<float4*>(x32 + static_cast<int64_t>(sl.t) * dim + i) = y;
+    }
+  }
+}
+
+// One cluster of kNormCluster blocks per token, block r = slice r, its float4s kept in registers
+// between the update and the normalisation (a decode step's handful of tokens spreads its loads over
+// many SMs). The sum of squares: per thread, block_sum over the block, then the blocks' sums in rank
+// order through distributed shared memory, so every block gets the same value. Clusters need sm_90:
+// compiled for an older architecture the kernel only traps (never launched there: such code runs
+// with Launch::clusters false).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define GPTOSS_NORM_CLUSTER_DIMS __cluster_dims__(kNormCluster, 1, 1)
+#else
+#define GPTOSS_NORM_CLUSTER_DIMS
+#endif
+__global__ void GPTOSS_NORM_CLUSTER_DIMS __launch_bounds__(kNormBlockThreads)
+    add_rmsnorm_cluster_kernel(float* h, int dim, const ResidualAdd add, const float* gain, float eps, uint16_t* x16,
+                               int64_t x16_stride, int64_t x16_lo, float* x32) {
+#if __CUDA_ARCH__ >= 900
   __shared__ float scratch[32];
   __shared__ float block_ss;
   cg::cluster_group cluster = cg::this_cluster();
-  const int t = static_cast<int>(blockIdx.x) / kNormCluster;
-  const int nvec = dim / 4, per = (nvec + kNormCluster - 1) / kNormCluster;
-  const int lo = static_cast<int>(cluster.block_rank()) * per, hi = min(nvec, lo + per);
-  float* hr = h + static_cast<int64_t>(t) * dim;
+  const NormSlice sl(static_cast<int>(blockIdx.x) / kNormCluster, static_cast<int>(cluster.block_rank()),
+                     static_cast<int>(threadIdx.x), dim);
+  float* hr = h + static_cast<int64_t>(sl.t) * dim;
   float4 v[kNormMaxVec], g[kNormMaxVec];
 #pragma unroll
-  for (int c = 0; c < kNormMaxVec; ++c) {
-    const int f = lo + c * kNormBlockThreads + static_cast<int>(threadIdx.x);
-    if (f < hi) g[c] = ld4(gain + f * 4);  // weights: loaded before the previous kernel ends
-  }
+  for (int c = 0; c < kNormMaxVec; ++c)
+    if (sl.f(c) < sl.hi) g[c] = ld4(gain + sl.f(c) * 4);  // weights: loaded before the previous kernel ends
   pdl_wait();
   pdl_launch_dependents();
   float ss = 0.0f;
 #pragma unroll
   for (int c = 0; c < kNormMaxVec; ++c) {
-    const int f = lo + c * kNormBlockThreads + static_cast<int>(threadIdx.x);
-    if (f < hi) {
-      const int i = f * 4;
-      v[c] = residual4(hr, t, i, add);
+    if (sl.f(c) < sl.hi) {
+      const int i = sl.f(c) * 4;
+      v[c] = residual4<8>(hr, sl.t, i, add);
       if (add.nparts > 0) *reinterpret_cast<float4*>(hr + i) = v[c];
-      ss += v[c].x * v[c].x + v[c].y * v[c].y + v[c].z * v[c].z + v[c].w * v[c].w;
+      ss += sum_sq4(v[c]);
     }
   }
   ss = block_sum(ss, scratch);
@@ -122,23 +166,50 @@ __global__ void __cluster_dims__(kNormCluster, 1, 1) __launch_bounds__(kNormBloc
   ss = 0.0f;
 #pragma unroll
   for (int r = 0; r < kNormCluster; ++r) ss += *cluster.map_shared_rank(&block_ss, r);
-  const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
-  __half* xo = reinterpret_cast<__half*>(x16) + t * x16_stride;
-#pragma unroll
+  norm_store(sl, dim, ss, eps, v, g, x16, x16_stride, x16_lo, x32);
+  cluster.sync();  // no block leaves while another may still read its block_ss
+#else
+  __trap();
+#endif
+}
+#undef GPTOSS_NORM_CLUSTER_DIMS
+
+// The same per token in one block of kNormCluster·128 threads (any architecture): the 128 threads
+// of slice r are warps 4r..4r+3, so each slice's sum is block_sum's second stage over its 4 warp
+// sums, and the slices' sums are added in order — the cluster kernel's arithmetic exactly. At 1024
+// threads a thread has 64 registers (the cluster kernel uses ~120): its float4s are updated one at
+// a time, and the updated residual and the gain are read again for the normalisation.
+__global__ void __launch_bounds__(kNormCluster* kNormBlockThreads)
+    add_rmsnorm_block_kernel(float* h, int dim, const ResidualAdd add, const float* gain, float eps, uint16_t* x16,
+                             int64_t x16_stride, int64_t x16_lo, float* x32) {
+  constexpr int kSliceWarps = kNormBlockThreads / 32;
+  __shared__ float warp_ss[kNormCluster * kSliceWarps];
+  const int tid = static_cast<int>(threadIdx.x);
+  const NormSlice sl(static_cast<int>(blockIdx.x), tid / kNormBlockThreads, tid % kNormBlockThreads, dim);
+  float* hr = h + static_cast<int64_t>(sl.t) * dim;
+  pdl_wait();
+  pdl_launch_dependents();
+  float ss = 0.0f;
+#pragma unroll 1
   for (int c = 0; c < kNormMaxVec; ++c) {
-    const int f = lo + c * kNormBlockThreads + static_cast<int>(threadIdx.x);
-    if (f < hi) {
-      const int i = f * 4;
-      const float4 y = make_float4(g[c].x * (v[c].x * inv), g[c].y * (v[c].y * inv), g[c].z * (v[c].z * inv),
-                                   g[c].w * (v[c].w * inv));
-      store_f16_pair(xo + k_phys(i), x16_lo, y.x);
-      store_f16_pair(xo + k_phys(i + 1), x16_lo, y.y);
-      store_f16_pair(xo + k_phys(i + 2), x16_lo, y.z);
-      store_f16_pair(xo + k_phys(i + 3), x16_lo, y.w);
-      if (x32) *reinterpret_cast<float4*>(x32 + static_cast<int64_t>(t) * dim + i) = y;
+    if (sl.f(c) < sl.hi) {
+      const int i = sl.f(c) * 4;
+      const float4 v = residual4<2>(hr, sl.t, i, add);
+      if (add.nparts > 0) *reinterpret_cast<float4*>(hr + i) = v;
+      ss += sum_sq4(v);
     }
   }
-  cluster.sync();  // no block leaves while another may still read its block_ss
+  ss = warp_sum(ss);
+  if ((tid & 31) == 0) warp_ss[tid >> 5] = ss;
+  __syncthreads();
+  ss = 0.0f;
+#pragma unroll
+  for (int r = 0; r < kNormCluster; ++r) ss += warp_sums_total(warp_ss + r * kSliceWarps, kSliceWarps);
+  float4 v[kNormMaxVec], g[kNormMaxVec];
+#pragma unroll
+  for (int c = 0; c < kNormMaxVec; ++c)
+    if (sl.f(c) < sl.hi) v[c] = ld4(hr + sl.f(c) * 4), g[c] = ld4(gain + sl.f(c) * 4);
+  norm_store(sl, dim, ss, eps, v, g, x16, x16_stride, x16_lo, x32);
 }
 
 // One block per (tile, output chunk): tile columns are pairs in sorted order.
@@ -205,45 +276,57 @@ __global__ void argmax_finish_kernel(unsigned long long* keys, int rows, int32_t
 
 }  // namespace
 
-cudaError_t kernels_available() {
+cudaError_t launch_target(cudaStream_t stream, Launch* l) {
   cudaFuncAttributes attr;
-  return cudaFuncGetAttributes(&attr, embed_kernel);
+  cudaError_t e = cudaFuncGetAttributes(&attr, embed_kernel);
+  if (e != cudaSuccess) return e;
+  int dev = 0;
+  if ((e = cudaGetDevice(&dev)) != cudaSuccess) return e;
+  int optin = 0;
+  if ((e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess) return e;
+  l->stream = stream;
+  l->pdl = attr.ptxVersion >= 90;
+  l->clusters = attr.ptxVersion >= 90;
+  l->smem_optin = optin;
+  return cudaSuccess;
 }
 
-cudaError_t embed_launch(const uint16_t* table, int64_t dim, const int32_t* tokens, int n, float* h,
-                         cudaStream_t stream) {
+cudaError_t embed_launch(const uint16_t* table, int64_t dim, const int32_t* tokens, int n, float* h, const Launch& ln) {
   if (n <= 0) return cudaSuccess;
-  return launch_kernel(embed_kernel, n, kNormThreads, 0, stream, table, dim, tokens, h);
+  return launch_kernel(embed_kernel, n, kNormThreads, 0, ln, table, dim, tokens, h);
 }
 
 cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add, const float* gain, float eps,
-                               uint16_t* x16, int64_t x16_stride, int64_t x16_lo, float* x32, cudaStream_t stream) {
+                               uint16_t* x16, int64_t x16_stride, int64_t x16_lo, float* x32, const Launch& ln) {
   if (n <= 0) return cudaSuccess;
   if (dim % 4 != 0 || dim > kNormCluster * kNormBlockThreads * kNormMaxVec * 4) return cudaErrorInvalidValue;
   if (add.nparts > 0 && add.top_k > 0 && (add.experts == nullptr || add.weights == nullptr || !add.expert_bias))
     return cudaErrorInvalidValue;
   if (add.top_k > 8) return cudaErrorInvalidValue;
-  return launch_kernel(add_rmsnorm_kernel, n * kNormCluster, kNormBlockThreads, 0, stream, h, dim, add, gain, eps, x16,
-                       x16_stride, x16_lo, x32);
+  if (ln.clusters)
+    return launch_kernel(add_rmsnorm_cluster_kernel, n * kNormCluster, kNormBlockThreads, 0, ln, h, dim, add, gain, eps,
+                         x16, x16_stride, x16_lo, x32);
+  return launch_kernel(add_rmsnorm_block_kernel, n, kNormCluster * kNormBlockThreads, 0, ln, h, dim, add, gain, eps,
+                       x16, x16_stride, x16_lo, x32);
 }
 
 cudaError_t swiglu_parts_launch(const float* parts, int nparts, int64_t part_stride, int64_t rows_p, int inter,
                                 const int32_t* tiles, const int32_t* n_tiles, int max_tiles, const float* bias,
                                 int64_t bias_expert_stride, float alpha, float limit, uint16_t* a16, int64_t out_stride,
-                                int64_t out_lo, cudaStream_t stream) {
+                                int64_t out_lo, const Launch& ln) {
   if (max_tiles <= 0) return cudaSuccess;
-  return launch_kernel(swiglu_parts_kernel, max_tiles, kNormThreads, 0, stream, parts, nparts, part_stride, rows_p,
-                       inter, tiles, n_tiles, bias, bias_expert_stride, alpha, limit, a16, out_stride, out_lo);
+  return launch_kernel(swiglu_parts_kernel, max_tiles, kNormThreads, 0, ln, parts, nparts, part_stride, rows_p, inter,
+                       tiles, n_tiles, bias, bias_expert_stride, alpha, limit, a16, out_stride, out_lo);
 }
 
 cudaError_t argmax_launch(const float* logits, int rows, int64_t vocab, unsigned long long* keys, int32_t* out,
-                          cudaStream_t stream) {
+                          const Launch& ln) {
   if (rows <= 0) return cudaSuccess;
   const int64_t per_block = 256 * 16;
   const dim3 grid(static_cast<unsigned>((vocab + per_block - 1) / per_block), rows);
-  const cudaError_t e = launch_kernel(argmax_kernel, grid, 256, 0, stream, logits, vocab, per_block, keys);
+  const cudaError_t e = launch_kernel(argmax_kernel, grid, 256, 0, ln, logits, vocab, per_block, keys);
   if (e != cudaSuccess) return e;
-  return launch_kernel(argmax_finish_kernel, (rows + 127) / 128, 128, 0, stream, keys, rows, out);
+  return launch_kernel(argmax_finish_kernel, (rows + 127) / 128, 128, 0, ln, keys, rows, out);
 }
 
 }  // namespace gptoss::cuda

@@ -216,7 +216,7 @@ int moe_max_tiles(int pairs, int experts, int nt) {
 
 cudaError_t router_launch(const float* x, int n, int dim, const uint16_t* w, const float* b, int experts, int top_k,
                           int32_t* idx, float* weight, const RouterStatsDev& stats, const MoeGroupOut* group,
-                          const RouterWork& ws, cudaStream_t stream) {
+                          const RouterWork& ws, const Launch& ln) {
   if (n <= 0) return cudaSuccess;
   if (experts > 32 * kMaxExpertsPerLane || top_k > 8 || top_k < 1 || top_k > experts || dim % 8 != 0 || !ws.logits ||
       !ws.counters)
@@ -232,17 +232,17 @@ cudaError_t router_launch(const float* x, int n, int dim, const uint16_t* w, con
   if (smem > 40 * 1024) return cudaErrorInvalidValue;
   const dim3 grid((n + tt - 1) / tt, (experts + kRouterThreads / 32 - 1) / (kRouterThreads / 32));
   auto* kernel = tt == 4 ? router_kernel<4> : tt == 2 ? router_kernel<2> : router_kernel<1>;
-  return launch_kernel(kernel, grid, kRouterThreads, smem, stream, x, n, dim, w, b, experts, top_k, idx, weight, stats,
-                       g, ws);
+  return launch_kernel(kernel, grid, kRouterThreads, smem, ln, x, n, dim, w, b, experts, top_k, idx, weight, stats, g,
+                       ws);
 }
 
 cudaError_t moe_group_launch(const int32_t* idx, int n, int top_k, int experts, const MoeGroupOut& group,
-                             cudaStream_t stream) {
+                             const Launch& ln) {
   if (n <= 0) return cudaSuccess;
   const int pairs = n * top_k;
   if (experts > 32 * kMaxExpertsPerLane || group.max_tiles < moe_max_tiles(pairs, experts, group.nt))
     return cudaErrorInvalidValue;
-  return launch_kernel(moe_group_kernel, 1, 1024, 0, stream, idx, pairs, top_k, experts, group);
+  return launch_kernel(moe_group_kernel, 1, 1024, 0, ln, idx, pairs, top_k, experts, group);
 }
 
 }  // namespace gptoss::cuda

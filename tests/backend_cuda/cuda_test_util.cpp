@@ -20,6 +20,13 @@ std::vector<float> random_f32(size_t n, uint64_t seed, float scale) {
   return v;
 }
 
+std::vector<uint8_t> random_bytes(size_t n, uint64_t seed, int lo, int span) {
+  std::vector<uint8_t> v(n);
+  uint64_t s = seed;
+  for (uint8_t& b : v) b = static_cast<uint8_t>(lo + static_cast<int>(next_u64(s) % static_cast<uint64_t>(span)));
+  return v;
+}
+
 std::vector<uint16_t> random_bf16(size_t n, uint64_t seed, float scale) {
   std::vector<float> f = random_f32(n, seed, scale);
   std::vector<uint16_t> v(n);

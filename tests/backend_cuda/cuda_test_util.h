@@ -51,6 +51,8 @@ class DevArray {
 // Uniform values in [-scale, scale) from a seeded generator (own arithmetic: portable).
 std::vector<float> random_f32(size_t n, uint64_t seed, float scale = 1.0f);
 std::vector<uint16_t> random_bf16(size_t n, uint64_t seed, float scale = 1.0f);
+// Uniform bytes in [lo, lo + span) (MXFP4 codes; scale bytes in a chosen range).
+std::vector<uint8_t> random_bytes(size_t n, uint64_t seed, int lo = 0, int span = 256);
 inline float f16_round(float v) {
   return f16_to_f32(f32_to_f16(v));
 }

@@ -342,6 +342,68 @@ std::string moe_case_name(const MoeCase& c) {
 
 class MoeGemmTest : public ::testing::TestWithParam<MoeCase> {};
 
+// Decoded value·2^-14 of element k (0-7) of a device code word, as the kernels cut it out.
+float device_code_value(uint32_t w, int k) {
+  const uint32_t h2 = k % 4 == 0   ? cuda::mxfp4_pair_x2m14<0>(w)
+                      : k % 4 == 1 ? cuda::mxfp4_pair_x2m14<1>(w)
+                      : k % 4 == 2 ? cuda::mxfp4_pair_x2m14<2>(w)
+                                   : cuda::mxfp4_pair_x2m14<3>(w);
+  return f16_to_f32(static_cast<uint16_t>(h2 >> (16 * (k / 4))));
+}
+
+// The device layout of MXFP4 experts (CPU only): the tiles filled from checkpoint rows, read back
+// through mxfp4_code_offset / mxfp4_scale_offset and the kernels' half2 decode, give every
+// checkpoint value (times 2^-14) and scale, zeros in the padding, and every byte exactly once.
+TEST(Mxfp4DeviceLayout, TilesDecodeToTheCheckpointValues) {
+  struct Shape {
+    int rows, nb;
+  };
+  for (const Shape sh : {Shape{5760, 90}, Shape{37, 7}, Shape{16, 1}, Shape{70, 12}}) {
+    const int rows_p = static_cast<int>(cuda::round_up(sh.rows, cuda::kMxfp4TileRows));
+    const int kblocks = static_cast<int>(cuda::round_up(sh.nb, 4));
+    const std::vector<uint8_t> blocks = random_bytes(static_cast<size_t>(sh.rows) * sh.nb * 16, 77 + sh.rows);
+    const std::vector<uint8_t> scales = random_bytes(static_cast<size_t>(sh.rows) * sh.nb, 78 + sh.rows);
+    std::vector<uint8_t> codes(static_cast<size_t>(rows_p) * kblocks * 16, 0xAB);
+    std::vector<uint8_t> dev_scales(static_cast<size_t>(rows_p) * kblocks, 0xAB);
+    for (int r0 = 0; r0 < rows_p; r0 += cuda::kMxfp4TileRows) {
+      const int nrows = std::clamp(sh.rows - r0, 0, cuda::kMxfp4TileRows);
+      const size_t src = static_cast<size_t>(std::min(r0, sh.rows));
+      cuda::mxfp4_tile_codes(blocks.data() + src * sh.nb * 16, nrows, sh.nb, kblocks,
+                             codes.data() + static_cast<size_t>(r0) * kblocks * 16);
+      cuda::mxfp4_tile_scales(scales.data() + src * sh.nb, nrows, sh.nb, kblocks,
+                              dev_scales.data() + static_cast<size_t>(r0) * kblocks);
+    }
+    std::vector<int> code_hits(codes.size(), 0), scale_hits(dev_scales.size(), 0);
+    for (int r = 0; r < rows_p; ++r)
+      for (int kb = 0; kb < kblocks; ++kb) {
+        const bool real = r < sh.rows && kb < sh.nb;
+        const size_t so = static_cast<size_t>(cuda::mxfp4_scale_offset(r, kb, kblocks));
+        ASSERT_LT(so, dev_scales.size());
+        ++scale_hits[so];
+        ASSERT_EQ(dev_scales[so], real ? scales[static_cast<size_t>(r) * sh.nb + kb] : 0)
+            << "row " << r << " block " << kb;
+        for (int t = 0; t < 4; ++t) {
+          const size_t wo = static_cast<size_t>(cuda::mxfp4_code_offset(r, kb / 4, kblocks)) + 16 * t + 4 * (kb % 4);
+          ASSERT_LE(wo + 4, codes.size());
+          uint32_t w;
+          std::memcpy(&w, codes.data() + wo, 4);
+          for (int i = 0; i < 4; ++i) ++code_hits[wo + i];
+          for (int k = 0; k < 8; ++k) {
+            const int j = 8 * t + k;  // element of the block
+            const float want =
+                real ? kFp4Values[(blocks[(static_cast<size_t>(r) * sh.nb + kb) * 16 + j / 2] >> (4 * (j % 2))) & 0xF]
+                     : 0.0f;
+            const float got = device_code_value(w, k);
+            ASSERT_EQ(got, std::ldexp(want, -14)) << "row " << r << " block " << kb << " element " << j;
+            ASSERT_EQ(std::signbit(got), std::signbit(want)) << "row " << r << " block " << kb << " element " << j;
+          }
+        }
+      }
+    for (size_t i = 0; i < codes.size(); ++i) ASSERT_EQ(code_hits[i], 1) << "code byte " << i;
+    for (size_t i = 0; i < dev_scales.size(); ++i) ASSERT_EQ(scale_hits[i], 1) << "scale byte " << i;
+  }
+}
+
 // Random gate/up experts in checkpoint layout plus the device copy padded to kRowTile rows and an
 // even block count.
 struct MoeSetup {
@@ -379,11 +441,15 @@ MoeSetup make_moe(const MoeCase& c, uint64_t seed) {
   s.dev_scales.assign(static_cast<size_t>(c.experts) * s.rows_p * s.kblocks, 0);
   s.bias_dev.assign(static_cast<size_t>(c.experts) * s.rows_p, 0.0f);
   for (int e = 0; e < c.experts; ++e)
-    for (int r = 0; r < s.rows; ++r) {
-      const size_t src = static_cast<size_t>(e) * s.rows + r, dst = static_cast<size_t>(e) * s.rows_p + r;
-      cuda::mxfp4_repack_row(&s.blocks[src * s.nb * 16], s.nb, s.kblocks, &s.dev_blocks[dst * s.kblocks * 16]);
-      std::memcpy(&s.dev_scales[dst * s.kblocks], &s.scales[src * s.nb], static_cast<size_t>(s.nb));
-      s.bias_dev[dst] = bf16_to_f32(s.bias[src]);
+    for (int r0 = 0; r0 < s.rows_p; r0 += cuda::kMxfp4TileRows) {
+      const int nrows = std::clamp(s.rows - r0, 0, cuda::kMxfp4TileRows);
+      const size_t src = static_cast<size_t>(e) * s.rows + std::min(r0, s.rows),
+                   dst = static_cast<size_t>(e) * s.rows_p + r0;
+      cuda::mxfp4_tile_codes(s.blocks.data() + src * s.nb * 16, nrows, s.nb, s.kblocks,
+                             s.dev_blocks.data() + dst * s.kblocks * 16);
+      cuda::mxfp4_tile_scales(s.scales.data() + src * s.nb, nrows, s.nb, s.kblocks,
+                              s.dev_scales.data() + dst * s.kblocks);
+      for (int r = 0; r < nrows; ++r) s.bias_dev[dst + r] = bf16_to_f32(s.bias[src + r]);
     }
   s.x = random_f32(static_cast<size_t>(c.tokens) * c.hidden, seed + 9, 2.0f);
   s.idx.resize(static_cast<size_t>(s.pairs));

@@ -21,19 +21,6 @@ namespace {
 constexpr int kH = 2880, kHeads = 64, kKvHeads = 8, kHeadDim = 64, kExperts = 8, kTopK = 4, kInter = 2880;
 constexpr int kQkvRows = (kHeads + 2 * kKvHeads) * kHeadDim, kQ = kHeads * kHeadDim, kCap = 256, kLayers = 3;
 
-// Random bytes (splitmix64), for MXFP4 codes; scale bytes land in [lo, lo + span).
-std::vector<uint8_t> random_bytes(size_t n, uint64_t seed, int lo = 0, int span = 256) {
-  std::vector<uint8_t> v(n);
-  uint64_t s = seed;
-  for (size_t i = 0; i < n; ++i) {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    v[i] = static_cast<uint8_t>(lo + static_cast<int>((z ^ (z >> 31)) % static_cast<uint64_t>(span)));
-  }
-  return v;
-}
-
 // fp16-pair rows ([hi: half][lo: half] each) with NaN in the `valid` leading columns of each half and
 // zero padding.
 std::vector<uint16_t> poisoned_pairs(int rows, int half, int valid) {

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -148,37 +149,21 @@ Producer f16_rows(std::vector<const Weight*> parts, int64_t cols, int64_t kp, Up
   };
 }
 
-// Per-expert rows of `bytes_per_row` bytes padded to rows_p rows and `row_bytes_p` bytes each.
-Producer padded_rows(const uint8_t* src, int64_t rows, int64_t bytes_per_row, int64_t rows_p, int64_t row_bytes_p) {
+// MXFP4 codes (tile_bytes = 16·kblocks·16) or scales (16·kblocks) of every expert in the device
+// layout, one 16-row tile at a time (fill: mxfp4_tile_codes or mxfp4_tile_scales); `src` holds
+// `row_bytes` per checkpoint row, `rows` rows per expert.
+Producer mxfp4_tiles(const uint8_t* src, int64_t row_bytes, int64_t rows, int nb, int64_t rows_p, int kblocks,
+                     int64_t tile_bytes, void (*fill)(const uint8_t*, int, int, int, uint8_t*)) {
   return [=](size_t off, size_t n, uint8_t* dst) {
-    if (rows == rows_p && bytes_per_row == row_bytes_p) {
-      std::memcpy(dst, src + off, n);
-      return;
-    }
-    for (size_t i = off; i < off + n; ++i) {
-      const int64_t row = static_cast<int64_t>(i) / row_bytes_p, col = static_cast<int64_t>(i) % row_bytes_p;
-      const int64_t e = row / rows_p, r = row % rows_p;
-      dst[i - off] = (r < rows && col < bytes_per_row) ? src[(e * rows + r) * bytes_per_row + col] : 0;
-    }
-  };
-}
-
-// MXFP4 code bytes of every expert row in the device layout (mxfp4_repack_row), rows padded.
-Producer mxfp4_rows(const uint8_t* src, int64_t rows, int nb, int64_t rows_p, int kblocks) {
-  return [=](size_t off, size_t n, uint8_t* dst) {
-    const int64_t row_bytes = static_cast<int64_t>(kblocks) * 16;
-    std::vector<uint8_t> tmp(static_cast<size_t>(row_bytes));
-    for (int64_t row = static_cast<int64_t>(off) / row_bytes; row * row_bytes < static_cast<int64_t>(off + n); ++row) {
-      const int64_t e = row / rows_p, r = row % rows_p;
-      if (r < rows) {
-        mxfp4_repack_row(src + (e * rows + r) * nb * 16, nb, kblocks, tmp.data());
-      } else {
-        std::fill(tmp.begin(), tmp.end(), 0);
-      }
-      const int64_t lo = std::max<int64_t>(row * row_bytes, static_cast<int64_t>(off));
-      const int64_t hi = std::min<int64_t>((row + 1) * row_bytes, static_cast<int64_t>(off + n));
-      std::memcpy(dst + (lo - static_cast<int64_t>(off)), tmp.data() + (lo - row * row_bytes),
-                  static_cast<size_t>(hi - lo));
+    const int64_t tiles_per_expert = rows_p / kMxfp4TileRows;
+    const int64_t begin = static_cast<int64_t>(off), end = static_cast<int64_t>(off + n);
+    std::vector<uint8_t> tmp(static_cast<size_t>(tile_bytes));
+    for (int64_t tile = begin / tile_bytes; tile * tile_bytes < end; ++tile) {
+      const int64_t e = tile / tiles_per_expert, r0 = tile % tiles_per_expert * kMxfp4TileRows;
+      const int nrows = static_cast<int>(std::clamp<int64_t>(rows - r0, 0, kMxfp4TileRows));
+      fill(nrows > 0 ? src + (e * rows + r0) * row_bytes : src, nrows, nb, kblocks, tmp.data());
+      const int64_t lo = std::max(tile * tile_bytes, begin), hi = std::min((tile + 1) * tile_bytes, end);
+      std::memcpy(dst + (lo - begin), tmp.data() + (lo - tile * tile_bytes), static_cast<size_t>(hi - lo));
     }
   };
 }
@@ -224,10 +209,12 @@ struct Planner {
     x.rows_p = static_cast<int>(round_up(m.rows, kRowTile));
     const int64_t nb = m.cols / 32;
     x.kblocks = static_cast<int>(round_up(nb, 4));
+    const int64_t tile = int64_t{kMxfp4TileRows} * x.kblocks;
     place(&x.blocks, static_cast<size_t>(n_experts * x.rows_p * x.kblocks * 16),
-          mxfp4_rows(m.blocks.u8(), m.rows, static_cast<int>(nb), x.rows_p, x.kblocks));
+          mxfp4_tiles(m.blocks.u8(), nb * 16, m.rows, static_cast<int>(nb), x.rows_p, x.kblocks, tile * 16,
+                      mxfp4_tile_codes));
     place(&x.scales, static_cast<size_t>(n_experts * x.rows_p * x.kblocks),
-          padded_rows(m.scales.u8(), m.rows, nb, x.rows_p, x.kblocks));
+          mxfp4_tiles(m.scales.u8(), nb, m.rows, static_cast<int>(nb), x.rows_p, x.kblocks, tile, mxfp4_tile_scales));
     f32(&x.bias, m.bias, m.rows, x.rows_p, n_experts);
   }
 };
@@ -328,13 +315,42 @@ Result<std::unique_ptr<ModelDev>> model_upload(const Model& model, cudaStream_t 
   return dev;
 }
 
-void mxfp4_repack_row(const uint8_t* blocks, int nb, int kblocks, uint8_t* out) {
-  for (int g = 0; g < kblocks / 4; ++g)
-    for (int t = 0; t < 4; ++t)
-      for (int b = 0; b < 4; ++b) {
-        const int blk = 4 * g + b;
-        for (int i = 0; i < 4; ++i) out[64 * g + 16 * t + 4 * b + i] = blk < nb ? blocks[blk * 16 + 4 * t + i] : 0;
+namespace {
+
+// Bits that checkpoint byte i (elements 2i and 2i + 1) of a lane's 4 bytes contributes to its code
+// word, in the decode order of mxfp4_pair_x2m14.
+constexpr std::array<std::array<uint32_t, 256>, 4> kCodeWordBits = [] {
+  std::array<std::array<uint32_t, 256>, 4> bits{};
+  for (int i = 0; i < 4; ++i)
+    for (uint32_t v = 0; v < 256; ++v)
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t code = (v >> (4 * h)) & 0xFu;
+        bits[i][v] |= (code & 7u) << kMxfp4MagBit[2 * i + h] | (code >> 3) << kMxfp4SignBit[2 * i + h];
       }
+  return bits;
+}();
+
+}  // namespace
+
+void mxfp4_tile_codes(const uint8_t* blocks, int nrows, int nb, int kblocks, uint8_t* out) {
+  for (int q = 0; q < kblocks / 4; ++q)
+    for (int r = 0; r < kMxfp4TileRows; ++r)
+      for (int t = 0; t < 4; ++t)
+        for (int b = 0; b < 4; ++b) {
+          const int blk = 4 * q + b;
+          uint32_t w = 0;
+          if (r < nrows && blk < nb) {
+            const uint8_t* p = blocks + (static_cast<int64_t>(r) * nb + blk) * 16 + 4 * t;
+            w = kCodeWordBits[0][p[0]] | kCodeWordBits[1][p[1]] | kCodeWordBits[2][p[2]] | kCodeWordBits[3][p[3]];
+          }
+          std::memcpy(out + mxfp4_code_offset(r, q, kblocks) + 16 * t + 4 * b, &w, 4);
+        }
+}
+
+void mxfp4_tile_scales(const uint8_t* scales, int nrows, int nb, int kblocks, uint8_t* out) {
+  for (int r = 0; r < kMxfp4TileRows; ++r)
+    for (int blk = 0; blk < kblocks; ++blk)
+      out[mxfp4_scale_offset(r, blk, kblocks)] = r < nrows && blk < nb ? scales[static_cast<int64_t>(r) * nb + blk] : 0;
 }
 
 GemmPlan gemm_plan_dense(int rows, int kblocks, int n, int sm_count) {

@@ -1,5 +1,5 @@
 // Small device helpers shared by the CUDA kernels: Programmatic Dependent Launch controls, fp16
-// packing, the clamped SwiGLU, MXFP4 decoding, the mma.sync wrapper and warp/block reductions.
+// packing, the clamped SwiGLU, the mma.sync wrapper and warp/block reductions.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -65,22 +65,6 @@ __device__ __forceinline__ float swiglu_clamped(float gate, float up, float alph
 
 __device__ __forceinline__ float bf16_bits_to_f32(uint16_t v) {
   return __uint_as_float(static_cast<uint32_t>(v) << 16);
-}
-
-// Eight E2M1 codes in one 32-bit word (nibble k = element k) → half2 (e_k, e_{k+4}) for K = k:
-// the 3 magnitude bits are shifted under the fp16 exponent/mantissa boundary (bits 9..11, giving
-// value·2^-14; 0.5 becomes the fp16 subnormal 2^-15, exact) and the sign bit to bit 15, for both
-// halves at once. Two shifts and two logic ops per pair of weights.
-template <int K>
-__device__ __forceinline__ uint32_t fp4_pair_x2m14(uint32_t w) {
-  constexpr int kSign = 12 - 4 * K;
-  uint32_t mag;
-  if constexpr (K < 3) {
-    mag = w << (9 - 4 * K);
-  } else {
-    mag = w >> 3;
-  }
-  return (mag & 0x0E000E00u) | ((w << kSign) & 0x80008000u);
 }
 
 // half2 of 2^e in both halves: exact for e in [-24, 15], 0 below, inf above.

@@ -21,8 +21,8 @@ constexpr int chunk_blocks() {
 }
 
 // Raw A registers of one chunk of CB blocks. Dense: one 16-byte load per block and row. MXFP4
-// (device layout of mxfp4_repack_row): one 16-byte load per 4 blocks and row (lane t's 4 code bytes
-// of each block) plus the 4 scale bytes.
+// (device layout, mxfp4_code_offset): one 16-byte load per 4 blocks and row (lane t's code word of
+// each block) plus the 4 scale bytes.
 template <GemmWeights WT, int CB>
 struct AChunk {
   static constexpr int kLoads = WT == GemmWeights::kF16 ? CB : CB / 4;
@@ -44,16 +44,16 @@ __device__ __forceinline__ void load_a(AChunk<WT, CB>& r, const GemmArgs& a, con
       r.hi[i] = __ldg(reinterpret_cast<const uint4*>(p + i * 64 + 8 * rs));
     }
   } else {
-    const int64_t rs = static_cast<int64_t>(a.kblocks) * 16;
-    const uint8_t* p = wbase + row * rs + kb * 16 + t * 16;
-    const uint8_t* s = sbase + static_cast<int64_t>(row) * a.kblocks + kb;
+    // row is row g of a 16-row tile: row + 8 is 512 code bytes and 32 scale bytes further on.
+    const uint8_t* p = wbase + mxfp4_code_offset(row, kb / 4, a.kblocks) + t * 16;
+    const uint8_t* s = sbase + mxfp4_scale_offset(row, kb, a.kblocks);
 #pragma unroll
     for (int i = 0; i < CB / 4; ++i) {
       if (4 * i >= cb) break;
-      r.lo[i] = __ldg(reinterpret_cast<const uint4*>(p + i * 64));
-      r.hi[i] = __ldg(reinterpret_cast<const uint4*>(p + i * 64 + 8 * rs));
-      r.s_lo[i] = __ldg(reinterpret_cast<const uint32_t*>(s + 4 * i));
-      r.s_hi[i] = __ldg(reinterpret_cast<const uint32_t*>(s + 4 * i + 8 * a.kblocks));
+      r.lo[i] = __ldg(reinterpret_cast<const uint4*>(p + i * 1024));
+      r.hi[i] = __ldg(reinterpret_cast<const uint4*>(p + i * 1024 + 512));
+      r.s_lo[i] = __ldg(reinterpret_cast<const uint32_t*>(s + 64 * i));
+      r.s_hi[i] = __ldg(reinterpret_cast<const uint32_t*>(s + 64 * i + 32));
     }
   }
 }

@@ -43,10 +43,10 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
 // scales: pairs (e0,e4), (e1,e5), (e2,e6), (e3,e7) match the activations' storage order (k_phys).
 __device__ __forceinline__ AFrag mxfp4_frag(uint32_t ql, uint32_t qh, uint32_t sl, uint32_t sh) {
   AFrag f;
-  f.lo[0] = fp4_pair_x2m14<0>(ql), f.lo[1] = fp4_pair_x2m14<1>(ql);
-  f.lo[2] = fp4_pair_x2m14<2>(ql), f.lo[3] = fp4_pair_x2m14<3>(ql);
-  f.hi[0] = fp4_pair_x2m14<0>(qh), f.hi[1] = fp4_pair_x2m14<1>(qh);
-  f.hi[2] = fp4_pair_x2m14<2>(qh), f.hi[3] = fp4_pair_x2m14<3>(qh);
+  f.lo[0] = mxfp4_pair_x2m14<0>(ql), f.lo[1] = mxfp4_pair_x2m14<1>(ql);
+  f.lo[2] = mxfp4_pair_x2m14<2>(ql), f.lo[3] = mxfp4_pair_x2m14<3>(ql);
+  f.hi[0] = mxfp4_pair_x2m14<0>(qh), f.hi[1] = mxfp4_pair_x2m14<1>(qh);
+  f.hi[2] = mxfp4_pair_x2m14<2>(qh), f.hi[3] = mxfp4_pair_x2m14<3>(qh);
   scale_row(f.lo, sl);
   scale_row(f.hi, sh);
   return f;

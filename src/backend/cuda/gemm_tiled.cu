@@ -23,7 +23,7 @@ constexpr int kNs = kCols / 8;
 
 // One pipeline stage (byte offsets). B: hi then lo halves, [64 columns][smem_row_halfs<CB>]. A dense
 // (CB = 2): [block][row][64 bytes], so lane t's 16 bytes of rows g and g+8 are one conflict-free read;
-// MXFP4 (CB = 4, one mxfp4_repack_row load group): [row][64 bytes], then the scales [row][4].
+// MXFP4 (CB = 4, one group of the device layout): [row][64 bytes], then the scales [row][4].
 template <GemmWeights WT, int MT>
 struct Stage {
   static constexpr int kCB = WT == GemmWeights::kF16 ? 2 : 4;
@@ -52,12 +52,13 @@ struct Copier {
   static constexpr int kBJ = kThreads / kBQ, kBP = kCols / kBJ;         // column step, pieces per thread
   static constexpr int kAQ = WT == GemmWeights::kF16 ? S::kCB * 4 : 4;  // A pieces per row and chunk
   static constexpr int kAJ = kThreads / kAQ, kAP = S::kRows / kAJ;      // row step, pieces per thread
-  static constexpr int kABlock = WT == GemmWeights::kF16 ? 64 : 16;     // A bytes per row and block
+  // A bytes per block along a row: dense 64; MXFP4 256 (a 16-row tile's group of 4 blocks is 1 KB).
+  static constexpr int kABlock = WT == GemmWeights::kF16 ? 64 : 256;
 
   const uint16_t* b[kBP];  // hi halves at kb0 = 0 (lo at + x_lo); a.x where invalid
   const uint8_t* a0;       // A piece 0 at kb0 = 0 (piece k: + k·a_step)
   const uint8_t* w;        // valid base for A rows past a.rows
-  const uint8_t* s;        // MXFP4 scales of row `tid` at kb0 = 0 (threads < kRows)
+  const uint8_t* s;        // MXFP4 scales of row `tid` at kb0 = 0 (threads < kRows; + 16 per block)
   int64_t a_step;
   uint32_t b_valid = 0, a_valid = 0;
   bool s_valid;
@@ -76,9 +77,16 @@ struct Copier {
     }
     b_dst = (j0 * S::kBRow + bq * 8) * 2;
     const int aq = tid % kAQ, r0 = tid / kAQ;
-    const int64_t rs = static_cast<int64_t>(g.kblocks) * kABlock;
-    a0 = wbase + (row_base + r0) * rs + aq * 16;
-    a_step = kAJ * rs;
+    if constexpr (WT == GemmWeights::kF16) {
+      const int64_t rs = static_cast<int64_t>(g.kblocks) * kABlock;
+      a0 = wbase + (row_base + r0) * rs + aq * 16;
+      a_step = kAJ * rs;
+    } else {
+      // kAJ is a multiple of 16 rows: piece k lies kAJ / 16 tiles after piece 0, at the same place.
+      static_assert(kAJ % kMxfp4TileRows == 0);
+      a0 = wbase + mxfp4_code_offset(row_base + r0, 0, g.kblocks) + aq * 16;
+      a_step = mxfp4_code_offset(kAJ, 0, g.kblocks);
+    }
     w = wbase;
 #pragma unroll
     for (int k = 0; k < kAP; ++k) a_valid |= static_cast<uint32_t>(row_base + r0 + k * kAJ < g.rows) << k;
@@ -88,7 +96,7 @@ struct Copier {
       a_dst = S::kA + r0 * 64 + aq * 16;
     }
     s_valid = tid < S::kRows && row_base + tid < g.rows;
-    s = s_valid ? sbase + static_cast<int64_t>(row_base + tid) * g.kblocks : sbase;
+    s = s_valid ? sbase + mxfp4_scale_offset(row_base + tid, 0, g.kblocks) : sbase;
     s_dst = S::kS + tid * 4;
   }
 
@@ -108,7 +116,7 @@ struct Copier {
       cp_async16s(st + a_dst + k * kAJ * 64, v ? a0 + k * a_step + kb0 * kABlock : w, v);
     }
     if constexpr (WT == GemmWeights::kMxfp4) {
-      if (threadIdx.x < S::kRows) cp_async4s(st + s_dst, s + (s_valid ? kb0 : 0), s_valid);
+      if (threadIdx.x < S::kRows) cp_async4s(st + s_dst, s + (s_valid ? kb0 * 16 : 0), s_valid);
     }
   }
 };

@@ -63,9 +63,8 @@ __host__ __device__
 
 // ---------------------------------------------------------------------------------------------
 // GEMM: out[n, r] = Σ_k W[r, k]·x[n, k] on tensor cores (fp16 operands, f32 accumulation).
-// W is fp16 [E][rows_p][kblocks·32] (dense, columns in k_phys order) or MXFP4 in the layout of
-// mxfp4_repack_row: blocks [E][rows_p][kblocks·16 bytes], scales [E][rows_p][kblocks] (rows padded to
-// kRowTile, kblocks to a multiple of 4). The reduction runs
+// W is fp16 [E][rows_p][kblocks·32] (dense, columns in k_phys order) or MXFP4 in the device layout
+// (mxfp4_code_offset; rows padded to kRowTile, kblocks a multiple of 4). The reduction runs
 // over `nseg` segments of `seg_blocks` blocks of 32; each segment is summed on its own and the segment sums are added
 // in order, in every mode, so one output never depends on the batch size or on whether the segments ran in one block or
 // many.
@@ -139,11 +138,59 @@ void gemm_segments(int kblocks, int* seg_blocks, int* nseg);
 inline constexpr int kDenseGemvTokens = 4;
 cudaError_t dense_gemv_launch(const GemmArgs& a, const Launch& ln);
 
-// Device layout of one MXFP4 row (host function): checkpoint blocks [nb][16] → kblocks (a multiple
-// of 4, ≥ nb) blocks regrouped by 4 so that lane t of a GEMM quad reads its code bytes 4t..4t+3 of
-// four consecutive blocks with one 16-byte load: out[64·g + 16·t + 4·b + i] = block 4g+b byte 4t+i
-// (zero past nb). Scales keep the block order (padded with zeros).
-void mxfp4_repack_row(const uint8_t* blocks, int nb, int kblocks, uint8_t* out);
+// Device layout of the MXFP4 experts. A matrix's rows (padded to kRowTile) form tiles of 16 rows and
+// its reduction (padded to kblocks, a multiple of 4) groups of 4 blocks of 32; one (tile, group) is
+// 1 KB, row by row, 64 bytes each: lane t of a GEMM quad finds its elements 8t..8t+7 of the group's
+// four blocks at + 16·t, one 32-bit word per block. A warp's 16 rows thus stream as one contiguous
+// run of the matrix (group after group). The scales of a (tile, group) are 64 bytes, row by row, 4
+// blocks each. Both are per expert, zero past the real rows and blocks.
+inline constexpr int kMxfp4TileRows = 16;
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+    inline int64_t
+    mxfp4_code_offset(int64_t row, int64_t group, int kblocks) {  // bytes of (row, group) in an expert
+  return (row >> 4) * (int64_t{kMxfp4TileRows} * 16 * kblocks) + group * 1024 + (row & 15) * 64;
+}
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+    inline int64_t
+    mxfp4_scale_offset(int64_t row, int64_t block, int kblocks) {  // scale byte of (row, block)
+  return (row >> 4) * (int64_t{kMxfp4TileRows} * kblocks) + (block >> 2) * 64 + (row & 15) * 4 + (block & 3);
+}
+
+// A code word holds the 8 E2M1 codes (sign, e1, e0, m) of elements 8t..8t+7 of one block, placed
+// so that each half2 the tensor cores take, (element k, element k+4)·2^-14 for K = k < 4, is cut out
+// with at most three integer operations (the fp16 bits of e·2^-14 are the sign at bit 15 and e1, e0,
+// m at bits 11..9; 0.5 becomes the subnormal 2^-15, exact): magnitude (e1 e0 m) of element k at bits
+// kMxfp4MagBit[k]..+2, its sign at kMxfp4SignBit[k]. K = 0 is a mask, K = 1 a shift and a mask, K = 2
+// and 3 a mask, a multiply that adds two shifted copies (magnitudes and signs land apart, and no
+// carry reaches a kept bit) and a mask.
+inline constexpr int kMxfp4MagBit[8] = {9, 6, 3, 0, 25, 22, 19, 16};
+inline constexpr int kMxfp4SignBit[8] = {15, 12, 14, 13, 31, 28, 30, 29};
+template <int K>
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+    constexpr uint32_t
+    mxfp4_pair_x2m14(uint32_t w) {
+  constexpr uint32_t kHalf2 = 0x8E008E00u;  // sign and e1 e0 m of both halves
+  if constexpr (K == 0) {
+    return w & kHalf2;
+  } else if constexpr (K == 1) {
+    return (w << 3) & kHalf2;
+  } else if constexpr (K == 2) {
+    return ((w & 0x40384038u) * ((1u << 6) + (1u << 1))) & kHalf2;  // magnitudes << 6, signs << 1
+  } else {
+    return ((w & 0x20072007u) * ((1u << 9) + (1u << 2))) & kHalf2;  // magnitudes << 9, signs << 2
+  }
+}
+
+// Host functions filling one 16-row tile of the device layout from checkpoint rows (blocks [nrows][nb][16],
+// scales [nrows][nb]; nrows ≤ 16): codes [kblocks / 4][16][64] bytes, scales [kblocks / 4][16][4].
+void mxfp4_tile_codes(const uint8_t* blocks, int nrows, int nb, int kblocks, uint8_t* out);
+void mxfp4_tile_scales(const uint8_t* scales, int nrows, int nb, int kblocks, uint8_t* out);
 
 // ---------------------------------------------------------------------------------------------
 // Decode MoE products (few tokens per expert) on tensor cores: out[c, r] = Σ_k W_e[r, k]·x[c, k] for
@@ -156,8 +203,8 @@ void mxfp4_repack_row(const uint8_t* blocks, int nb, int kblocks, uint8_t* out);
 // result is the same bits whatever the batch or the mode (see moe_decode.cu).
 inline constexpr int kMoeDecodeTileTokens = 16;  // tokens per grouped tile
 struct MoeDecodeArgs {
-  const uint8_t* w = nullptr;       // MXFP4 in the mxfp4_repack_row layout [E][≥ round_up(rows, 16)][kblocks·16]
-  const uint8_t* scales = nullptr;  // [E][same rows][kblocks], every byte ≤ 240
+  const uint8_t* w = nullptr;       // MXFP4 codes in the device layout (mxfp4_code_offset), rows padded to 16
+  const uint8_t* scales = nullptr;  // same rows (mxfp4_scale_offset), every byte ≤ 240
   int64_t w_expert_bytes = 0, s_expert_bytes = 0;
   int rows = 0;
   int kblocks = 0;  // a multiple of 4

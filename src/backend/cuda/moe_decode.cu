@@ -1,20 +1,21 @@
 // MXFP4 expert products of decode steps (few tokens per expert) on tensor cores.
 //
-// One block = one warp = 16 weight rows of one expert × the tokens of one work item, over the
+// One block = one warp = one 16-row tile of one expert × the tokens of one work item, over the
 // whole reduction, streamed through a ring of kStages shared-memory stages of one 4-block group
-// each: the code bytes of rows g and g+8 that lane t multiplies (16 bytes each in the layout of
-// mxfp4_repack_row), the 16 rows' scale words and, for single pairs, the group's activations. The
-// copies (cp.async) run kStages − 1 groups ahead of the math; one __syncwarp per group publishes
-// them to the whole warp and retires the stage read before. Items of several tokens (grouped
-// tiles) read their activations through L1 instead.
+// each: the tile's 1 KB of codes for the group (contiguous in the device layout, so each copy
+// instruction of the warp reads 512 consecutive bytes), its 64 bytes of scales and, for single
+// pairs, the group's activations. The copies (cp.async) run kStages − 1 groups ahead of the math;
+// one __syncwarp per group publishes them to the whole warp and retires the stage read before.
+// Items of several tokens (grouped tiles) read their activations through L1 instead.
 //
-// Weights are the m16n8k16 A operand, decoded in registers to value·2^-14 half2 (exact, the only
-// per-weight ALU work). The activations are the B operand as fp16 pairs: column 2j holds token j's
-// hi half, column 2j+1 its lo half (4 tokens per n8 tile), so the lane that owns column pair
-// (2t, 2t+1) of the accumulator holds both halves of token t. Each 32-block is multiplied into a
-// zero accumulator and folded into the running f32 sum with one FMA by its scale 2^(s−127)·2^14 (a
-// power of two), in block order. A token's output depends only on its own column and that order,
-// so it is the same bits in every batch and in both modes (per pair or grouped by expert).
+// Weights are the m16n8k16 A operand, decoded in registers to value·2^-14 half2 (exact; 2.25
+// integer operations per half2, mxfp4_pair_x2m14, the only per-weight ALU work). The activations
+// are the B operand as fp16 pairs: column 2j holds token j's hi half, column 2j+1 its lo half (4
+// tokens per n8 tile), so the lane that owns column pair (2t, 2t+1) of the accumulator holds both
+// halves of token t. Each 32-block is multiplied into a zero accumulator and folded into the
+// running f32 sum with one FMA by its scale 2^(s−127)·2^14 (a power of two), in block order. A
+// token's output depends only on its own column and that order, so it is the same bits in every
+// batch and in both modes (per pair or grouped by expert).
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/launch.cuh"
@@ -22,27 +23,23 @@
 namespace gptoss::cuda {
 namespace {
 
-constexpr int kRows = 16;                     // weight rows per warp (one m16 tile)
-constexpr int kStages = 8;                    // ring stages per warp (4-block groups)
+constexpr int kRows = kMxfp4TileRows;         // weight rows per warp (one m16 tile)
+constexpr int kStages = 4;                    // ring stages per warp (4-block groups)
 constexpr uint32_t kScaleBias = 0x0E0E0E0Eu;  // + 14 on each E8M0 byte of a scale word
 
 // One ring stage. PAIRS: also the group's activations of the item's single token: act[4·c + t] =
 // elements 8t..8t+7 (storage order) of block c/2, hi half (c even) or lo half.
 template <bool PAIRS>
 struct Stage {
-  uint4 code[2][32];  // lane-indexed code words of rows g and g+8
-  uint32_t scale[kRows];
+  uint4 code[2][32];      // the group's codes: lane-indexed words of rows g and g+8 (rows 0-7, 8-15)
+  uint32_t scale[kRows];  // the group's scale words, row by row
   uint4 act[PAIRS ? 32 : 1];
 };
 
-// Asynchronous copies global → shared: 16 bytes through L2 only (the weights are read once), 4 bytes.
+// Asynchronous 16-byte copy global → shared through L2 only (the weights are read once).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -71,10 +68,10 @@ __device__ __forceinline__ void block_mma(float (&tot)[NN][2], const uint4& qa, 
                                           uint32_t sb, const uint4 (&bv)[NN], int count) {
   const uint32_t wa = word_at(qa, B), wb = word_at(qb, B);
   // Pairs (e0,e4), (e1,e5) feed k-step 0, (e2,e6), (e3,e7) k-step 1 (the activations' k_phys order).
-  const uint32_t a0 = fp4_pair_x2m14<0>(wa), a1 = fp4_pair_x2m14<0>(wb);
-  const uint32_t a2 = fp4_pair_x2m14<1>(wa), a3 = fp4_pair_x2m14<1>(wb);
-  const uint32_t a4 = fp4_pair_x2m14<2>(wa), a5 = fp4_pair_x2m14<2>(wb);
-  const uint32_t a6 = fp4_pair_x2m14<3>(wa), a7 = fp4_pair_x2m14<3>(wb);
+  const uint32_t a0 = mxfp4_pair_x2m14<0>(wa), a1 = mxfp4_pair_x2m14<0>(wb);
+  const uint32_t a2 = mxfp4_pair_x2m14<1>(wa), a3 = mxfp4_pair_x2m14<1>(wb);
+  const uint32_t a4 = mxfp4_pair_x2m14<2>(wa), a5 = mxfp4_pair_x2m14<2>(wb);
+  const uint32_t a6 = mxfp4_pair_x2m14<3>(wa), a7 = mxfp4_pair_x2m14<3>(wb);
   const float fa = scale_factor<B>(sa), fb = scale_factor<B>(sb);
 #pragma unroll
   for (int nn = 0; nn < NN; ++nn) {
@@ -120,10 +117,10 @@ __global__ void __launch_bounds__(32) moe_decode_kernel(const MoeDecodeArgs a) {
   }
   const int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
   const int row0 = blockIdx.x * kRows;
-  const int64_t rs = static_cast<int64_t>(a.kblocks) * 16;                            // code bytes per row
-  const uint8_t* wnext = a.w + expert * a.w_expert_bytes + (row0 + g) * rs + t * 16;  // next group to copy
-  // Lanes t = 0, 1 copy the scale words of rows g, g + 8.
-  const uint8_t* snext = a.scales + expert * a.s_expert_bytes + static_cast<int64_t>(row0 + g + 8 * t) * a.kblocks;
+  // The next group to copy: lane's 16 bytes of each half of the codes; lanes 0-3 copy 16 bytes of
+  // scales each.
+  const uint8_t* wnext = a.w + expert * a.w_expert_bytes + mxfp4_code_offset(row0, 0, a.kblocks) + lane * 16;
+  const uint8_t* snext = a.scales + expert * a.s_expert_bytes + mxfp4_scale_offset(row0, 0, a.kblocks) + lane * 16;
 
   // Column g of tile nn: token 4·nn + g/2, its hi (g even) or lo half. Past the item's last token
   // a lane reads that token again: such columns are computed but never stored (the columns of an
@@ -144,12 +141,12 @@ __global__ void __launch_bounds__(32) moe_decode_kernel(const MoeDecodeArgs a) {
     if (copy) {
       Stage<PAIRS>& st = ring[put];
       cp_async16(&st.code[0][lane], wnext);
-      cp_async16(&st.code[1][lane], wnext + 8 * rs);
-      if (t < 2) cp_async4(&st.scale[g + 8 * t], snext);
+      cp_async16(&st.code[1][lane], wnext + 512);
+      if (lane < 4) cp_async16(&st.scale[4 * lane], snext);
       if constexpr (PAIRS) cp_async16(&st.act[lane], xb[0]);
     }
     cp_async_commit();
-    wnext += 64, snext += 4;
+    wnext += 1024, snext += 64;
     if constexpr (PAIRS) xb[0] += 128;
     put = put + 1 == kStages ? 0 : put + 1;
   };

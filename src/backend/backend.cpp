@@ -63,10 +63,11 @@ std::vector<std::string> backend_kinds() {
 #endif
 }
 
-Status backend_validate_batch(const Backend& backend, int64_t vocab_size, std::span<const SeqBatch> batch) {
+Status backend_validate_batch(const Backend& backend, int64_t vocab_size, std::span<const SeqBatch> batch,
+                              const StepOutputs& out) {
   const BackendOptions& opts = backend.options();
   if (batch.empty()) return make_error(ErrorCode::kInvalidArgument, "forward: empty batch");
-  int64_t total = 0;
+  int64_t total = 0, rows = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
     const SeqBatch& s = batch[i];
     if (s.slot < 0 || s.slot >= opts.max_slots)
@@ -99,10 +100,15 @@ Status backend_validate_batch(const Backend& backend, int64_t vocab_size, std::s
                           i, s.slot, id, t, vocab_size);
     }
     total += n;
+    rows += s.all_logits ? n : 1;
   }
   if (total > opts.max_batch_tokens)
     return make_error(ErrorCode::kInvalidArgument, "forward: {} tokens in one batch exceed max_batch_tokens {}", total,
                       opts.max_batch_tokens);
+  if (!out.sample.empty() && out.sampled == nullptr)
+    return make_error(ErrorCode::kInvalidArgument, "forward: {} sample rows but no sampled output", out.sample.size());
+  if (Status st = validate_sample_rows(out.sample, rows, vocab_size); !st.ok())
+    return make_error(st.code(), "forward: {}", st.message());
   return Status::ok_status();
 }
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/sampling.h"
 #include "core/status.h"
 #include "model/weights.h"
 
@@ -48,9 +49,14 @@ struct RouterStats {
 struct StepOutputs {
   // Host outputs, optional. Rows are in batch order: a sequence contributes tokens.size() rows if
   // all_logits, else 1 row (its last token).
-  float* logits = nullptr;    // [rows, vocab_size] f32
-  int32_t* argmax = nullptr;  // [rows] greedy token (lowest id on ties)
+  float* logits = nullptr;    // [rows, vocab_size] f32, as the lm_head wrote them (before any edit)
+  int32_t* argmax = nullptr;  // [rows] greedy token of those logits (lowest id on ties)
   RouterStats* router_stats = nullptr;
+  // Rows sampled where the logits are (backend/sampling.h; rows strictly increasing): row i's
+  // penalty edits are applied and its token, the one sample_row() gives, lands in sampled[i]. Only
+  // the ids come back to the host. The edits may change the backend's copy of the logits only.
+  std::span<const SampleRow> sample = {};
+  int32_t* sampled = nullptr;  // [sample.size()]
 };
 
 struct MemoryStats {
@@ -84,9 +90,11 @@ class Backend {
 
 // The batch checks every backend applies before a forward step (see Backend::forward): slots in
 // range and distinct, tokens non-empty and inside the vocabulary, pos = 0 or within
-// [slot_min_resume, slot_length], pos + n ≤ max_context, Σ n ≤ max_batch_tokens. Errors name the
-// batch entry, slot, position or token.
-Status backend_validate_batch(const Backend& backend, int64_t vocab_size, std::span<const SeqBatch> batch);
+// [slot_min_resume, slot_length], pos + n ≤ max_context, Σ n ≤ max_batch_tokens, and the sample
+// rows (validate_sample_rows; a sampled[] output when there are any). Errors name the batch entry,
+// slot, position or token, or the sample entry and field.
+Status backend_validate_batch(const Backend& backend, int64_t vocab_size, std::span<const SeqBatch> batch,
+                              const StepOutputs& out);
 
 // Creates the backend named in opts.kind for `model`.
 Result<std::unique_ptr<Backend>> backend_create(std::shared_ptr<const Model> model, const BackendOptions& opts);

@@ -1,7 +1,8 @@
 // `gptoss bench`: prefill and decode throughput of a backend on a checkpoint or on random weights of
 // a preset's shapes (median/min/max over repeats), TTFT, ms per decode step, memory, and the
 // memory-bandwidth bound (weights + KV bytes per token over a measured bandwidth) with the fraction
-// reached. Text or one JSON object.
+// reached. Decode feeds back the greedy token, or with --temperature a sampled one (on the backend,
+// or with --host-sampling from logits rows copied to the host). Text or one JSON object.
 #include <sys/resource.h>
 #include <CLI/CLI.hpp>
 
@@ -18,6 +19,7 @@
 #include "cli/command.h"
 #include "cli/common.h"
 #include "core/log.h"
+#include "engine/sampler.h"
 #include "model/config.h"
 #include "model/weights.h"
 #ifdef GPTOSS_HAVE_CUDA
@@ -36,6 +38,8 @@ struct BenchFlags {
   uint64_t seed = 1;
   double bandwidth_gbs = 0;  // 0: measure
   bool json = false;
+  SamplingParams sampling{.temperature = 0.0f};  // decode: greedy unless --temperature > 0
+  bool host_sampling = false;
 };
 
 struct Stat {
@@ -130,9 +134,22 @@ Result<RunResult> run_once(Backend& b, const BenchFlags& f, int64_t vocab, int64
     r.prefill_s = now_s() - t0;
   }
   std::vector<SeqBatch> batch(S);
-  std::vector<int32_t> fed(S), argmax(S);
+  std::vector<int32_t> fed(S), argmax(S), sampled(S);
+  // Sampled decode: one Sampler per sequence (no penalties: nothing to edit), rows sampled by the
+  // backend, or on the host from the copied logits (the reference path) with --host-sampling.
+  const bool sampling = !f.sampling.greedy();
+  std::vector<Sampler> samplers;
+  std::vector<SampleRow> rows;
+  std::vector<PenaltyEdit> no_edits;
+  std::vector<float> logits(sampling && f.host_sampling ? S * static_cast<size_t>(vocab) : 0);
+  for (size_t s = 0; s < S && sampling; ++s) {
+    SamplingParams sp = f.sampling;
+    sp.seed = seed * 7919 + s;
+    samplers.emplace_back(sp);
+  }
   StepOutputs out;
   out.argmax = argmax.data();
+  if (sampling && f.host_sampling) out.logits = logits.data();
   const double t0 = now_s();
   for (int64_t step = 0; step < gen; ++step) {
     for (size_t s = 0; s < S; ++s) {
@@ -141,10 +158,27 @@ Result<RunResult> run_once(Backend& b, const BenchFlags& f, int64_t vocab, int64
       batch[s].pos = pos[s];
       batch[s].tokens = std::span<const int32_t>(&fed[s], 1);
     }
+    if (sampling && !f.host_sampling) {
+      rows.clear();
+      for (size_t s = 0; s < S; ++s) {
+        rows.push_back(samplers[s].prepare(vocab, {}, 0, &no_edits));
+        rows.back().row = static_cast<int32_t>(s);
+      }
+      out.sample = rows;
+      out.sampled = sampled.data();
+    }
     const double ts = now_s();
     GPTOSS_RETURN_IF_ERROR(b.forward(batch, out));
     r.step_ms.push_back((now_s() - ts) * 1e3);
-    for (size_t s = 0; s < S; ++s) next[s] = argmax[s], ++pos[s];
+    for (size_t s = 0; s < S; ++s) {
+      if (!sampling)
+        next[s] = argmax[s];
+      else if (f.host_sampling)
+        next[s] = samplers[s].sample(logits.data() + s * static_cast<size_t>(vocab), vocab, {});
+      else
+        next[s] = sampled[s];
+      ++pos[s];
+    }
   }
   r.decode_s = now_s() - t0;
   return r;
@@ -190,14 +224,22 @@ int parse_bench_flags(int argc, char** argv, BenchFlags& f) {
   app.add_option("--repeat", f.repeat, "measured repeats after one warm-up, default 3")->check(positive_number());
   app.add_option("--threads", f.threads, "CPU threads (0 = all cores)")->check(non_negative_number());
   app.add_option("--device", f.device, "CUDA device ordinal")->check(non_negative_number());
-  app.add_option("--seed", f.seed, "seed of the random weights and tokens");
+  app.add_option("--seed", f.seed, "seed of the random weights, the tokens and the samplers");
   app.add_option("--bandwidth", f.bandwidth_gbs, "memory bandwidth in GB/s for the bound (default: measured)")
       ->check(positive_number());
+  app.add_option("--temperature", f.sampling.temperature,
+                 "decode with sampled tokens at this temperature (default 0: the greedy token)");
+  app.add_option("--top-p", f.sampling.top_p, "nucleus sampling mass, in (0, 1] (default 1)");
+  app.add_option("--top-k", f.sampling.top_k, "keep the k most likely tokens (default 0: off)");
+  app.add_option("--min-p", f.sampling.min_p, "drop tokens below min_p x the top probability (default 0)");
+  app.add_flag("--host-sampling", f.host_sampling,
+               "sample on the host from logits rows copied back each step instead of on the backend");
   app.add_flag("--json", f.json, "print one JSON object");
   if (auto rc = parse_flags(app, argc, argv, kName)) return *rc;
   if (f.model_dir.empty() == f.random.empty())
     return report_error(kName,
                         Status(ErrorCode::kInvalidArgument, "give exactly one of --model DIR or --random PRESET"));
+  if (Status st = f.sampling.validate(); !st.ok()) return report_error(kName, st);
   if (f.prompt + f.depth == 0)
     return report_error(
         kName, Status(ErrorCode::kInvalidArgument, "--prompt-tokens and --depth are both 0: nothing to decode from"));
@@ -276,6 +318,9 @@ void print_text(const Model& model, const Backend& b, const BenchFlags& f, const
   std::printf("shape      depth %lld, prompt %lld, gen %lld, batch %d, %d repeats (median [min, max])\n",
               static_cast<long long>(f.depth), static_cast<long long>(f.prompt), static_cast<long long>(f.gen), f.batch,
               f.repeat);
+  if (!f.sampling.greedy())
+    std::printf("sampling   temperature %g, top_p %g, top_k %d, min_p %g, on the %s\n", f.sampling.temperature,
+                f.sampling.top_p, f.sampling.top_k, f.sampling.min_p, f.host_sampling ? "host" : "backend");
   if (f.prompt > 0) {
     std::printf("prefill    %.1f tok/s [%.1f, %.1f]\n", m.prefill.median, m.prefill.min, m.prefill.max);
     std::printf("TTFT       %.2f ms [%.2f, %.2f]\n", m.ttft.median, m.ttft.min, m.ttft.max);
@@ -335,6 +380,14 @@ int bench_main(int argc, char** argv) {
       {"gen_tokens", f.gen},
       {"depth", f.depth},
       {"batch", f.batch},
+      {"sampling",
+       {{"temperature", f.sampling.temperature},
+        {"top_p", f.sampling.top_p},
+        {"top_k", f.sampling.top_k},
+        {"min_p", f.sampling.min_p},
+        {"where", f.sampling.greedy() ? "greedy"
+                  : f.host_sampling   ? "host"
+                                      : "backend"}}},
       {"repeat", f.repeat},
       {"prefill_tok_s", stat_json(m->prefill)},
       {"decode_tok_s", stat_json(m->decode)},

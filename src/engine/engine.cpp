@@ -39,14 +39,16 @@ struct Sequence {
   std::shared_ptr<Request> handle;
   GenerationRequest req;
   Sampler sampler;
-  std::vector<int32_t> tokens;  // prompt + generated
+  std::vector<PenaltyEdit> edits;  // this step's penalty edits (the backend reads them during forward)
+  std::vector<int32_t> tokens;     // prompt + generated
   size_t n_prompt = 0;
   int64_t pos = 0;  // tokens[0, pos) have K/V in the slot
   int64_t generated = 0, cached = 0;
   uint64_t order = 0;  // admission order: earlier requests get prefill budget first
   Clock::time_point submitted;
   double ttft_s = 0;
-  bool wants_logits() const { return !req.sampling.greedy() || req.sampling.has_penalties(); }
+  // Plain greedy takes the backend's argmax; anything else is sampled by the backend from a SampleRow.
+  bool backend_samples() const { return !req.sampling.greedy() || req.sampling.has_penalties(); }
 };
 
 // One sequence's part of a step: `n` tokens from its position; `emits` when they end its pending
@@ -94,8 +96,8 @@ struct EngineImpl {
   std::vector<Slot> slots;  // engine thread only
   uint64_t tick = 0, admissions = 0;
   size_t rr = 0;  // round-robin start for decodes when the batch budget is smaller than the slots
-  std::vector<float> logits;
-  std::vector<int32_t> argmax;
+  std::vector<int32_t> argmax, sampled;
+  std::vector<SampleRow> sample_rows;
   RouterStats step_router;
   std::thread thread;
 
@@ -297,18 +299,23 @@ void EngineImpl::step() {
   std::vector<StepMember> members = plan_step();
   if (members.empty()) return;
   std::vector<SeqBatch> batch;
-  bool need_logits = false;
+  sample_rows.clear();
   int64_t batch_tokens = 0;
-  for (const auto& m : members) {
+  for (size_t i = 0; i < members.size(); ++i) {
+    const StepMember& m = members[i];
     Sequence* q = slots[m.slot].seq.get();
     batch.push_back(
         {.slot = m.slot, .pos = q->pos, .tokens = std::span<const int32_t>(q->tokens).subspan(q->pos, m.n)});
-    need_logits |= m.emits && q->wants_logits();
+    if (m.emits && q->backend_samples()) {
+      // Output row i: every member contributes one row (its last token).
+      sample_rows.push_back(q->sampler.prepare(vocab, q->tokens, q->n_prompt, &q->edits));
+      sample_rows.back().row = static_cast<int32_t>(i);
+    }
     batch_tokens += m.n;
   }
   argmax.resize(members.size());
-  if (need_logits) logits.resize(members.size() * static_cast<size_t>(vocab));
-  StepOutputs out{.logits = need_logits ? logits.data() : nullptr, .argmax = argmax.data()};
+  sampled.resize(sample_rows.size());
+  StepOutputs out{.argmax = argmax.data(), .sample = sample_rows, .sampled = sampled.data()};
   if (options.collect_router_stats) {
     const Config& c = model->config();
     step_router.reset(c.num_hidden_layers, c.num_local_experts, c.num_experts_per_tok);
@@ -337,13 +344,11 @@ void EngineImpl::step() {
     stats.router.merge(step_router);
   }
   update_stats(static_cast<int64_t>(members.size()), batch_tokens);
+  size_t next_sampled = 0;
   for (size_t i = 0; i < members.size(); ++i) {
     if (!members[i].emits) continue;
     Slot& slot = slots[members[i].slot];
-    Sequence& q = *slot.seq;
-    int32_t tok = q.wants_logits()
-                      ? q.sampler.sample(logits.data() + i * static_cast<size_t>(vocab), vocab, q.tokens, q.n_prompt)
-                      : argmax[i];
+    const int32_t tok = slot.seq->backend_samples() ? sampled[next_sampled++] : argmax[i];
     emit_token(slot, tok);
   }
 }

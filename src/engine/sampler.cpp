@@ -1,9 +1,8 @@
-// Sampler implementation: penalties, truncation filters and a seeded xoshiro256** draw.
+// Sampler implementation: validation, the seeded xoshiro256** stream and the penalty edits; the
+// sampling rules themselves are backend/sampling.cpp's.
 #include "engine/sampler.h"
 
-#include <algorithm>
 #include <cmath>
-#include <limits>
 
 namespace gptoss {
 
@@ -18,12 +17,6 @@ uint64_t splitmix64(uint64_t& x) {
 
 uint64_t rotl(uint64_t x, int k) {
   return (x << k) | (x >> (64 - k));
-}
-
-// Candidate order: higher weight first, lower id on ties; a total order, so every sort and
-// selection over it gives the same result on every standard library.
-bool candidate_before(const std::pair<double, int32_t>& a, const std::pair<double, int32_t>& b) {
-  return a.first != b.first ? a.first > b.first : a.second < b.second;
 }
 
 Status check_range(const char* field, double v, double lo, bool lo_inclusive, double hi, bool hi_inclusive) {
@@ -66,112 +59,50 @@ uint64_t Rng::next() {
   return result;
 }
 
-double Rng::uniform() {
-  return static_cast<double>(next() >> 11) * 0x1.0p-53;
-}
-
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
 
-void Sampler::apply_penalties(float* logits, int64_t vocab, std::span<const int32_t> history, size_t generated_from) {
+SampleRow Sampler::prepare(int64_t vocab, std::span<const int32_t> history, size_t generated_from,
+                           std::vector<PenaltyEdit>* edits) {
+  edits->clear();
   auto valid = [vocab](int32_t t) { return t >= 0 && t < vocab; };
-  // counts_ is a per-vocabulary scratch (first = seen mark, second = count) cleared after use, so
-  // each call costs O(history) rather than O(vocab).
-  if (static_cast<int64_t>(counts_.size()) < vocab) counts_.assign(static_cast<size_t>(vocab), {0, 0});
-  const float r = params_.repetition_penalty;
-  if (r != 1.0f) {
-    for (int32_t t : history) {
-      if (!valid(t) || counts_[t].first) continue;
-      counts_[t].first = 1;
-      float& l = logits[t];
-      l = l > 0.0f ? l / r : l * r;
+  // edit_index_ maps a token to its edit (index + 1) and is cleared again below, so each call costs
+  // O(history) rather than O(vocab).
+  if (static_cast<int64_t>(edit_index_.size()) < vocab) edit_index_.assign(static_cast<size_t>(vocab), 0);
+  auto edit_of = [&](int32_t t) -> size_t {
+    if (edit_index_[t] == 0) {
+      edits->push_back({.token = t});
+      count_.push_back(0);
+      edit_index_[t] = static_cast<int32_t>(edits->size());
     }
+    return static_cast<size_t>(edit_index_[t] - 1);
+  };
+  count_.clear();
+  if (params_.repetition_penalty != 1.0f)
     for (int32_t t : history)
-      if (valid(t)) counts_[t].first = 0;
-  }
+      if (valid(t)) (*edits)[edit_of(t)].repeat = 1;
   const float pres = params_.presence_penalty, freq = params_.frequency_penalty;
-  if ((pres != 0.0f || freq != 0.0f) && generated_from < history.size()) {
-    auto generated = history.subspan(generated_from);
-    for (int32_t t : generated)
-      if (valid(t)) ++counts_[t].second;
-    for (int32_t t : generated) {
-      if (!valid(t) || counts_[t].second == 0) continue;
-      logits[t] -= freq * static_cast<float>(counts_[t].second) + pres;
-      counts_[t].second = 0;
-    }
+  if ((pres != 0.0f || freq != 0.0f) && generated_from < history.size())
+    for (int32_t t : history.subspan(generated_from))
+      if (valid(t)) ++count_[edit_of(t)];
+  for (size_t i = 0; i < edits->size(); ++i) {
+    PenaltyEdit& e = (*edits)[i];
+    if (count_[i] > 0) e.delta = freq * static_cast<float>(count_[i]) + pres;
+    edit_index_[e.token] = 0;
   }
-}
-
-double Sampler::select_candidates(const float* logits, int64_t vocab) {
-  const double inv_t = 1.0 / static_cast<double>(params_.temperature);
-  double lmax = -std::numeric_limits<double>::infinity();
-  for (int64_t i = 0; i < vocab; ++i)
-    if (logits[i] > lmax) lmax = logits[i];  // NaN never compares greater, so it is ignored
-  scratch_.clear();
-  for (int64_t i = 0; i < vocab; ++i) {
-    double w = std::isnan(logits[i]) ? 0.0 : std::exp((static_cast<double>(logits[i]) - lmax) * inv_t);
-    if (w > 0.0) scratch_.emplace_back(w, static_cast<int32_t>(i));
-  }
-  auto& c = scratch_;
-  bool sorted = false;
-  if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < c.size()) {
-    std::nth_element(c.begin(), c.begin() + params_.top_k, c.end(), candidate_before);
-    c.resize(static_cast<size_t>(params_.top_k));
-    std::sort(c.begin(), c.end(), candidate_before);
-    sorted = true;
-  }
-  double mass = 0.0;
-  for (const auto& p : c) mass += p.first;
-  if (params_.top_p < 1.0f) {
-    // Grow a sorted prefix until it holds top_p of the mass: the nucleus is usually tiny, so this
-    // avoids sorting the whole vocabulary.
-    const double target = static_cast<double>(params_.top_p) * mass;
-    size_t n = sorted ? c.size() : std::min<size_t>(64, c.size());
-    for (;;) {
-      if (!sorted) {
-        std::nth_element(c.begin(), c.begin() + static_cast<std::ptrdiff_t>(n), c.end(), candidate_before);
-        std::sort(c.begin(), c.begin() + static_cast<std::ptrdiff_t>(n), candidate_before);
-      }
-      double acc = 0.0;
-      size_t keep = 0;
-      while (keep < n && acc < target) acc += c[keep++].first;
-      if (acc >= target || n == c.size()) {
-        c.resize(std::max<size_t>(keep, 1));
-        break;
-      }
-      n = std::min(c.size(), n * 4);
-    }
-  }
-  if (params_.min_p > 0.0f) {
-    // The most likely token has weight exactly 1 (its logit is lmax), so p ≥ min_p · p_max is w ≥ min_p.
-    const double cut = static_cast<double>(params_.min_p);
-    std::erase_if(c, [cut](const auto& p) { return p.first < cut; });
-  }
-  double kept = 0.0;
-  for (const auto& p : c) kept += p.first;
-  return kept;
+  SampleRow r;
+  r.temperature = params_.temperature;
+  r.top_k = params_.top_k;
+  r.top_p = params_.top_p;
+  r.min_p = params_.min_p;
+  r.repetition_penalty = params_.repetition_penalty;
+  r.random = params_.greedy() ? 0 : rng_.next();
+  r.edits = *edits;
+  return r;
 }
 
 int32_t Sampler::sample(float* logits, int64_t vocab, std::span<const int32_t> history, size_t generated_from) {
   if (vocab <= 0) return -1;
-  if (params_.has_penalties()) apply_penalties(logits, vocab, history, generated_from);
-  if (params_.greedy()) {
-    int64_t best = 0;
-    for (int64_t i = 1; i < vocab; ++i)
-      if (logits[i] > logits[best] || (std::isnan(logits[best]) && !std::isnan(logits[i]))) best = i;
-    return static_cast<int32_t>(best);
-  }
-  const double total = select_candidates(logits, vocab);
-  if (scratch_.empty() || !(total > 0.0)) {
-    // Every logit was −inf or NaN: no distribution to draw from; fall back to the lowest id.
-    return 0;
-  }
-  const double u = rng_.uniform() * total;
-  double acc = 0.0;
-  for (const auto& [w, id] : scratch_) {
-    acc += w;
-    if (u < acc) return id;
-  }
-  return scratch_.back().second;  // rounding left u at the very top of the range
+  return sample_row(logits, vocab, prepare(vocab, history, generated_from, &edits_));
 }
 
 }  // namespace gptoss

@@ -4,9 +4,9 @@
 
 #include <cstdint>
 #include <span>
-#include <utility>
 #include <vector>
 
+#include "backend/sampling.h"
 #include "core/status.h"
 
 namespace gptoss {
@@ -25,7 +25,7 @@ struct SamplingParams {
   // repetition_penalty ≤ 0, penalties outside [−2, 2], and NaNs; messages name the field.
   Status validate() const;
   bool greedy() const { return temperature == 0.0f; }
-  // True when any penalty changes the logits (then greedy still needs the full logits row).
+  // True when any penalty changes the logits (then a greedy token needs the penalty edits too).
   bool has_penalties() const {
     return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f;
   }
@@ -36,8 +36,6 @@ class Rng {
  public:
   explicit Rng(uint64_t seed);
   uint64_t next();
-  // Uniform double in [0, 1) from the top 53 bits of next().
-  double uniform();
 
  private:
   uint64_t s_[4];
@@ -46,24 +44,26 @@ class Rng {
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
-  // Picks the next token from logits [vocab] (modified in place by penalties/temperature).
-  // `history` is the sequence so far (prompt + generated). The repetition penalty looks at all of
-  // it (HF rule); presence/frequency penalties count only history[generated_from:] (OpenAI counts
-  // the tokens sampled so far, not the prompt). Order: penalties → greedy argmax (temperature 0,
-  // lowest id on ties) or temperature → top-k → top-p → min-p → draw.
+  // The next token's SampleRow (backend/sampling.h) for a backend to finish where the logits are:
+  // the penalty edits of `history` (written to *edits, which the row points at) and, unless greedy,
+  // one Rng::next() as its draw (row is left 0 for the caller). `history` is the sequence so far
+  // (prompt + generated); the repetition penalty looks at all of it (HF rule), presence/frequency
+  // penalties only at history[generated_from:] (OpenAI counts the sampled tokens, not the prompt).
+  SampleRow prepare(int64_t vocab, std::span<const int32_t> history, size_t generated_from,
+                    std::vector<PenaltyEdit>* edits);
+  // The same on the host: prepare() then sample_row() over logits [vocab] (modified in place by the
+  // penalties). Rules: penalties → greedy argmax (temperature 0, lowest id on ties) or weights →
+  // top-k → top-p → min-p → a draw that walks the kept tokens in id order (sampling.h). Each
+  // non-greedy sample takes exactly one Rng::next(), so a seed gives the same tokens on every backend.
   int32_t sample(float* logits, int64_t vocab, std::span<const int32_t> history, size_t generated_from = 0);
   const SamplingParams& params() const { return params_; }
 
  private:
-  void apply_penalties(float* logits, int64_t vocab, std::span<const int32_t> history, size_t generated_from);
-  // Fills scratch_ with the kept (probability, id) candidates sorted by probability descending
-  // (ties: lower id first) and returns their total mass.
-  double select_candidates(const float* logits, int64_t vocab);
-
   SamplingParams params_;
   Rng rng_;
-  std::vector<std::pair<double, int32_t>> scratch_;
-  std::vector<std::pair<int32_t, int32_t>> counts_;  // (token, count) scratch for penalties
+  std::vector<int32_t> edit_index_;  // per-vocabulary scratch: edit index + 1 (0 = none), cleared after use
+  std::vector<int32_t> count_;       // generated-token counts of the edits
+  std::vector<PenaltyEdit> edits_;   // sample()'s edits
 };
 
 }  // namespace gptoss

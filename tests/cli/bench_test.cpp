@@ -93,6 +93,28 @@ TEST(BenchCli, TextReportAndDepth) {
   EXPECT_NE(r.out.find("depth 40"), std::string::npos) << r.out;
 }
 
+// --temperature decodes sampled tokens, on the backend or (--host-sampling) from copied logits.
+TEST(BenchCli, SampledDecodeOnTheBackendOrTheHost) {
+  for (const bool host : {false, true}) {
+    std::vector<std::string> args = {"--prompt-tokens", "8",   "--gen-tokens",  "5",   "--batch", "2",
+                                     "--repeat",        "1",   "--temperature", "0.8", "--top-k", "20",
+                                     "--top-p",         "0.9", "--min-p",       "0.01"};
+    if (host) args.push_back("--host-sampling");
+    const nlohmann::json j = run_bench_json(args);
+    EXPECT_EQ(j["sampling"]["where"], host ? "host" : "backend");
+    EXPECT_FLOAT_EQ(j["sampling"]["temperature"].get<float>(), 0.8f);
+    EXPECT_EQ(j["sampling"]["top_k"], 20);
+    EXPECT_GT(j["decode_tok_s"]["median"].get<double>(), 0);
+  }
+  EXPECT_EQ(run_bench_json({"--prompt-tokens", "4", "--gen-tokens", "2", "--repeat", "1"})["sampling"]["where"],
+            "greedy");
+  const ProcResult r = run_gptoss({"bench", "--random", "tiny", "--backend", "cpu", "--prompt-tokens", "4",
+                                   "--gen-tokens", "3", "--repeat", "1", "--temperature", "1"});
+  ASSERT_TRUE(r.exited && r.exit_code == 0) << r.err;
+  EXPECT_NE(r.out.find("sampling   temperature 1, top_p 1, top_k 0, min_p 0, on the backend"), std::string::npos)
+      << r.out;
+}
+
 TEST(BenchCli, BadFlagsFailWithAMessage) {
   const std::string model = std::string(GPTOSS_FIXTURES) + "/pub-a";
   const std::vector<std::vector<std::string>> cases = {
@@ -104,6 +126,8 @@ TEST(BenchCli, BadFlagsFailWithAMessage) {
       {"bench", "--random", "tiny", "--backend", "tpu"},      // unknown backend
       {"bench", "--model", "/nonexistent/model"},             // missing folder
       {"bench", "--random", "tiny", "--depth", "200000"},     // beyond max_position_embeddings
+      {"bench", "--random", "tiny", "--temperature", "-1"},   // bad sampling parameters
+      {"bench", "--random", "tiny", "--top-p", "0"},
   };
   for (const auto& args : cases) {
     const ProcResult r = run_gptoss(args);

@@ -1,7 +1,8 @@
 // Engine tests on the CPU backend: greedy output against a hand-driven backend decode loop and the
 // HF goldens, batch-composition invariance (1 vs many concurrent, chunked prefill), prefix reuse
 // (with and without the sliding-window rollback limit), finish conditions, cancellation, timeouts,
-// back-pressure, validation, router statistics and shutdown.
+// back-pressure, validation, router statistics, backend sampling against the host Sampler, and
+// shutdown.
 #include "engine/engine.h"
 
 #include <gtest/gtest.h>
@@ -13,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "core/npy.h"
@@ -221,6 +223,53 @@ TEST(Engine, SeededSamplingIsBatchInvariant) {
                                 return r;
                               }())
                           .first);
+}
+
+// The engine has the backend sample (SampleRow per sequence); that gives the tokens of a hand-driven
+// loop that copies the logits to the host and runs Sampler::sample on them, for every rule, the
+// penalties and greedy-with-penalties, with several sequences sharing the steps.
+TEST(Engine, BackendSamplingEqualsHostSamplerOnTheSameLogits) {
+  auto model = tiny_model();
+  const int64_t vocab = model->config().vocab_size;
+  const std::vector<SamplingParams> cases = {
+      {.temperature = 1.0f, .seed = 1},
+      {.temperature = 0.7f, .top_p = 0.9f, .seed = 2},
+      {.temperature = 1.2f, .top_k = 40, .seed = 3},
+      {.temperature = 0.8f, .top_p = 0.5f, .top_k = 100, .min_p = 0.05f, .seed = 4},
+      {.temperature = 1.0f, .repetition_penalty = 1.3f, .presence_penalty = 0.5f, .frequency_penalty = 0.3f, .seed = 5},
+      {.temperature = 0, .repetition_penalty = 1.5f, .frequency_penalty = 1.0f}};
+  const int64_t n_new = 16;
+  std::vector<std::vector<int32_t>> prompts;
+  for (size_t c = 0; c < cases.size(); ++c)
+    prompts.push_back(make_prompt(9 + static_cast<int64_t>(c), vocab, 40 + static_cast<uint32_t>(c)));
+  auto e = make_engine(model, cpu_options(3, 64), {.prefill_chunk = 4});
+  std::vector<Outcome> out(cases.size());
+  for (size_t c = 0; c < cases.size(); ++c) {
+    GenerationRequest r;
+    r.prompt = prompts[c];
+    r.sampling = cases[c];
+    r.max_tokens = n_new;
+    r.on_event = out[c].callback();
+    ASSERT_TRUE(e->submit(std::move(r)).ok());
+  }
+  for (size_t c = 0; c < cases.size(); ++c) {
+    EXPECT_EQ(out[c].wait().finish, FinishReason::kLength);
+    auto be = backend_create(model, cpu_options(1, 64));
+    ASSERT_TRUE(be.ok());
+    Sampler sampler(cases[c]);
+    std::vector<int32_t> seq = prompts[c], want;
+    std::vector<float> logits(static_cast<size_t>(vocab));
+    int64_t pos = 0;
+    while (static_cast<int64_t>(want.size()) < n_new) {
+      SeqBatch b{.slot = 0, .pos = pos, .tokens = std::span<const int32_t>(seq).subspan(static_cast<size_t>(pos))};
+      ASSERT_TRUE((*be)->forward({&b, 1}, {.logits = logits.data()}).ok());
+      pos = static_cast<int64_t>(seq.size());
+      want.push_back(sampler.sample(logits.data(), vocab, seq, prompts[c].size()));
+      seq.push_back(want.back());
+    }
+    EXPECT_EQ(out[c].tokens, want) << "case " << c;
+    EXPECT_GT(std::set<int32_t>(want.begin(), want.end()).size(), c + 1 < cases.size() ? 3u : 1u) << "case " << c;
+  }
 }
 
 // Records every forward() batch and delegates to the real CPU backend.

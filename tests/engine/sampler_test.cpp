@@ -1,5 +1,6 @@
 // Sampler tests: RNG reference values, validation messages, greedy ties, distribution shape
-// (chi-square), top-k/top-p/min-p supports derived independently, penalty arithmetic, determinism.
+// (chi-square), top-k/top-p/min-p supports derived independently, penalty arithmetic and edits, one
+// draw per sample, prepare() + sample_row() = sample(), determinism.
 #include "engine/sampler.h"
 
 #include <gtest/gtest.h>
@@ -7,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <numeric>
 #include <set>
 #include <vector>
@@ -60,21 +62,6 @@ TEST(Rng, MatchesReferenceXoshiro256StarStar) {
   EXPECT_EQ(a.next(), 0x1a5f849d4933e6e0ull);
   Rng b(42);
   EXPECT_EQ(b.next(), 0x15780b2e0c2ec716ull);
-  Rng c(42);
-  EXPECT_DOUBLE_EQ(c.uniform(), 0.08386297105988216);
-}
-
-TEST(Rng, UniformInUnitInterval) {
-  Rng r(7);
-  double sum = 0;
-  for (int i = 0; i < 100000; ++i) {
-    double u = r.uniform();
-    ASSERT_GE(u, 0.0);
-    ASSERT_LT(u, 1.0);
-    sum += u;
-  }
-  // Mean of 1e5 uniforms: standard error 0.29/316 ≈ 0.0009; 0.005 is > 5 sigma.
-  EXPECT_NEAR(sum / 100000, 0.5, 0.005);
 }
 
 TEST(SamplingParams, ValidateNamesTheField) {
@@ -235,6 +222,63 @@ TEST(Sampler, SameSeedSameStreamDifferentSeedDifferentStream) {
   };
   EXPECT_EQ(run(123), run(123));
   EXPECT_NE(run(123), run(124));
+}
+
+TEST(Sampler, PrepareDrawsOneRandomValueUnlessGreedy) {
+  Sampler s({.temperature = 0.8f, .top_k = 5, .seed = 31});
+  Rng ref(31);
+  std::vector<PenaltyEdit> edits;
+  for (int i = 0; i < 5; ++i) {
+    const SampleRow r = s.prepare(10, {}, 0, &edits);
+    EXPECT_EQ(r.random, ref.next());
+    EXPECT_EQ(r.temperature, 0.8f);
+    EXPECT_EQ(r.top_k, 5);
+    EXPECT_TRUE(r.edits.empty());
+  }
+  Sampler g({.temperature = 0, .seed = 31});
+  EXPECT_EQ(g.prepare(10, {}, 0, &edits).random, 0u);
+}
+
+TEST(Sampler, PrepareListsOneEditPerPenalisedToken) {
+  // history: prompt {0, 2} then generated {2, 3, 3}, and ids outside the vocabulary (ignored).
+  const std::vector<int32_t> history = {0, 2, -1, 2, 3, 9, 3};
+  Sampler s({.temperature = 1, .repetition_penalty = 2.0f, .presence_penalty = 0.5f, .frequency_penalty = 0.25f});
+  std::vector<PenaltyEdit> edits;
+  for (int round = 0; round < 2; ++round) {  // the second call starts from clean scratch
+    const SampleRow r = s.prepare(5, history, 3, &edits);
+    std::map<int32_t, std::pair<int32_t, float>> got;
+    for (const PenaltyEdit& e : r.edits) EXPECT_TRUE(got.emplace(e.token, std::make_pair(e.repeat, e.delta)).second);
+    // Repetition on every history token; presence + frequency × count on the generated ones.
+    EXPECT_EQ(got, (std::map<int32_t, std::pair<int32_t, float>>{{0, {1, 0.0f}}, {2, {1, 0.75f}}, {3, {1, 1.0f}}}));
+    EXPECT_EQ(r.repetition_penalty, 2.0f);
+  }
+  Sampler plain({.temperature = 1, .presence_penalty = 1.0f});
+  const SampleRow r = plain.prepare(5, history, 7, &edits);  // nothing generated yet
+  EXPECT_TRUE(r.edits.empty());
+}
+
+TEST(Sampler, SampleIsPrepareThenSampleRow) {
+  std::vector<float> logits(97);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = static_cast<float>(std::cos(i * 0.37) * 2.0);
+  const SamplingParams sp = {.temperature = 0.9f,
+                             .top_p = 0.9f,
+                             .top_k = 30,
+                             .min_p = 0.02f,
+                             .repetition_penalty = 1.2f,
+                             .presence_penalty = 0.4f,
+                             .frequency_penalty = 0.1f,
+                             .seed = 8};
+  Sampler a(sp), b(sp);
+  std::vector<int32_t> history = {1, 2, 3}, other = history;
+  std::vector<PenaltyEdit> edits;
+  for (int i = 0; i < 80; ++i) {
+    std::vector<float> la = logits, lb = logits;
+    history.push_back(a.sample(la.data(), 97, history, 3));
+    other.push_back(sample_row(lb.data(), 97, b.prepare(97, other, 3, &edits)));
+    EXPECT_EQ(la, lb);
+  }
+  EXPECT_EQ(history, other);
+  EXPECT_GT(std::set<int32_t>(history.begin() + 3, history.end()).size(), 5u);
 }
 
 TEST(Sampler, NeverDrawsMaskedTokens) {

@@ -93,16 +93,16 @@ void CpuBackend::prepare_rows(std::span<const SeqBatch> batch) {
 }
 
 Status CpuBackend::forward(std::span<const SeqBatch> batch, const StepOutputs& out) {
-  GPTOSS_RETURN_IF_ERROR(backend_validate_batch(*this, cfg_.vocab_size, batch));
+  GPTOSS_RETURN_IF_ERROR(backend_validate_batch(*this, cfg_.vocab_size, batch, out));
   int64_t T = 0, R = 0;
   for (const SeqBatch& b : batch) {
     T += static_cast<int64_t>(b.tokens.size());
     R += b.all_logits ? static_cast<int64_t>(b.tokens.size()) : 1;
   }
-  // Logits land in the caller's buffer; scratch holds them only when just the argmax is wanted.
+  // Logits land in the caller's buffer; scratch holds them when only the argmax or samples are wanted.
   try {
     scratch_.ensure(cfg_, T, static_cast<int64_t>(batch.size()),
-                    out.logits == nullptr && out.argmax != nullptr ? R : 0);
+                    out.logits == nullptr && (out.argmax != nullptr || !out.sample.empty()) ? R : 0);
   } catch (const std::bad_alloc&) {
     return make_error(ErrorCode::kResourceExhausted, "forward: cannot allocate scratch memory for {} tokens", T);
   }
@@ -127,7 +127,7 @@ Status CpuBackend::forward(std::span<const SeqBatch> batch, const StepOutputs& o
 void CpuBackend::output_rows(const StepOutputs& out) {
   Scratch& s = scratch_;
   const int64_t R = s.n_out_rows, H = cfg_.hidden_size, V = cfg_.vocab_size;
-  if (R == 0 || (!out.logits && !out.argmax)) return;
+  if (R == 0 || (!out.logits && !out.argmax && out.sample.empty())) return;
   // Final norm only for the rows whose logits are wanted, gathered contiguously.
   for (int64_t i = 0; i < R; ++i) {
     rmsnorm(s.h.data() + s.out_rows[i] * H, 1, H, model_->weights().final_norm.bf16(),
@@ -137,12 +137,21 @@ void CpuBackend::output_rows(const StepOutputs& out) {
   matmul_bf16(s.final_x.data(), R, H, model_->weights().lm_head.bf16(), nullptr, V, logits, &pool_);
   if (out.argmax)
     for (int64_t i = 0; i < R; ++i) out.argmax[i] = argmax(logits + i * V, V);
+  // Sampling edits a copy of the row when the caller keeps the logits (they stay as the lm_head wrote them).
+  for (size_t i = 0; i < out.sample.size(); ++i) {
+    float* row = logits + static_cast<int64_t>(out.sample[i].row) * V;
+    if (out.logits) {
+      s.sample_row.assign(row, row + V);
+      row = s.sample_row.data();
+    }
+    out.sampled[i] = sample_row(row, V, out.sample[i]);
+  }
 }
 
 size_t Scratch::bytes() const {
   size_t b = 0;
   for (const std::vector<float>* v : {&h, &x, &q, &k, &v, &attn, &tmp, &moe, &rope_cs, &router_logits, &topk_w, &ex_x,
-                                      &ex_gu, &ex_act, &ex_y, &final_x, &logits})
+                                      &ex_gu, &ex_act, &ex_y, &final_x, &logits, &sample_row})
     b += v->capacity() * sizeof(float);
   b += (row_token.capacity() + row_seq.capacity() + topk_idx.capacity() + ex_token.capacity() + ex_count.capacity()) *
        sizeof(int32_t);

@@ -30,7 +30,8 @@ struct Scratch {
   std::vector<int32_t> ex_token;                 // [T·K] tokens grouped by expert: row·K + choice
   std::vector<float> ex_x, ex_gu, ex_act, ex_y;  // one expert's [n, H], [n, 2I], [n, I], [n, H]
   std::vector<float> final_x;                    // [R, H] final-normed rows that get logits
-  std::vector<float> logits;                     // [R, V] when only argmax is wanted
+  std::vector<float> logits;                     // [R, V] when only argmax or samples are wanted
+  std::vector<float> sample_row;                 // [V] a row being sampled when the caller keeps the logits
   std::vector<int32_t> row_token, row_seq;       // [T]
   std::vector<int64_t> row_pos;                  // [T]
   std::vector<int64_t> seq_row0;                 // [n_seqs] first row of each sequence

@@ -253,6 +253,47 @@ StepPlan CudaBackend::plan_step(std::span<const SeqBatch> batch, const StepOutpu
   return p;
 }
 
+Status CudaBackend::upload_samples(const StepOutputs& out) {
+  const size_t n = out.sample.size();
+  if (n == 0) return Status::ok_status();
+  size_t n_edits = 0;
+  for (const SampleRow& r : out.sample) n_edits += r.edits.size();
+  auto align = [](size_t b) { return (b + 255) / 256 * 256; };
+  sample_edits_off_ = align(n * sizeof(SampleRowDev));
+  sample_out_off_ = align(sample_edits_off_ + n_edits * sizeof(PenaltyEdit));
+  const size_t bytes = sample_out_off_ + n * sizeof(int32_t);
+  if (bytes > host_sample_.size()) {
+    // Grown while the stream is idle (the previous step synchronised), with room for later steps.
+    const size_t cap = std::max(bytes, 2 * host_sample_.size());
+    GPTOSS_ASSIGN_OR_RETURN(PinnedBuffer host, PinnedBuffer::alloc(cap, "sampling requests"));
+    GPTOSS_ASSIGN_OR_RETURN(DeviceBuffer dev, DeviceBuffer::alloc(cap, "sampling requests"));
+    host_sample_ = std::move(host);
+    dev_sample_ = std::move(dev);
+  }
+  auto* rows = reinterpret_cast<SampleRowDev*>(host_sample_.data());
+  auto* edits = reinterpret_cast<PenaltyEdit*>(host_sample_.data() + sample_edits_off_);
+  int32_t edit_at = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const SampleRow& r = out.sample[i];
+    SampleRowDev& d = rows[i];
+    d.row = r.row % scratch_.logit_rows;  // enqueue_outputs computes logits logit_rows rows at a time
+    d.top_k = r.top_k;
+    d.temperature = r.temperature;
+    d.top_p = r.top_p;
+    d.min_p = r.min_p;
+    d.repetition_penalty = r.repetition_penalty;
+    d.random = r.random;
+    d.edit_begin = edit_at;
+    d.edit_count = static_cast<int32_t>(r.edits.size());
+    std::copy(r.edits.begin(), r.edits.end(), edits + edit_at);
+    edit_at += d.edit_count;
+  }
+  GPTOSS_CUDA_TRY(
+      cudaMemcpyAsync(dev_sample_.data(), host_sample_.data(), sample_out_off_, cudaMemcpyHostToDevice, stream_),
+      "uploading sampling requests");
+  return Status::ok_status();
+}
+
 Status CudaBackend::run_layers(const StepPlan& p) {
   replayed_marks_ = nullptr;
   if (!p.decode_only || p.stats || prof_.on()) return enqueue_layers(p);
@@ -281,7 +322,7 @@ Status CudaBackend::run_layers(const StepPlan& p) {
 }
 
 Status CudaBackend::forward(std::span<const SeqBatch> batch, const StepOutputs& out) {
-  GPTOSS_RETURN_IF_ERROR(backend_validate_batch(*this, cfg_.vocab_size, batch));
+  GPTOSS_RETURN_IF_ERROR(backend_validate_batch(*this, cfg_.vocab_size, batch, out));
   GPTOSS_CUDA_TRY(cudaSetDevice(opts_.device), "selecting the CUDA device");
   const StepPlan p = plan_step(batch, out);
   GPTOSS_CUDA_TRY(cudaMemcpyAsync(scratch_.meta, host_meta_.data(), static_cast<size_t>(8) * p.T * 4,
@@ -294,6 +335,7 @@ Status CudaBackend::forward(std::span<const SeqBatch> batch, const StepOutputs& 
         reinterpret_cast<uint8_t*>(scratch_.stat_entropy + nl) - reinterpret_cast<uint8_t*>(scratch_.stat_counts);
     GPTOSS_CUDA_TRY(cudaMemsetAsync(scratch_.stat_counts, 0, bytes, stream_), "clearing router statistics");
   }
+  GPTOSS_RETURN_IF_ERROR(upload_samples(out));
   GPTOSS_RETURN_IF_ERROR(run_layers(p));
   GPTOSS_RETURN_IF_ERROR(enqueue_outputs(p, out));
   RouterStats rs;
@@ -317,6 +359,8 @@ Status CudaBackend::forward(std::span<const SeqBatch> batch, const StepOutputs& 
                                 : "prefill",
                 replayed_marks_);
   if (out.argmax) std::memcpy(out.argmax, host_argmax_.data(), static_cast<size_t>(p.R) * 4);
+  if (!out.sample.empty())
+    std::memcpy(out.sampled, host_sample_.data() + sample_out_off_, out.sample.size() * sizeof(int32_t));
   if (p.stats) out.router_stats->merge(rs);
   for (const SeqBatch& s : batch) lengths_[static_cast<size_t>(s.slot)] = s.pos + static_cast<int64_t>(s.tokens.size());
   return Status::ok_status();

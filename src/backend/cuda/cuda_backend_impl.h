@@ -83,6 +83,8 @@ class CudaBackend final : public Backend {
   // kDenseGemvTokens, the own GEMM between (dense_plan picks, dense_product launches).
   GemmPlan dense_plan(const DenseDev& w, int T) const;
   Status dense_product(const char* name, const DenseDev& w, const GemmPlan& g, const GemmArgs& a);
+  // Packs out.sample (rows relative to their logit_rows chunk, edits) and copies it to the device.
+  Status upload_samples(const StepOutputs& out);
   Status run_layers(const StepPlan& p);  // eager or through the decode graph for p.T
   int32_t* meta_tokens(const StepPlan& p) const { return scratch_.meta; }
   int32_t* meta_pos(const StepPlan& p) const { return scratch_.meta + p.T; }
@@ -121,6 +123,11 @@ class CudaBackend final : public Backend {
   Scratch scratch_;
   KernelProfiler prof_;
   PinnedBuffer host_meta_, host_argmax_;
+  // Sampling requests of a step, the same layout on both sides (grown on demand): SampleRowDev [n],
+  // then PenaltyEdit [edits] at sample_edits_off_, then the sampled ids int32 [n] at sample_out_off_.
+  PinnedBuffer host_sample_;
+  DeviceBuffer dev_sample_;
+  size_t sample_edits_off_ = 0, sample_out_off_ = 0;
   AttnShape shape_;
   int hp_ = 0, qp_ = 0, ip_ = 0;  // lengths of the hi and lo halves of fp16-pair activation rows
   std::vector<int64_t> lengths_;

@@ -1,6 +1,6 @@
 // The launch sequence of one forward step on the CUDA backend, block by block in the order of the
 // reference model: embed → per layer (norm, qkv, RoPE + KV store, attention, o-proj, residual + norm,
-// router, experts) → final norm → lm_head → argmax.
+// router, experts) → final norm → lm_head → argmax and sampling.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -293,6 +293,10 @@ Status CudaBackend::enqueue_layers(const StepPlan& p) {
 Status CudaBackend::enqueue_outputs(const StepPlan& p, const StepOutputs& out) {
   Scratch& s = scratch_;
   const int64_t V = cfg_.vocab_size;
+  const auto* sample_rows = reinterpret_cast<const SampleRowDev*>(dev_sample_.data());
+  const auto* sample_edits = reinterpret_cast<const PenaltyEdit*>(dev_sample_.data() + sample_edits_off_);
+  auto* sampled = reinterpret_cast<int32_t*>(dev_sample_.data() + sample_out_off_);
+  size_t j0 = 0;  // first sample row of this chunk (rows are increasing)
   for (int r0 = 0; r0 < p.R; r0 += s.logit_rows) {
     const int n = std::min(s.logit_rows, p.R - r0);
     GemmPlan g = gemm_plan_dense(dev_->lm_head.rows, dev_->lm_head.kblocks, n, sm_count_);
@@ -309,7 +313,19 @@ Status CudaBackend::enqueue_outputs(const StepPlan& p, const StepOutputs& out) {
       GPTOSS_CUDA_TRY(cudaMemcpyAsync(out.logits + static_cast<size_t>(r0) * V, s.logits,
                                       static_cast<size_t>(n * V) * 4, cudaMemcpyDeviceToHost, stream_),
                       "copying logits");
+    // Sampling edits the logits in place, after the copy above.
+    size_t j1 = j0;
+    while (j1 < out.sample.size() && out.sample[j1].row < r0 + n) ++j1;
+    if (j1 > j0)
+      GPTOSS_LAUNCH(
+          "sampling", static_cast<double>(j1 - j0) * V * 4,
+          sample_launch(s.logits, V, sample_rows + j0, static_cast<int>(j1 - j0), sample_edits, sampled + j0, launch_));
+    j0 = j1;
   }
+  if (!out.sample.empty())
+    GPTOSS_CUDA_TRY(cudaMemcpyAsync(host_sample_.data() + sample_out_off_, sampled, out.sample.size() * 4,
+                                    cudaMemcpyDeviceToHost, stream_),
+                    "copying sampled tokens");
   return Status::ok_status();
 }
 

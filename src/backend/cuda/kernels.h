@@ -10,6 +10,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backend/sampling_math.h"
+
 namespace gptoss::cuda {
 
 // Where a launch wrapper enqueues its kernel, and what the kernel code this binary runs on the
@@ -274,6 +276,20 @@ cudaError_t swiglu_parts_launch(const float* parts, int nparts, int64_t part_str
 // is a workspace that must be zero before the first launch (it is left zero).
 cudaError_t argmax_launch(const float* logits, int rows, int64_t vocab, unsigned long long* keys, int32_t* out,
                           const Launch& ln);
+
+// ---------------------------------------------------------------------------------------------
+// Sampling (backend/sampling.h's rules 1–7, bit for bit): one block per sampled row. Each row's
+// penalty edits are applied to its logits in place, then its token is written to out[i].
+struct SampleRowDev {
+  int32_t row = 0;  // logits row of the launch
+  int32_t top_k = 0;
+  float temperature = 0, top_p = 1, min_p = 0, repetition_penalty = 1;
+  uint64_t random = 0;
+  int32_t edit_begin = 0, edit_count = 0;  // the row's edits in the launch's edit array
+};
+// logits [rows][vocab] (vocab in [1, 2^31)); rows [n], edits (distinct tokens per row), out [n].
+cudaError_t sample_launch(float* logits, int64_t vocab, const SampleRowDev* rows, int n, const PenaltyEdit* edits,
+                          int32_t* out, const Launch& ln);
 
 // ---------------------------------------------------------------------------------------------
 // Router: logits = W x + b (f32 math over bf16 weights), top-k (ties → lower index), softmax over

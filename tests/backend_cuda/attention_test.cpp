@@ -1,8 +1,7 @@
 // CUDA attention kernels against the CPU reference: qkv bias + YaRN RoPE + KV-cache store, and
 // flash attention with sinks (GQA/MQA/MHA, sliding windows, ring wrap, key splits, padded head
 // dims, prefill items and the decode kernel up to 32k keys); a decode item's output bits do not
-// depend on the other items of its step; the decode kernel with the qkv bias + RoPE + KV store
-// fused into it gives the bits of the separate kernel followed by the decode kernel.
+// depend on the other items of its step.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -94,11 +93,9 @@ int decode_keys(int p, int window) {
 }
 
 // One attention launch (+ merge) over device K/V, q, sinks; returns o16 as floats (poisoned first).
-// With `rope`, decode items compute q, k and v from its qkv partials (the fused path).
 std::vector<float> run_attention(const cuda::AttnShape& shape, const cuda::KvLayer& kv, const DevArray<float>& qd,
                                  const DevArray<float>& sd, const std::vector<int32_t>& pos,
-                                 const std::vector<cuda::AttnItem>& items, int tokens_per_item, int splits,
-                                 const cuda::QkvRopeArgs* rope = nullptr) {
+                                 const std::vector<cuda::AttnItem>& items, int tokens_per_item, int splits) {
   const int T = static_cast<int>(pos.size()), hq = shape.n_heads, d = shape.head_dim;
   DevArray<uint16_t> o16(static_cast<size_t>(T) * 2 * hq * d);  // fp16 pairs: [hi][lo] per token
   o16.fill_bytes(0xff);
@@ -111,7 +108,6 @@ std::vector<float> run_attention(const cuda::AttnShape& shape, const cuda::KvLay
   a.splits = splits, a.o16 = o16.get(), a.o_stride = 2 * static_cast<int64_t>(hq) * d;
   a.o_lo = static_cast<int64_t>(hq) * d;
   a.part_o = po.get(), a.part_ml = pml.get(), a.n_tokens = T;
-  if (rope) a.rope = *rope;
   EXPECT_EQ(cuda::attention_launch(a, shape, kv, nullptr), cudaSuccess);
   EXPECT_EQ(cuda::attention_combine_launch(a, shape, nullptr), cudaSuccess);
   const std::vector<float> o = from_f16(o16.download());
@@ -293,163 +289,6 @@ TEST(CudaAttentionDecode, ItemResultIndependentOfTheStep) {
       }
     }
   }
-}
-
-// The fused decode path (qkv bias + RoPE + KV store in the decode kernel's prologue) against the
-// separate RoPE kernel followed by the decode kernel on q32: the same output bits, the same cache
-// bits (the new rows, and nothing else touched), and both near the CPU reference.
-struct RopeCase {
-  std::string name;
-  int head_dim, n_heads, n_kv_heads, window, cap, nparts, splits;  // splits 0: the backend's decode rule
-  std::vector<int32_t> pos;                                        // one sequence each, in slot i
-};
-
-class CudaAttentionRope : public ::testing::TestWithParam<RopeCase> {};
-
-TEST_P(CudaAttentionRope, FusedDecodeEqualsSeparateKernels) {
-  const RopeCase& c = GetParam();
-  const int d = c.head_dim, dp = padded_dim(d), hq = c.n_heads, hkv = c.n_kv_heads;
-  const int n = static_cast<int>(c.pos.size()), cols = (hq + 2 * hkv) * d;
-  Config cfg;
-  cfg.head_dim = d, cfg.num_attention_heads = hq, cfg.num_key_value_heads = hkv;
-  const cpu::RopeTable rope = cpu::rope_table(cfg);
-  const cuda::AttnShape shape{hq, hkv, d, dp};
-
-  // Partials whose sums have about unit scale, as the projection's.
-  const std::vector<float> parts =
-      random_f32(static_cast<size_t>(c.nparts) * n * cols, 71, 2.0f / std::sqrt(static_cast<float>(c.nparts)));
-  const std::vector<float> bias = random_f32(static_cast<size_t>(cols), 72, 0.5f);
-  const size_t cache_rows = static_cast<size_t>(n) * hkv * c.cap;
-  std::vector<float> k0 = random_f32(cache_rows * dp, 73, 1.0f), v0 = random_f32(cache_rows * dp, 74, 2.0f);
-  for (size_t r = 0; r < cache_rows; ++r)
-    for (int i = d; i < dp; ++i) k0[r * dp + i] = v0[r * dp + i] = 0.0f;  // the cache's zero padding
-  const std::vector<float> sinks = random_f32(static_cast<size_t>(hq), 75, 2.0f);
-  int splits = c.splits;
-  if (splits == 0) {
-    const int cap = decode_split_cap(shape);
-    ASSERT_GT(cap, 0);
-    splits = 1;
-    for (int32_t p : c.pos) splits = std::max(splits, cuda::attention_item_splits(decode_keys(p, c.window), cap));
-  }
-  std::vector<cuda::AttnItem> items;
-  std::vector<int32_t> slot;
-  for (int i = 0; i < n; ++i) items.push_back({i, 1, i, 0}), slot.push_back(i);
-
-  DevArray<float> pd(parts), bd(bias), inv(rope.inv_freq), sd(sinks);
-  DevArray<int32_t> posd(c.pos), slotd(slot);
-  cuda::QkvRopeArgs r;
-  r.parts = pd.get(), r.nparts = c.nparts, r.part_stride = static_cast<int64_t>(n) * cols, r.stride = cols;
-  r.bias = bd.get(), r.pos = posd.get(), r.slot = slotd.get(), r.inv_freq = inv.get();
-  r.concentration = rope.concentration;
-
-  // Separate kernels: RoPE + KV store into q32 and the cache, then the decode kernel on q32.
-  DevArray<float> ks(k0), vs(v0), qs(static_cast<size_t>(n) * hq * dp);
-  qs.fill_bytes(0xff);
-  r.q32 = qs.get();
-  cuda::KvLayer kv;
-  kv.k = ks.get(), kv.v = vs.get(), kv.cap = c.cap, kv.window = c.window;
-  CUDA_ASSERT(cuda::qkv_rope_launch(r, n, shape, kv, nullptr));
-  const std::vector<float> o_sep = run_attention(shape, kv, qs, sd, c.pos, items, 1, splits);
-
-  // Fused: the decode kernel alone, q32 poisoned and never read.
-  DevArray<float> kf(k0), vf(v0), qf(static_cast<size_t>(n) * hq * dp);
-  qf.fill_bytes(0xff);
-  r.q32 = nullptr;
-  kv.k = kf.get(), kv.v = vf.get();
-  const std::vector<float> o_fused = run_attention(shape, kv, qf, sd, c.pos, items, 1, splits, &r);
-
-  // Bit equality, element by element (a count and the first difference on failure).
-  auto same_bits = [](const std::vector<float>& got, const std::vector<float>& want, const char* what) {
-    size_t diff = 0, first = 0;
-    for (size_t x = 0; x < got.size(); ++x)
-      if (std::memcmp(&got[x], &want[x], sizeof(float)) != 0 && diff++ == 0) first = x;
-    EXPECT_EQ(diff, 0u) << what << ": " << diff << " of " << got.size() << " differ, first at " << first << ": "
-                        << got[first] << " vs " << want[first];
-  };
-  const std::vector<float> k_sep = ks.download(), v_sep = vs.download(), k_fused = kf.download(),
-                           v_fused = vf.download();
-  same_bits(k_fused, k_sep, "K cache");
-  same_bits(v_fused, v_sep, "V cache");
-  for (size_t x = 0; x < o_fused.size(); ++x)
-    ASSERT_TRUE(std::isfinite(o_fused[x]))
-        << "token " << x / (2 * hq * d) << " element " << x % (2 * hq * d) << " unwritten";
-  same_bits(o_fused, o_sep, "attention output");
-
-  // CPU reference: q, k, v of each token by the CPU RoPE, its keys from the initial cache plus the
-  // new row, attention with sinks.
-  double worst = 0;
-  std::vector<float> kbuf, vbuf, out(static_cast<size_t>(hq) * d);
-  for (int t = 0; t < n; ++t) {
-    const int p = c.pos[static_cast<size_t>(t)];
-    std::vector<float> row(static_cast<size_t>(cols));
-    for (int col = 0; col < cols; ++col) {
-      float v = parts[static_cast<size_t>(t) * cols + col];
-      for (int sp = 1; sp < c.nparts; ++sp) v += parts[(static_cast<size_t>(sp) * n + t) * cols + col];
-      row[static_cast<size_t>(col)] = v + bias[static_cast<size_t>(col)];
-    }
-    cpu::rope_apply(row.data(), hq + hkv, rope, p);  // q heads then k heads
-    const int first = c.window > 0 ? std::max(0, p - c.window + 1) : 0;
-    kbuf.assign(static_cast<size_t>(p - first + 1) * hkv * d, 0.0f);
-    vbuf = kbuf;
-    for (int j = first; j <= p; ++j)
-      for (int h = 0; h < hkv; ++h)
-        for (int i = 0; i < d; ++i) {
-          const size_t at = (static_cast<size_t>(j - first) * hkv + h) * d + i;
-          const size_t src = ((static_cast<size_t>(t) * hkv + h) * c.cap + j % c.cap) * dp + i;
-          kbuf[at] = j == p ? row[static_cast<size_t>((hq + h) * d + i)] : k0[src];
-          vbuf[at] = j == p ? row[static_cast<size_t>((hq + hkv + h) * d + i)] : v0[src];
-          if (j == p) {  // the stored row
-            ASSERT_NEAR(k_fused[src], kbuf[at], 1e-5 * std::fabs(kbuf[at]) + 1e-5) << "token " << t << " k " << h;
-            ASSERT_EQ(v_fused[src], vbuf[at]) << "token " << t << " v " << h;
-          }
-        }
-    auto k_at = [&](int64_t j) { return &kbuf[static_cast<size_t>(j - first) * hkv * d]; };
-    auto v_at = [&](int64_t j) { return &vbuf[static_cast<size_t>(j - first) * hkv * d]; };
-    cpu::attention_sinks(row.data(), hq, hkv, d, first, p, k_at, v_at, sinks.data(),
-                         1.0f / std::sqrt(static_cast<float>(d)), out.data());
-    // Over the token's whole row (the o projection's input): a head whose output is near zero (its
-    // sink or a far key dominates) keeps only the fp16 pair's absolute precision.
-    std::vector<float> got(static_cast<size_t>(hq) * d);  // o16 columns are stored in k_phys order
-    for (int x = 0; x < hq * d; ++x)
-      got[static_cast<size_t>(x)] = o_fused[static_cast<size_t>(t) * 2 * hq * d + cuda::k_phys(x)] +
-                                    o_fused[static_cast<size_t>(t) * 2 * hq * d + hq * d + cuda::k_phys(x)];
-    const double err = rel_l2(got.data(), out.data(), got.size());
-    worst = std::max(worst, err);
-    EXPECT_LE(err, 5e-5) << "token " << t << " (pos " << p << ")";
-  }
-  std::printf("  %s: %d key splits, worst rel L2 %.2e\n", c.name.c_str(), splits, worst);
-}
-
-INSTANTIATE_TEST_SUITE_P(Cases, CudaAttentionRope,
-                         ::testing::Values(
-                             // gpt-oss shapes (64 q heads, 8 KV heads, head_dim 64, 6 qkv partials), a batch of
-                             // sequences at different depths with the backend's split rule: full layers, and sliding
-                             // layers in a ring of 160 rows (positions 129 … 120000 wrap it).
-                             RopeCase{"gptoss_full", 64, 64, 8, 0, 4096, 6, 0, {0, 1, 127, 128, 129, 4095}},
-                             RopeCase{
-                                 "gptoss_sliding_ring", 64, 64, 8, 128, 160, 6, 0, {0, 1, 127, 128, 129, 4095, 120000}},
-                             RopeCase{"gptoss_one_seq_splits7", 64, 64, 8, 0, 3000, 6, 7, {2999}},
-                             // Awkward shapes: MHA with a padded head_dim 24, odd GQA 3 with more than 8 partials, GQA
-                             // 8 at head_dim 128, GQA 5 in a ring exactly as long as the window, head_dim 8.
-                             RopeCase{"mha_hd24", 24, 6, 6, 0, 300, 1, 3, {0, 1, 129, 299}},
-                             RopeCase{"gqa3_window16_parts9", 64, 9, 3, 16, 40, 9, 2, {0, 15, 16, 17, 100}},
-                             RopeCase{"gqa8_hd128", 128, 16, 2, 0, 1500, 2, 0, {1, 127, 1400}},
-                             RopeCase{"gqa5_hd32_window64", 32, 10, 2, 64, 64, 4, 0, {0, 63, 64, 65, 2000}},
-                             RopeCase{"hd8_gqa3", 8, 6, 2, 0, 700, 3, 3, {0, 128, 699}}),
-                         [](const auto& info) { return info.param.name; });
-
-// More than 8 q heads per KV head take several blocks per KV head: the fused path is refused there
-// (the backend runs the separate RoPE kernel), as it is for items of several tokens.
-TEST(CudaAttentionRope, RefusesSeveralHeadChunksAndPrefillItems) {
-  DevArray<float> dummy(16);
-  cuda::AttnArgs a;
-  a.n_items = 1, a.tokens_per_item = 1, a.rope.parts = dummy.get();
-  cuda::KvLayer kv;
-  kv.cap = 16;
-  EXPECT_EQ(cuda::attention_launch(a, cuda::AttnShape{24, 2, 64, 64}, kv, nullptr), cudaErrorInvalidValue);
-  a.tokens_per_item = 4;
-  EXPECT_EQ(cuda::attention_launch(a, cuda::AttnShape{16, 2, 64, 64}, kv, nullptr), cudaErrorInvalidValue);
-  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // Attention on the device: qkv bias + YaRN RoPE + KV-cache store; a flash-style kernel with sinks
 // and sliding windows on tensor cores for items of several query tokens (prefill); a flash-decoding
-// kernel in f32 for one query token per item (decode) that can do the qkv bias + RoPE + KV store
-// of its items itself; both optionally split over the keys, and the merge of key-split partials.
+// kernel in f32 for one query token per item (decode); both optionally split over the keys, and the
+// merge of key-split partials.
 #include <cmath>
 
 #include "backend/cuda/device_util.cuh"
@@ -41,50 +41,6 @@ __device__ __forceinline__ float quad_sum(float v) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// qkv bias + YaRN RoPE, shared by qkv_rope_kernel and the prologue of the decode attention kernel
-// (one source, so both give the same bits).
-
-// Column `col` of one token's qkv row: its first (up to) 8 split-K partials and the bias, loaded
-// together; qkv_sum adds them (and any further partials) in segment order, then the bias.
-struct QkvCol {
-  float part[8];
-  float bias;
-};
-__device__ __forceinline__ QkvCol qkv_load(const QkvRopeArgs& a, const float* row, int col) {
-  QkvCol c;
-#pragma unroll
-  for (int sp = 0; sp < 8; ++sp)
-    if (sp < a.nparts) c.part[sp] = row[sp * a.part_stride + col];
-  c.bias = a.bias[col];
-  return c;
-}
-__device__ __forceinline__ float qkv_sum(const QkvRopeArgs& a, const float* row, int col, const QkvCol& c) {
-  float v = c.part[0];
-#pragma unroll
-  for (int sp = 1; sp < 8; ++sp)
-    if (sp < a.nparts) v += c.part[sp];
-  for (int sp = 8; sp < a.nparts; ++sp) v += row[sp * a.part_stride + col];
-  return v + c.bias;
-}
-__device__ __forceinline__ float qkv_value(const QkvRopeArgs& a, const float* row, int col) {
-  return qkv_sum(a, row, col, qkv_load(a, row, col));
-}
-
-// cos and sin of frequency i at position p, times the concentration (angle in f32).
-__device__ __forceinline__ float2 rope_cos_sin(const QkvRopeArgs& a, int p, int i) {
-  const float angle = static_cast<float>(p) * a.inv_freq[i];
-  return make_float2(cosf(angle) * a.concentration, sinf(angle) * a.concentration);
-}
-
-// Half-split rotation of the pair (x0 = dim i, x1 = dim i + half) into dst: x0·cos − x1·sin and
-// x1·cos + x0·sin, with the roundings spelled out so that the two kernels that use this cannot be
-// contracted differently (these are the roundings the compiler chose for the RoPE kernel before:
-// its logits are bit-identical).
-__device__ __forceinline__ void rope_rotate(float x0, float x1, float2 cs, float* dst, int i, int half) {
-  dst[i] = __fmaf_rn(x0, cs.x, -__fmul_rn(x1, cs.y));
-  dst[i + half] = __fmaf_rn(x0, cs.y, __fmul_rn(x1, cs.x));
-}
-
 // grid (token, work chunk): work items are the rotated (i, i + D/2) pairs of every q and k head,
 // then the v values, then the zero padding up to dp of q, k and v.
 __global__ void qkv_rope_kernel(const QkvRopeArgs a, const AttnShape s, const KvLayer kv) {
@@ -97,6 +53,18 @@ __global__ void qkv_rope_kernel(const QkvRopeArgs a, const AttnShape s, const Kv
   if (idx >= n_rot + n_v + n_pad) return;
   const int p = a.pos[t];
   const float* row = a.parts + static_cast<int64_t>(t) * a.stride;
+  auto value = [&](int col) {  // partial sums in segment order, loads issued together
+    float q[8];
+#pragma unroll
+    for (int sp = 0; sp < 8; ++sp)
+      if (sp < a.nparts) q[sp] = row[sp * a.part_stride + col];
+    float v = q[0];
+#pragma unroll
+    for (int sp = 1; sp < 8; ++sp)
+      if (sp < a.nparts) v += q[sp];
+    for (int sp = 8; sp < a.nparts; ++sp) v += row[sp * a.part_stride + col];
+    return v + a.bias[col];
+  };
 
   const int64_t cache_row = static_cast<int64_t>(p % kv.cap);
   auto head_ptr = [&](int head) {  // q heads, then k heads, then v heads
@@ -107,12 +75,16 @@ __global__ void qkv_rope_kernel(const QkvRopeArgs a, const AttnShape s, const Kv
   };
   if (idx < n_rot) {
     const int head = idx / half, i = idx - head * half;
+    const float angle = static_cast<float>(p) * a.inv_freq[i];
+    const float c = cosf(angle) * a.concentration, sn = sinf(angle) * a.concentration;
     const int col = head * d;  // k heads follow the q heads in the fused projection
-    rope_rotate(qkv_value(a, row, col + i), qkv_value(a, row, col + i + half), rope_cos_sin(a, p, i), head_ptr(head), i,
-                half);
+    const float x0 = value(col + i), x1 = value(col + i + half);
+    float* dst = head_ptr(head);
+    dst[i] = x0 * c - x1 * sn;
+    dst[i + half] = x1 * c + x0 * sn;
   } else if (idx < n_rot + n_v) {
     const int j = idx - n_rot, kvh = j / d, i = j - kvh * d;
-    head_ptr(s.n_heads + s.n_kv_heads + kvh)[i] = qkv_value(a, row, s.n_heads * d + s.n_kv_heads * d + j);
+    head_ptr(s.n_heads + s.n_kv_heads + kvh)[i] = value(s.n_heads * d + s.n_kv_heads * d + j);
   } else {
     // Zero padding keeps the padded dot products exact.
     const int j = idx - n_rot - n_v, head = j / pad;
@@ -395,8 +367,6 @@ cudaError_t attention_launch_dp(const AttnArgs& a, const AttnShape& s, const KvL
 // warps are merged in a fixed order. An item uses attention_item_splits(its keys, a.splits) key
 // splits (grid z past that writes empty partials), and a one-split result equals what the merge
 // kernel computes from it, so an item's output never depends on the other items of the step.
-// With a.rope set, a prologue computes q (and the new K/V row) from the qkv partials with the
-// arithmetic of qkv_rope_kernel (shared helpers), so the results equal the two-kernel path's bits.
 constexpr int kDecHeads = 8;  // q heads per block
 constexpr int kDecWarps = 4;
 constexpr int kDecSteps = 8;  // warp steps per iteration (K and V float4s in flight per lane)
@@ -441,8 +411,7 @@ __global__ void __launch_bounds__(kDecWarps * 32)
   __shared__ float scorr[kDecWarps][kDecHeads];                    // rescale factors of the iteration
   __shared__ float sm[kDecWarps][kDecHeads], sl[kDecWarps][kDecHeads];
   __shared__ float4 sacc[kDecWarps][kDecHeads][DP / 4];
-  __shared__ __align__(16) float sqkv[kDecHeads + 2][DP];  // fused RoPE: q rows, the new K and V rows
-  pdl_wait();  // q (or the qkv partials), the step's items and the new K/V rows come from earlier kernels and copies
+  pdl_wait();  // q, the step's items and the new K/V rows come from earlier kernels and copies
   pdl_launch_dependents();
   const AttnItem item = a.items[blockIdx.x];
   const int chunk = blockIdx.y % n_chunks, kvh = blockIdx.y / n_chunks;
@@ -464,68 +433,13 @@ __global__ void __launch_bounds__(kDecWarps * 32)
     if (g & mask) hbase += n / 2;
   const bool writer = g % D::kDup == 0;  // one of the lanes holding equal scores
 
-  // Fused qkv bias + RoPE (a.rope.parts set; blocks with keys only; one head chunk per KV head): the
-  // q rows of the block's heads and, in the block whose split holds the item's own key (offset
-  // n_keys − 1), that key and value, summed (all loads in flight at once) into shared memory, then
-  // rotated in place (threads of one frequency share its cos/sin). That block stores the new rows
-  // into the cache and reads them back after a barrier; the other splits' keys end before it, and a
-  // sliding ring's row p % cap holds no other key of the window, so no other block reads that row.
-  const bool fused = a.rope.parts != nullptr && ks < ke;
-  if (fused) {
-    const QkvRopeArgs& r = a.rope;
-    const float* row = r.parts + static_cast<int64_t>(item.first) * r.stride;
-    const int d = s.head_dim, half = d / 2, groups = blockDim.x / half;
-    const bool own = ke == n_keys;
-    const int i = threadIdx.x % half, hg = threadIdx.x / half;
-    const float2 cs = rope_cos_sin(r, pos, i);
-    constexpr int kSlots = ((kDecHeads + 2) * DP + kDecWarps * 32 - 1) / (kDecWarps * 32);
-    const int n = (heads + (own ? 2 : 0)) * DP;  // q rows, then k and v: (row, dim) of DP-padded rows
-    auto col_of = [&](int idx) {                 // qkv column, -1 in the padding
-      const int rr = idx / DP, dim = idx - rr * DP;
-      const int head = rr < heads ? head0 + rr : s.n_heads + (rr - heads) * s.n_kv_heads + kvh;
-      return dim < d ? head * d + dim : -1;  // k heads follow the q heads, v heads the k heads
-    };
-    QkvCol c[kSlots];
-#pragma unroll
-    for (int k = 0; k < kSlots; ++k) {
-      const int idx = threadIdx.x + k * kDecWarps * 32, col = idx < n ? col_of(idx) : -1;
-      if (col >= 0) c[k] = qkv_load(r, row, col);
-    }
-#pragma unroll
-    for (int k = 0; k < kSlots; ++k) {
-      const int idx = threadIdx.x + k * kDecWarps * 32;
-      if (idx < n) {
-        const int rr = idx / DP, col = col_of(idx);
-        sqkv[rr < heads ? rr : kDecHeads + rr - heads][idx - rr * DP] = col >= 0 ? qkv_sum(r, row, col, c[k]) : 0.0f;
-      }
-    }
-    __syncthreads();
-    if (hg < groups) {
-      for (int rr = hg; rr < heads + (own ? 1 : 0); rr += groups) {
-        float* x = sqkv[rr < heads ? rr : kDecHeads];
-        rope_rotate(x[i], x[i + half], cs, x, i, half);
-      }
-    }
-    __syncthreads();
-    if (own) {
-      const int64_t at = ((static_cast<int64_t>(item.slot) * s.n_kv_heads + kvh) * kv.cap + pos % kv.cap) * DP;
-      for (int j = threadIdx.x; j < DP / 2; j += blockDim.x) {  // float4s of K, then of V
-        const int kvr = j / (DP / 4), c4 = j - kvr * (DP / 4);
-        *reinterpret_cast<float4*>((kvr == 0 ? kv.k : kv.v) + at + 4 * c4) =
-            *reinterpret_cast<const float4*>(&sqkv[kDecHeads + kvr][4 * c4]);
-      }
-      __syncthreads();  // the block's own global stores are visible to it after the barrier
-    }
-  }
-
   float4 q[kDecHeads];
 #pragma unroll
   for (int h = 0; h < kDecHeads; ++h) {
     q[h] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (h < heads)
-      q[h] = fused ? *reinterpret_cast<const float4*>(&sqkv[h][4 * g])
-                   : *reinterpret_cast<const float4*>(
-                         a.q32 + (static_cast<int64_t>(item.first) * s.n_heads + head0 + h) * DP + 4 * g);
+      q[h] = *reinterpret_cast<const float4*>(a.q32 + (static_cast<int64_t>(item.first) * s.n_heads + head0 + h) * DP +
+                                              4 * g);
   }
   const int64_t head_off = (static_cast<int64_t>(item.slot) * s.n_kv_heads + kvh) * kv.cap * DP + 4 * g;
   const float* kbase = kv.k + head_off;
@@ -774,9 +688,6 @@ cudaError_t attention_decode_slots(const AttnShape& s, int sm_count, int* slots)
 cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, cudaStream_t stream) {
   if (a.n_items <= 0) return cudaSuccess;
   if (s.n_kv_heads <= 0 || s.n_heads % s.n_kv_heads != 0 || a.splits < 1) return cudaErrorInvalidValue;
-  if (a.rope.parts != nullptr && (a.tokens_per_item != 1 || attention_decode_chunks(s) != 1 || s.head_dim % 2 != 0 ||
-                                  s.head_dim < 2 || s.dp < s.head_dim || kv.cap <= 0))
-    return cudaErrorInvalidValue;
   if (a.tokens_per_item == 1) {
     const int n_chunks = attention_decode_chunks(s);
     const int hc = (s.n_heads / s.n_kv_heads + n_chunks - 1) / n_chunks;

@@ -70,7 +70,6 @@ Status CudaBackend::init() {
   prof_.enable(prof != nullptr && std::strcmp(prof, "0") != 0);
   if (const char* v = std::getenv("GPTOSS_CUDA_EXPERT_DECODE_TOKENS")) decode_max_tokens_ = std::max(0, std::atoi(v));
   if (const char* v = std::getenv("GPTOSS_CUDA_EXPERT_PAIR_TOKENS")) pair_max_tokens_ = std::max(0, std::atoi(v));
-  if (const char* v = std::getenv("GPTOSS_CUDA_FUSED_ROPE")) fuse_rope_ = std::strcmp(v, "0") != 0;
   GPTOSS_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating a CUDA stream");
   GPTOSS_ASSIGN_OR_RETURN(dev_, model_upload(*model_, stream_, &pool_));
   // KV cache: sliding layers keep a ring large enough for a rewind of `rollback` tokens and for a

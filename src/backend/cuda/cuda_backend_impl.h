@@ -99,9 +99,6 @@ class CudaBackend final : public Backend {
   // 2412 vs 1975, N = 32 3912 vs 3348, N = 64 5102 vs 4295 tok/s; N = 2 pairs 665 vs tiles 604.
   int decode_max_tokens_ = 64;
   int pair_max_tokens_ = 2;
-  // Decode steps fold the qkv bias + RoPE + KV store into the decode attention kernel (same bits);
-  // GPTOSS_CUDA_FUSED_ROPE=0 runs the separate kernel instead (for A/B measurements).
-  bool fuse_rope_ = true;
   int decode_split_cap_ = 1;  // most key splits of one decode sequence (fills the device with decode blocks)
   std::string device_name_;
   cudaStream_t stream_ = nullptr;

@@ -122,10 +122,7 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   r.inv_freq = dev_->inv_freq;
   r.concentration = dev_->concentration;
   r.q32 = s.q32;
-  // Decode steps (one token per item) leave the bias + RoPE + KV store to the attention kernel
-  // (which does it for models of at most 8 q heads per KV head: one block chunk per KV head).
-  const bool fused = p.tokens_per_item == 1 && fuse_rope_ && attention_decode_chunks(shape_) == 1;
-  if (!fused) GPTOSS_LAUNCH("qkv bias + RoPE + KV store", 0, qkv_rope_launch(r, p.T, shape_, kv, stream_));
+  GPTOSS_LAUNCH("qkv bias + RoPE + KV store", 0, qkv_rope_launch(r, p.T, shape_, kv, stream_));
 
   AttnArgs at;
   at.q32 = s.q32;
@@ -142,12 +139,10 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   at.part_o = s.attn_o;
   at.part_ml = s.attn_ml;
   at.n_tokens = p.T;
-  if (fused) at.rope = r;
   const double kv_bytes =
       (kv.window > 0 ? p.kv_keys_sliding : p.kv_keys_full) * shape_.n_kv_heads * shape_.dp * sizeof(float) * 2;
-  const char* attn_name = kv.window > 0 ? (fused ? "RoPE + KV store + attention (sliding)" : "attention (sliding)")
-                                        : (fused ? "RoPE + KV store + attention (full)" : "attention (full)");
-  GPTOSS_LAUNCH(attn_name, kv_bytes, attention_launch(at, shape_, kv, stream_));
+  GPTOSS_LAUNCH(kv.window > 0 ? "attention (sliding)" : "attention (full)", kv_bytes,
+                attention_launch(at, shape_, kv, stream_));
   if (at.splits > 1) GPTOSS_LAUNCH("attention split merge", 0, attention_combine_launch(at, shape_, stream_));
 
   const GemmPlan go = gemm_plan_dense(L.o.rows, L.o.kblocks, p.T, sm_count_);

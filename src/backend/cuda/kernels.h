@@ -298,12 +298,6 @@ struct AttnArgs {
   float* part_o = nullptr;   // [n][n_heads][splits][dp] (splits > 1)
   float* part_ml = nullptr;  // [n][n_heads][splits][2]
   int n_tokens = 0;          // n (for partial strides)
-  // Decode items only (tokens_per_item == 1, attention_decode_chunks == 1): when rope.parts is set,
-  // the kernel does the work of qkv_rope_launch itself, with the same arithmetic: each block sums
-  // the partials + bias of its q heads and rotates them (q32 is not read), and the block whose key
-  // split holds the item's own position also computes that key and value and stores them into the
-  // cache before it reads it. rope.pos, rope.slot and rope.q32 are not read (the items' are).
-  QkvRopeArgs rope;
 };
 // Key splits for `keys` keys with at most `cap` splits: doubling while a split keeps more than
 // kAttnSplitKeys keys. Items of one token (decode) each use attention_item_splits(their keys,

@@ -45,7 +45,6 @@ __device__ __forceinline__ float quad_sum(float v) {
 // then the v values, then the zero padding up to dp of q, k and v.
 __global__ void qkv_rope_kernel(const QkvRopeArgs a, const AttnShape s, const KvLayer kv) {
   pdl_wait();
-  pdl_launch_dependents();
   const int t = blockIdx.x, d = s.head_dim, half = d / 2, pad = s.dp - d;
   const int idx = blockIdx.y * blockDim.x + threadIdx.x;
   const int n_rot = (s.n_heads + s.n_kv_heads) * half, n_v = s.n_kv_heads * d;
@@ -281,7 +280,6 @@ __global__ void attention_kernel(const AttnArgs a, const AttnShape s, const KvLa
   float* raw = reinterpret_cast<float*>(attn_smem);                       // RS stages of f32 K, V
   uint16_t* f16 = reinterpret_cast<uint16_t*>(raw + RS * L::kRawFloats);  // Kh, Kl, Vh, Vl
   pdl_wait();
-  pdl_launch_dependents();
   const AttnItem item = a.items[blockIdx.x];
   const int chunk = blockIdx.y % n_chunks, kvh = blockIdx.y / n_chunks;
   const int group = s.n_heads / s.n_kv_heads;
@@ -427,7 +425,6 @@ __global__ void __launch_bounds__(kDecWarps * 32)
   __shared__ float sm[kDecWarps][kDecHeads], sl[kDecWarps][kDecHeads];
   __shared__ float4 sacc[kDecWarps][kDecHeads][DP / 4];
   pdl_wait();  // q, the step's items and the new K/V rows come from earlier kernels and copies
-  pdl_launch_dependents();
   const AttnItem item = a.items[blockIdx.x];
   const int chunk = blockIdx.y % n_chunks, kvh = blockIdx.y / n_chunks;
   const int group = s.n_heads / s.n_kv_heads;
@@ -625,7 +622,6 @@ __global__ void attention_combine_kernel(const AttnArgs a, const AttnShape s) {
   __shared__ float red[32];
   __shared__ float acc[256];
   pdl_wait();
-  pdl_launch_dependents();
   const int row = blockIdx.x;  // token · n_heads + head
   const int head = row % s.n_heads, token = row / s.n_heads;
   const float* ml = a.part_ml + static_cast<int64_t>(row) * a.splits * 2;

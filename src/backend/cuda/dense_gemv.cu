@@ -43,7 +43,6 @@ __global__ void __launch_bounds__(kWarps * 32) dense_gemv_kernel(const GemmArgs 
     }
   }
   pdl_wait();
-  pdl_launch_dependents();
 #pragma unroll
   for (int i = 0; i < kMaxWarpBlocks; ++i)
     if (i < nb) b[i] = has_col ? *reinterpret_cast<const uint4*>(xp + (kb0 + i) * 32) : make_uint4(0, 0, 0, 0);

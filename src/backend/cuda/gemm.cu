@@ -144,7 +144,6 @@ __global__ void __launch_bounds__(kGemmWarps * 32) gemm_kernel(const GemmArgs a)
   AChunk<WT, CB> cur, nxt;
   if (nchunks > 0) load_a<WT, CB>(cur, a, wbase, sbase, row0 + g, kb_begin, min(CB, kb_end - kb_begin), t);
   if (!a.tiles) pdl_wait();
-  pdl_launch_dependents();
   for (int j = threadIdx.x; j < NT; j += blockDim.x)
     xrow[j] = j < count ? (a.x_gather ? a.x_gather[start + j] : start + j) : 0;
   __syncthreads();  // xrow

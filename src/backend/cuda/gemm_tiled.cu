@@ -132,7 +132,6 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) gemm_tiled_kernel(cons
 
   // Long-running kernel: nothing is worth loading before the previous kernel completes.
   pdl_wait();
-  pdl_launch_dependents();
   int expert = 0, start, count;
   if (a.tiles) {
     if (static_cast<int>(blockIdx.y) >= *a.n_tiles) return;

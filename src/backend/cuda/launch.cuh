@@ -1,8 +1,8 @@
 // launch_kernel: the one way the CUDA backend launches a kernel. With Launch::pdl (the kernel image
 // is sm_90 code, see launch_target in kernels.h) every launch allows Programmatic Dependent Launch
 // (cudaLaunchAttributeProgrammaticStreamSerialization): the kernel may be scheduled while the
-// previous kernel of the stream is still running, once that kernel's blocks have all called
-// pdl_launch_dependents() (or exited), and it orders itself after that kernel with pdl_wait()
+// previous kernel of the stream is still finishing (once that kernel's blocks have all exited: no
+// kernel triggers early, see device_util.cuh), and it orders itself after that kernel with pdl_wait()
 // (device_util.cuh), which every kernel must call. After a copy, a memset or an event in the stream
 // the launch waits as usual. Stream capture turns the overlap into programmatic edges of the graph.
 // Without Launch::pdl (code for sm_80/sm_89, where pdl_wait compiles to nothing) the attribute is

@@ -106,7 +106,6 @@ template <int NN, bool PAIRS, bool SWIGLU>
 __global__ void __launch_bounds__(32) moe_decode_kernel(const MoeDecodeArgs a) {
   __shared__ Stage<PAIRS> ring[kStages];
   pdl_wait();  // the experts (hence the weight addresses) come from the router
-  pdl_launch_dependents();
   int expert, start, count;
   if constexpr (PAIRS) {
     expert = a.experts[blockIdx.y], start = blockIdx.y, count = 1;

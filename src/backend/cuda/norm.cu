@@ -20,7 +20,6 @@ constexpr int kNormBlockThreads = 128;
 
 __global__ void embed_kernel(const uint16_t* table, int64_t dim, const int32_t* tokens, float* h) {
   pdl_wait();
-  pdl_launch_dependents();
   const int t = blockIdx.x;
   const uint16_t* row = table + static_cast<int64_t>(tokens[t]) * dim;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) h[t * dim + i] = bf16_bits_to_f32(row[i]);
@@ -149,7 +148,6 @@ __global__ void GPTOSS_NORM_CLUSTER_DIMS __launch_bounds__(kNormBlockThreads)
   for (int c = 0; c < kNormMaxVec; ++c)
     if (sl.f(c) < sl.hi) g[c] = ld4(gain + sl.f(c) * 4);  // weights: loaded before the previous kernel ends
   pdl_wait();
-  pdl_launch_dependents();
   float ss = 0.0f;
 #pragma unroll
   for (int c = 0; c < kNormMaxVec; ++c) {
@@ -188,7 +186,6 @@ __global__ void __launch_bounds__(kNormCluster* kNormBlockThreads)
   const NormSlice sl(static_cast<int>(blockIdx.x), tid / kNormBlockThreads, tid % kNormBlockThreads, dim);
   float* hr = h + static_cast<int64_t>(sl.t) * dim;
   pdl_wait();
-  pdl_launch_dependents();
   float ss = 0.0f;
 #pragma unroll 1
   for (int c = 0; c < kNormMaxVec; ++c) {
@@ -218,7 +215,6 @@ __global__ void swiglu_parts_kernel(const float* parts, int nparts, int64_t part
                                     int64_t bias_expert_stride, float alpha, float limit, uint16_t* a16,
                                     int64_t out_stride, int64_t out_lo) {
   pdl_wait();
-  pdl_launch_dependents();
   if (static_cast<int>(blockIdx.x) >= *n_tiles) return;
   const int4 tl = reinterpret_cast<const int4*>(tiles)[blockIdx.x];
   const float* b = bias + tl.x * bias_expert_stride;
@@ -245,7 +241,6 @@ __device__ __forceinline__ unsigned long long argmax_key(float v, int64_t i) {
 __global__ void argmax_kernel(const float* logits, int64_t vocab, int64_t per_block, unsigned long long* keys) {
   __shared__ unsigned long long sk[32];
   pdl_wait();
-  pdl_launch_dependents();
   const float* row = logits + blockIdx.y * vocab;
   const int64_t lo = blockIdx.x * per_block, hi = min(vocab, lo + per_block);
   unsigned long long best = 0;
@@ -266,7 +261,6 @@ __global__ void argmax_kernel(const float* logits, int64_t vocab, int64_t per_bl
 
 __global__ void argmax_finish_kernel(unsigned long long* keys, int rows, int32_t* out) {
   pdl_wait();
-  pdl_launch_dependents();
   const int r = blockIdx.x * blockDim.x + threadIdx.x;
   if (r >= rows) return;
   const unsigned long long k = keys[r];

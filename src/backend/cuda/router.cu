@@ -155,7 +155,6 @@ __global__ void __launch_bounds__(kRouterThreads)
   uint4 q[kRouterLoads];
   if (e < experts) load_w_batch(q, wr, lane, dim / 8);  // weights: in flight before the previous kernel ends
   pdl_wait();
-  pdl_launch_dependents();
   for (int i = threadIdx.x; i < nt * dim / 4; i += blockDim.x)
     reinterpret_cast<float4*>(xs)[i] = reinterpret_cast<const float4*>(x + static_cast<int64_t>(t0) * dim)[i];
   __syncthreads();
@@ -191,7 +190,6 @@ __global__ void __launch_bounds__(kRouterThreads)
 __global__ void moe_group_kernel(const int32_t* idx, int pairs, int top_k, int experts, MoeGroupOut group) {
   __shared__ int gsm[3 * 32 * kMaxExpertsPerLane];
   pdl_wait();
-  pdl_launch_dependents();
   group_pairs(idx, pairs, top_k, experts, group, gsm);
 }
 

@@ -184,7 +184,6 @@ __global__ void __launch_bounds__(kSampleThreads)
     sample_kernel(float* logits, int64_t vocab, const SampleRowDev* rows, const PenaltyEdit* edits, int32_t* out) {
   __shared__ SampleShared sh;
   pdl_wait();
-  pdl_launch_dependents();
   const SampleRowDev rq = rows[blockIdx.x];
   float* row = logits + static_cast<int64_t>(rq.row) * vocab;
   for (int e = threadIdx.x; e < rq.edit_count; e += kSampleThreads) {

@@ -3,15 +3,12 @@
 
 namespace gptoss::testing {
 
-namespace {
-// splitmix64: a tiny, portable generator.
 uint64_t next_u64(uint64_t& s) {
   uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
   return z ^ (z >> 31);
 }
-}  // namespace
 
 std::vector<float> random_f32(size_t n, uint64_t seed, float scale) {
   std::vector<float> v(n);

@@ -48,6 +48,8 @@ class DevArray {
   size_t n_ = 0;
 };
 
+// splitmix64: the next value of a tiny, portable generator whose state is s.
+uint64_t next_u64(uint64_t& s);
 // Uniform values in [-scale, scale) from a seeded generator (own arithmetic: portable).
 std::vector<float> random_f32(size_t n, uint64_t seed, float scale = 1.0f);
 std::vector<uint16_t> random_bf16(size_t n, uint64_t seed, float scale = 1.0f);

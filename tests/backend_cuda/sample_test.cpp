@@ -10,19 +10,13 @@
 #include <limits>
 #include <vector>
 
+#include "backend/cuda/cuda_internal.h"
 #include "backend/cuda/kernels.h"
 #include "backend/sampling.h"
 #include "backend_cuda/cuda_test_util.h"
 
 namespace gptoss::testing {
 namespace {
-
-uint64_t next_u64(uint64_t& s) {
-  uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 // Row logits of one of six shapes.
 void fill_row(float* row, int64_t vocab, int shape, uint64_t seed) {
@@ -96,18 +90,8 @@ void expect_matches_reference(const Batch& b, const std::string& what) {
   std::vector<cuda::SampleRowDev> rows;
   std::vector<PenaltyEdit> edits;
   for (const SampleRow& r : b.rows) {
-    cuda::SampleRowDev d;
-    d.row = r.row;
-    d.top_k = r.top_k;
-    d.temperature = r.temperature;
-    d.top_p = r.top_p;
-    d.min_p = r.min_p;
-    d.repetition_penalty = r.repetition_penalty;
-    d.random = r.random;
-    d.edit_begin = static_cast<int32_t>(edits.size());
-    d.edit_count = static_cast<int32_t>(r.edits.size());
+    rows.push_back(cuda::sample_row_dev(r, r.row, static_cast<int32_t>(edits.size())));
     edits.insert(edits.end(), r.edits.begin(), r.edits.end());
-    rows.push_back(d);
   }
   DevArray<float> logits(b.logits);
   DevArray<cuda::SampleRowDev> drows(rows);

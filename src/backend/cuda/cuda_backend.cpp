@@ -275,18 +275,10 @@ Status CudaBackend::upload_samples(const StepOutputs& out) {
   int32_t edit_at = 0;
   for (size_t i = 0; i < n; ++i) {
     const SampleRow& r = out.sample[i];
-    SampleRowDev& d = rows[i];
-    d.row = r.row % scratch_.logit_rows;  // enqueue_outputs computes logits logit_rows rows at a time
-    d.top_k = r.top_k;
-    d.temperature = r.temperature;
-    d.top_p = r.top_p;
-    d.min_p = r.min_p;
-    d.repetition_penalty = r.repetition_penalty;
-    d.random = r.random;
-    d.edit_begin = edit_at;
-    d.edit_count = static_cast<int32_t>(r.edits.size());
+    // enqueue_outputs computes the logits logit_rows rows at a time
+    rows[i] = sample_row_dev(r, r.row % scratch_.logit_rows, edit_at);
     std::copy(r.edits.begin(), r.edits.end(), edits + edit_at);
-    edit_at += d.edit_count;
+    edit_at += rows[i].edit_count;
   }
   GPTOSS_CUDA_TRY(
       cudaMemcpyAsync(dev_sample_.data(), host_sample_.data(), sample_out_off_, cudaMemcpyHostToDevice, stream_),

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backend/cuda/kernels.h"
+#include "backend/sampling.h"
 #include "core/status.h"
 #include "core/threads.h"
 #include "model/weights.h"
@@ -87,6 +88,22 @@ class CublasHandle {
 // out += W·lo, fp16 GEMMs with f32 accumulation, on the handle's stream. Invalid arguments and
 // cuBLAS failures come back as errors.
 Status cublas_dense(const CublasHandle& h, const GemmArgs& a);
+
+// The kernel's copy of a SampleRow whose logits are row `row` of the launch and whose edits start at
+// `edit_begin` of the launch's edit array.
+inline SampleRowDev sample_row_dev(const SampleRow& r, int32_t row, int32_t edit_begin) {
+  SampleRowDev d;
+  d.row = row;
+  d.top_k = r.top_k;
+  d.temperature = r.temperature;
+  d.top_p = r.top_p;
+  d.min_p = r.min_p;
+  d.repetition_penalty = r.repetition_penalty;
+  d.random = r.random;
+  d.edit_begin = edit_begin;
+  d.edit_count = static_cast<int32_t>(r.edits.size());
+  return d;
+}
 
 // A dense weight on the device: fp16 [rows_p][kblocks·32], zero padded.
 struct DenseDev {

@@ -163,17 +163,19 @@ TEST_P(CudaAddRmsNorm, SingleBlockKernelGivesClusterBits) {
   for (float v : oc.x32) ASSERT_TRUE(std::isfinite(v));
 }
 
-// Decode-size batches: each token's residual and normalised row are bit-identical whether it is
-// launched alone or with 1..7 others (expert contributions from 4 experts, split in 2 parts).
+// Each token's residual and normalised row are bit-identical whether it is launched alone or with
+// others (expert contributions from 4 experts, split in 2 parts), across the batch size where
+// add_rmsnorm_launch switches from the cluster kernel (≤ 16 tokens on sm_90) to one block per token.
 TEST(CudaAddRmsNormBatch, RowsIndependentOfBatchSize) {
   const int dim = 2880, k = 4, nparts = 2, E = 6, x16_stride = 2880;
-  const int64_t part_stride = 8LL * k * dim;
-  const std::vector<float> h0 = random_f32(8 * static_cast<size_t>(dim), 41, 30.0f);
+  constexpr int kMaxTokens = 40;
+  const int64_t part_stride = int64_t{kMaxTokens} * k * dim;
+  const std::vector<float> h0 = random_f32(kMaxTokens * static_cast<size_t>(dim), 41, 30.0f);
   DevArray<float> p(random_f32(static_cast<size_t>(nparts * part_stride), 42, 2.0f));
   DevArray<float> b(random_f32(static_cast<size_t>(E) * dim, 43, 1.0f)), g(random_f32(dim, 44, 2.0f));
-  std::vector<int32_t> experts(8 * k);
-  std::vector<float> weights(8 * k);
-  for (int i = 0; i < 8 * k; ++i) experts[i] = (i * 5 + 2) % E, weights[i] = 0.05f + 0.1f * (i % 5);
+  std::vector<int32_t> experts(kMaxTokens * k);
+  std::vector<float> weights(kMaxTokens * k);
+  for (int i = 0; i < kMaxTokens * k; ++i) experts[i] = (i * 5 + 2) % E, weights[i] = 0.05f + 0.1f * (i % 5);
   DevArray<int32_t> ex(experts);
   DevArray<float> w(weights);
   auto run = [&](int t0, int n, std::vector<float>* h_out, std::vector<float>* x_out) {
@@ -190,7 +192,7 @@ TEST(CudaAddRmsNormBatch, RowsIndependentOfBatchSize) {
                                          x32.get(), test_launch()));
     *h_out = h.download(), *x_out = x32.download();
   };
-  for (int n = 1; n <= 8; ++n) {
+  for (int n : {1, 2, 3, 4, 5, 6, 7, 8, 16, 17, kMaxTokens}) {
     std::vector<float> hb, xb;
     run(0, n, &hb, &xb);
     for (int t = 0; t < n; ++t) {

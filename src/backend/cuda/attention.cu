@@ -4,6 +4,8 @@
 // merge of key-split partials.
 #include <cmath>
 
+#include <type_traits>
+
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/launch.cuh"
@@ -670,28 +672,29 @@ cudaError_t qkv_rope_launch(const QkvRopeArgs& a, int n, const AttnShape& s, con
   return launch_kernel(qkv_rope_kernel, grid, 128, 0, ln, a, s, kv);
 }
 
+namespace {
+// f(std::integral_constant<int, DP>{}) for the head dims the kernels are built for, else `otherwise`.
+template <typename R, typename F>
+R with_head_dim(int dp, R otherwise, F&& f) {
+  switch (dp) {
+    case 16: return f(std::integral_constant<int, 16>{});
+    case 32: return f(std::integral_constant<int, 32>{});
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    default: return otherwise;
+  }
+}
+}  // namespace
+
 int attention_decode_chunks(const AttnShape& s) {
   return (s.n_heads / s.n_kv_heads + kDecHeads - 1) / kDecHeads;
 }
 
 cudaError_t attention_decode_slots(const AttnShape& s, int sm_count, int* slots) {
   int per_sm = 0;
-  cudaError_t e = cudaErrorInvalidValue;
-  switch (s.dp) {
-    case 16:
-      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attention_decode_kernel<16>, kDecWarps * 32, 0);
-      break;
-    case 32:
-      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attention_decode_kernel<32>, kDecWarps * 32, 0);
-      break;
-    case 64:
-      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attention_decode_kernel<64>, kDecWarps * 32, 0);
-      break;
-    case 128:
-      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attention_decode_kernel<128>, kDecWarps * 32, 0);
-      break;
-    default: break;
-  }
+  const cudaError_t e = with_head_dim(s.dp, cudaErrorInvalidValue, [&](auto dp) {
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attention_decode_kernel<dp()>, kDecWarps * 32, 0);
+  });
   *slots = per_sm * sm_count;
   return e;
 }
@@ -702,13 +705,8 @@ cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLaye
   if (a.tokens_per_item == 1) {
     const int n_chunks = attention_decode_chunks(s);
     const int hc = (s.n_heads / s.n_kv_heads + n_chunks - 1) / n_chunks;
-    switch (s.dp) {
-      case 16: return attention_decode_launch_dp<16>(a, s, kv, n_chunks, hc, ln);
-      case 32: return attention_decode_launch_dp<32>(a, s, kv, n_chunks, hc, ln);
-      case 64: return attention_decode_launch_dp<64>(a, s, kv, n_chunks, hc, ln);
-      case 128: return attention_decode_launch_dp<128>(a, s, kv, n_chunks, hc, ln);
-      default: return cudaErrorInvalidValue;
-    }
+    return with_head_dim(s.dp, cudaErrorInvalidValue,
+                         [&](auto dp) { return attention_decode_launch_dp<dp()>(a, s, kv, n_chunks, hc, ln); });
   }
   const int hc = attention_heads_per_chunk(s);
   const int n_chunks = (s.n_heads / s.n_kv_heads + hc - 1) / hc;
@@ -716,23 +714,12 @@ cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLaye
   if (rows <= 0 || rows > 4 * kAttnRowsPerWarp) return cudaErrorInvalidValue;
   const int warps = (rows + kAttnRowsPerWarp - 1) / kAttnRowsPerWarp;
   const dim3 grid(a.n_items, s.n_kv_heads * n_chunks, a.splits);
-  switch (s.dp) {
-    case 16: return attention_launch_dp<16>(a, s, kv, grid, warps, n_chunks, hc, ln);
-    case 32: return attention_launch_dp<32>(a, s, kv, grid, warps, n_chunks, hc, ln);
-    case 64: return attention_launch_dp<64>(a, s, kv, grid, warps, n_chunks, hc, ln);
-    case 128: return attention_launch_dp<128>(a, s, kv, grid, warps, n_chunks, hc, ln);
-    default: return cudaErrorInvalidValue;
-  }
+  return with_head_dim(s.dp, cudaErrorInvalidValue,
+                       [&](auto dp) { return attention_launch_dp<dp()>(a, s, kv, grid, warps, n_chunks, hc, ln); });
 }
 
 size_t attention_smem_bytes(int dp, int raw_stages) {
-  switch (dp) {
-    case 16: return AttnLayout<16>::smem_bytes(raw_stages);
-    case 32: return AttnLayout<32>::smem_bytes(raw_stages);
-    case 64: return AttnLayout<64>::smem_bytes(raw_stages);
-    case 128: return AttnLayout<128>::smem_bytes(raw_stages);
-    default: return 0;
-  }
+  return with_head_dim(dp, size_t{0}, [&](auto d) { return AttnLayout<d()>::smem_bytes(raw_stages); });
 }
 
 cudaError_t attention_combine_launch(const AttnArgs& a, const AttnShape& s, const Launch& ln) {

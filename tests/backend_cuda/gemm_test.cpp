@@ -105,6 +105,16 @@ std::vector<uint16_t> pad_pairs(const std::vector<float>& m, int rows, int cols,
   return out;
 }
 
+// A DenseSetup with its weights (fp16 [rows_p][kp]) and activations (fp16 pairs) on the device.
+struct DenseOnDevice {
+  DenseSetup s;
+  DevArray<uint16_t> w, x;
+  DenseOnDevice(const DenseCase& c, uint64_t seed)
+      : s(make_dense(c, seed)),
+        w(pad_f16(s.wf, c.rows, c.cols, s.rows_p, s.kp)),
+        x(pad_pairs(s.x, c.n, c.cols, s.kp)) {}
+};
+
 // Value of pair element k of row r ([hi: kp][lo: kp]).
 float pair_value(const std::vector<uint16_t>& v, size_t r, int kp, int k) {
   const size_t at = r * 2 * kp + cuda::k_phys(k);
@@ -131,13 +141,12 @@ GemmArgs dense_args(const DenseSetup& s, const DenseCase& c, const uint16_t* w, 
 
 TEST_P(DenseGemmTest, MatchesFloat64AndCpuReference) {
   const DenseCase c = GetParam();
-  const DenseSetup s = make_dense(c, 1000 + c.rows * 7 + c.cols + c.n);
-  DevArray<uint16_t> w(pad_f16(s.wf, c.rows, c.cols, s.rows_p, s.kp));
-  DevArray<uint16_t> x(pad_pairs(s.x, c.n, c.cols, s.kp));
+  const DenseOnDevice d(c, 1000 + c.rows * 7 + c.cols + c.n);
+  const DenseSetup& s = d.s;
   DevArray<float> out(static_cast<size_t>(c.n) * c.rows);
   out.fill_bytes(0xff);  // NaN poison: every output must be written
-  CUDA_ASSERT(
-      cuda::gemm_launch(dense_args(s, c, w.get(), x.get(), c.n, out.get()), cuda::gemm_tile_cols(c.n), test_launch()));
+  CUDA_ASSERT(cuda::gemm_launch(dense_args(s, c, d.w.get(), d.x.get(), c.n, out.get()), cuda::gemm_tile_cols(c.n),
+                                test_launch()));
   const std::vector<float> y = out.download();
   CUDA_ASSERT(cudaGetLastError());
 
@@ -146,18 +155,17 @@ TEST_P(DenseGemmTest, MatchesFloat64AndCpuReference) {
 
 TEST_P(DenseGemmTest, SplitPartialsAndBatchSizeDoNotChangeBits) {
   const DenseCase c = GetParam();
-  const DenseSetup s = make_dense(c, 2000 + c.rows + c.cols * 3 + c.n);
-  DevArray<uint16_t> w(pad_f16(s.wf, c.rows, c.cols, s.rows_p, s.kp));
-  DevArray<uint16_t> x(pad_pairs(s.x, c.n, c.cols, s.kp));
+  const DenseOnDevice d(c, 2000 + c.rows + c.cols * 3 + c.n);
+  const DenseSetup& s = d.s;
   DevArray<float> full(static_cast<size_t>(c.n) * c.rows), parts(static_cast<size_t>(s.nseg) * c.n * c.rows),
       single(static_cast<size_t>(c.rows));
-  GemmArgs a = dense_args(s, c, w.get(), x.get(), c.n, full.get());
+  GemmArgs a = dense_args(s, c, d.w.get(), d.x.get(), c.n, full.get());
   CUDA_ASSERT(cuda::gemm_launch(a, cuda::gemm_tile_cols(c.n), test_launch()));
   a.mode = GemmOut::kPartial;
   a.out = parts.get();
   CUDA_ASSERT(cuda::gemm_launch(a, 8, test_launch()));
   // The last column alone, with the widest column tile.
-  GemmArgs one = dense_args(s, c, w.get(), x.get() + static_cast<size_t>(c.n - 1) * 2 * s.kp, 1, single.get());
+  GemmArgs one = dense_args(s, c, d.w.get(), d.x.get() + static_cast<size_t>(c.n - 1) * 2 * s.kp, 1, single.get());
   CUDA_ASSERT(cuda::gemm_launch(one, 64, test_launch()));
   const std::vector<float> yf = full.download(), yp = parts.download(), y1 = single.download();
   for (int t = 0; t < c.n; ++t)
@@ -187,16 +195,15 @@ class CublasDenseTest : public ::testing::TestWithParam<DenseCase> {};
 
 TEST_P(CublasDenseTest, MatchesFloat64AndCpuAndRepeatsItsBits) {
   const DenseCase c = GetParam();
-  const DenseSetup s = make_dense(c, 4000 + c.rows * 3 + c.cols + c.n);
-  DevArray<uint16_t> w(pad_f16(s.wf, c.rows, c.cols, s.rows_p, s.kp));
-  DevArray<uint16_t> x(pad_pairs(s.x, c.n, c.cols, s.kp));
+  const DenseOnDevice d(c, 4000 + c.rows * 3 + c.cols + c.n);
+  const DenseSetup& s = d.s;
   // Output rows wider than the product (out_stride > rows): the gap must stay untouched.
   const int stride = c.rows + 3;
   DevArray<float> out(static_cast<size_t>(c.n) * stride);
   out.fill_bytes(0xff);  // NaN poison: every output must be written
   Result<cuda::CublasHandle> h = cuda::CublasHandle::create(nullptr);
   ASSERT_TRUE(h.ok()) << h.status().message();
-  GemmArgs a = dense_args(s, c, w.get(), x.get(), c.n, out.get());
+  GemmArgs a = dense_args(s, c, d.w.get(), d.x.get(), c.n, out.get());
   a.out_stride = stride;
   Status st = cuda::cublas_dense(*h, a);
   ASSERT_TRUE(st.ok()) << st.message();
@@ -263,13 +270,12 @@ class DenseGemvTest : public ::testing::TestWithParam<DenseCase> {};
 
 TEST_P(DenseGemvTest, MatchesFloat64AndCpuAndIsBatchInvariant) {
   const DenseCase c = GetParam();
-  const DenseSetup s = make_dense(c, 3000 + c.rows * 5 + c.cols + c.n);
-  DevArray<uint16_t> w(pad_f16(s.wf, c.rows, c.cols, s.rows_p, s.kp));
-  DevArray<uint16_t> x(pad_pairs(s.x, c.n, c.cols, s.kp));
+  const DenseOnDevice d(c, 3000 + c.rows * 5 + c.cols + c.n);
+  const DenseSetup& s = d.s;
   const size_t part = static_cast<size_t>(c.n) * c.rows;
   DevArray<float> gv(s.nseg * part), one(static_cast<size_t>(s.nseg) * c.rows);
   gv.fill_bytes(0xff);  // NaN poison: every partial must be written
-  GemmArgs a = dense_args(s, c, w.get(), x.get(), c.n, gv.get());
+  GemmArgs a = dense_args(s, c, d.w.get(), d.x.get(), c.n, gv.get());
   a.mode = GemmOut::kPartial;
   CUDA_ASSERT(cuda::dense_gemv_launch(a, test_launch()));
   const std::vector<float> yv = gv.download();
@@ -286,7 +292,7 @@ TEST_P(DenseGemvTest, MatchesFloat64AndCpuAndIsBatchInvariant) {
   // Every column alone gives the same bits as in the batch.
   for (int t = 0; t < c.n; ++t) {
     one.fill_bytes(0xff);
-    GemmArgs b = dense_args(s, c, w.get(), x.get() + static_cast<size_t>(t) * 2 * s.kp, 1, one.get());
+    GemmArgs b = dense_args(s, c, d.w.get(), d.x.get() + static_cast<size_t>(t) * 2 * s.kp, 1, one.get());
     b.mode = GemmOut::kPartial;
     CUDA_ASSERT(cuda::dense_gemv_launch(b, test_launch()));
     const std::vector<float> y1 = one.download();
@@ -521,12 +527,7 @@ struct MoeDevice {
   GemmArgs args(const MoeSetup& s) const {
     GemmArgs a;
     a.weights = GemmWeights::kMxfp4;
-    a.w = blocks.get();
-    a.scales = scales.get();
-    a.w_expert_bytes = static_cast<int64_t>(s.rows_p) * s.kblocks * 16;
-    a.s_expert_bytes = static_cast<int64_t>(s.rows_p) * s.kblocks;
-    a.rows = s.rows;
-    a.kblocks = s.kblocks;
+    cuda::set_mxfp4_experts(a, blocks.get(), scales.get(), s.rows, s.rows_p, s.kblocks);
     a.seg_blocks = s.seg;
     a.nseg = s.nseg;
     a.x = x.get();
@@ -670,12 +671,7 @@ struct DecodeWeights {
   explicit DecodeWeights(const MoeSetup& s) : blocks(s.dev_blocks), scales(s.dev_scales) {}
   cuda::MoeDecodeArgs args(const MoeSetup& s, const uint16_t* x, int64_t half) const {
     cuda::MoeDecodeArgs a;
-    a.w = blocks.get();
-    a.scales = scales.get();
-    a.w_expert_bytes = static_cast<int64_t>(s.rows_p) * s.kblocks * 16;
-    a.s_expert_bytes = static_cast<int64_t>(s.rows_p) * s.kblocks;
-    a.rows = s.rows;
-    a.kblocks = s.kblocks;
+    cuda::set_mxfp4_experts(a, blocks.get(), scales.get(), s.rows, s.rows_p, s.kblocks);
     a.x = x;
     a.x_stride = 2 * half;
     a.x_lo = half;
@@ -836,12 +832,11 @@ class TiledDenseGemmTest : public ::testing::TestWithParam<DenseCase> {};
 
 TEST_P(TiledDenseGemmTest, SameBitsAsGemmKernelAndMatchesFloat64) {
   const DenseCase c = GetParam();
-  const DenseSetup s = make_dense(c, 4000 + c.rows * 3 + c.cols + c.n);
-  DevArray<uint16_t> w(pad_f16(s.wf, c.rows, c.cols, s.rows_p, s.kp));
-  DevArray<uint16_t> x(pad_pairs(s.x, c.n, c.cols, s.kp));
+  const DenseOnDevice d(c, 4000 + c.rows * 3 + c.cols + c.n);
+  const DenseSetup& s = d.s;
   const size_t size = static_cast<size_t>(c.n) * c.rows;
   DevArray<float> ref(size), out(size);
-  GemmArgs a = dense_args(s, c, w.get(), x.get(), c.n, ref.get());
+  GemmArgs a = dense_args(s, c, d.w.get(), d.x.get(), c.n, ref.get());
   CUDA_ASSERT(cuda::gemm_launch(a, 8, test_launch()));
   const std::vector<float> yr = ref.download();
   a.out = out.get();

@@ -43,10 +43,8 @@ struct Experts {
   // Per-pair decode products of activations x (fp16 pairs, hi/lo `half` apart).
   cuda::MoeDecodeArgs args(const int32_t* experts, int pairs, const uint16_t* x, int64_t half) const {
     cuda::MoeDecodeArgs a;
-    a.w = blocks.get(), a.scales = scales.get();
-    a.w_expert_bytes = static_cast<int64_t>(rows) * kblocks * 16,
-    a.s_expert_bytes = static_cast<int64_t>(rows) * kblocks;
-    a.rows = rows, a.kblocks = kblocks, a.experts = experts, a.pairs = pairs;
+    cuda::set_mxfp4_experts(a, blocks.get(), scales.get(), rows, rows, kblocks);
+    a.experts = experts, a.pairs = pairs;
     a.x = x, a.x_stride = 2 * half, a.x_lo = half;
     return a;
   }

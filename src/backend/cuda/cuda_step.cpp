@@ -51,12 +51,7 @@ GemmArgs dense_args(const DenseDev& w, const GemmPlan& g, const uint16_t* x, int
 GemmArgs expert_args(const ExpertsDev& w, const GemmPlan& g, const Scratch& s) {
   GemmArgs a;
   a.weights = GemmWeights::kMxfp4;
-  a.w = w.blocks;
-  a.scales = w.scales;
-  a.w_expert_bytes = static_cast<int64_t>(w.rows_p) * w.kblocks * 16;
-  a.s_expert_bytes = static_cast<int64_t>(w.rows_p) * w.kblocks;
-  a.rows = w.rows;
-  a.kblocks = w.kblocks;
+  set_mxfp4_experts(a, w.blocks, w.scales, w.rows, w.rows_p, w.kblocks);
   a.seg_blocks = g.seg_blocks;
   a.nseg = g.nseg;
   a.tiles = s.tiles;
@@ -69,12 +64,7 @@ GemmArgs expert_args(const ExpertsDev& w, const GemmPlan& g, const Scratch& s) {
 // + half); the caller sets the work items and the output.
 MoeDecodeArgs decode_args(const ExpertsDev& w, const uint16_t* x, int64_t half) {
   MoeDecodeArgs a;
-  a.w = w.blocks;
-  a.scales = w.scales;
-  a.w_expert_bytes = static_cast<int64_t>(w.rows_p) * w.kblocks * 16;
-  a.s_expert_bytes = static_cast<int64_t>(w.rows_p) * w.kblocks;
-  a.rows = w.rows;
-  a.kblocks = w.kblocks;
+  set_mxfp4_experts(a, w.blocks, w.scales, w.rows, w.rows_p, w.kblocks);
   a.x = x;
   a.x_stride = 2 * half;
   a.x_lo = half;

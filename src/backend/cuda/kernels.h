@@ -194,6 +194,18 @@ __host__ __device__
 void mxfp4_tile_codes(const uint8_t* blocks, int nrows, int nb, int kblocks, uint8_t* out);
 void mxfp4_tile_scales(const uint8_t* scales, int nrows, int nb, int kblocks, uint8_t* out);
 
+// The expert-weight fields of GemmArgs or MoeDecodeArgs for E experts of `rows` rows (padded to
+// rows_p) in the device layout: codes [E][rows_p][kblocks·16 bytes], scales [E][rows_p][kblocks].
+template <typename Args>
+void set_mxfp4_experts(Args& a, const uint8_t* codes, const uint8_t* scales, int rows, int rows_p, int kblocks) {
+  a.w = codes;
+  a.scales = scales;
+  a.w_expert_bytes = int64_t{rows_p} * kblocks * 16;
+  a.s_expert_bytes = int64_t{rows_p} * kblocks;
+  a.rows = rows;
+  a.kblocks = kblocks;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Decode MoE products (few tokens per expert) on tensor cores: out[c, r] = Σ_k W_e[r, k]·x[c, k] for
 // the token columns c of each work item, one warp per (16 rows, item). Items are either single

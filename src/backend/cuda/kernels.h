@@ -21,9 +21,12 @@ struct Launch {
   // The device runs this binary's sm_90 code (PTX version ≥ 9.0): Programmatic Dependent Launch
   // (else the kernels contain no griddepcontrol and launch without the PDL attribute).
   bool pdl = false;
-  // add_rmsnorm as one thread block cluster per token (sm_90 code); else the single-block kernel
-  // (the same bits, see add_rmsnorm_launch).
+  // add_rmsnorm as one thread block cluster per token (sm_90 code) for steps of at most
+  // cluster_max_tokens tokens; else the single-block kernel (the same bits, see add_rmsnorm_launch).
+  // The cluster kernel spreads a token over 8 SMs: a win while the tokens leave SMs idle (batch 1);
+  // with more tokens one block per token has enough parallelism (8 blocks a token: ≈ one wave at 16).
   bool clusters = false;
+  int cluster_max_tokens = 16;
   // The most dynamic shared memory one block may opt in to on this device (bytes): 227 KB on
   // sm_90, 163 KB on sm_80, 99 KB on sm_86/sm_89. Kernels that can trade pipeline depth for
   // shared memory do so below their preferred size (attention_launch).
@@ -268,9 +271,9 @@ struct ResidualAdd {
 };
 // h[t] += contribution (in place), then x = gain ⊙ h / rms(h): x16 fp16 pairs (row t at
 // t·x16_stride, lo at + x16_lo, k_phys order) and, when x32 is not null, f32 [n, dim]; dim % 4 == 0
-// and dim ≤ 12288. With Launch::clusters and at most 16 tokens, one cluster of 8 blocks of 128
-// threads per token (sm_90), else one block of 8·128 threads per token whose groups of 128 threads do
-// what the cluster's blocks do. Either way the sum of squares is summed per thread, over each 128 threads in
+// and dim ≤ 12288. With Launch::clusters and at most Launch::cluster_max_tokens tokens, one cluster
+// of 8 blocks of 128 threads per token (sm_90), else one block of 8·128 threads per token whose groups of 128 threads
+// do what the cluster's blocks do. Either way the sum of squares is summed per thread, over each 128 threads in
 // block_sum's order, then over the 8 slices in order, and every element gets the same operations: the two kernels give
 // the same bits (when compiled for the same architecture), independent of the batch.
 cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add, const float* gain, float eps,

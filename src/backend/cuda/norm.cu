@@ -17,8 +17,6 @@ constexpr int kNormThreads = 512;
 // add_rmsnorm: blocks per token (one thread block cluster) and threads per block.
 constexpr int kNormCluster = 8;
 constexpr int kNormBlockThreads = 128;
-// Steps of at most this many tokens use the cluster kernel (8 blocks per token: ≈ one wave at 16).
-constexpr int kNormClusterMaxTokens = 16;
 
 __global__ void embed_kernel(const uint16_t* table, int64_t dim, const int32_t* tokens, float* h) {
   pdl_wait();
@@ -299,10 +297,7 @@ cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add,
   if (add.nparts > 0 && add.top_k > 0 && (add.experts == nullptr || add.weights == nullptr || !add.expert_bias))
     return cudaErrorInvalidValue;
   if (add.top_k > 8) return cudaErrorInvalidValue;
-  // The cluster kernel spreads a token over 8 SMs: a win while the tokens leave SMs idle (batch 1:
-  // 3.8 % of an H200 decode step); with more tokens one block per token has enough parallelism and
-  // fewer blocks to schedule (pp2048 +1.9 %, 64 sequences +0.9 % on the H200). Same bits either way.
-  if (ln.clusters && n <= kNormClusterMaxTokens)
+  if (ln.clusters && n <= ln.cluster_max_tokens)
     return launch_kernel(add_rmsnorm_cluster_kernel, n * kNormCluster, kNormBlockThreads, 0, ln, h, dim, add, gain, eps,
                          x16, x16_stride, x16_lo, x32);
   return launch_kernel(add_rmsnorm_block_kernel, n, kNormCluster * kNormBlockThreads, 0, ln, h, dim, add, gain, eps,

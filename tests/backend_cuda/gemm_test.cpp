@@ -190,21 +190,24 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DenseGemmTest,
 
 // ---------------------------------------------------------------------------------------------
 // The cuBLAS path of prefill-sized dense products: the same function (float64 within the mma
-// tolerance, the CPU op to rel L2 1e-5) from the same fp16-pair inputs, deterministic run to run.
+// tolerance, the CPU op to rel L2 1e-5) from the same fp16-pair inputs as the hi and lo parts of
+// each token side by side, added as the consumers add them; deterministic run to run.
 class CublasDenseTest : public ::testing::TestWithParam<DenseCase> {};
 
 TEST_P(CublasDenseTest, MatchesFloat64AndCpuAndRepeatsItsBits) {
   const DenseCase c = GetParam();
   const DenseOnDevice d(c, 4000 + c.rows * 3 + c.cols + c.n);
   const DenseSetup& s = d.s;
-  // Output rows wider than the product (out_stride > rows): the gap must stay untouched.
-  const int stride = c.rows + 3;
-  DevArray<float> out(static_cast<size_t>(c.n) * stride);
+  // Parts wider than the product (part_stride > rows): the gaps must stay untouched.
+  const int width = c.rows + 3;
+  DevArray<float> out(static_cast<size_t>(c.n) * 2 * width);
   out.fill_bytes(0xff);  // NaN poison: every output must be written
   Result<cuda::CublasHandle> h = cuda::CublasHandle::create(nullptr);
   ASSERT_TRUE(h.ok()) << h.status().message();
   GemmArgs a = dense_args(s, c, d.w.get(), d.x.get(), c.n, out.get());
-  a.out_stride = stride;
+  a.mode = GemmOut::kPartial;
+  a.part_stride = width;
+  a.out_stride = 2 * width;
   Status st = cuda::cublas_dense(*h, a);
   ASSERT_TRUE(st.ok()) << st.message();
   const std::vector<float> y = out.download();
@@ -214,47 +217,62 @@ TEST_P(CublasDenseTest, MatchesFloat64AndCpuAndRepeatsItsBits) {
   for (int t = 0; t < c.n; ++t)
     if (static_cast<int64_t>(c.n) * c.rows * c.cols <= (int64_t{1} << 28) || t == 0 || t == c.n / 2 || t == c.n - 1)
       tokens.push_back(t);
+  std::vector<float> sum(static_cast<size_t>(c.rows));
   for (int t : tokens) {
-    const float* yt = &y[static_cast<size_t>(t) * stride];
-    expect_dense_row(s, c, t, yt);
-    for (int r = c.rows; r < stride; ++r) {
-      uint32_t bits;
-      std::memcpy(&bits, &yt[r], 4);
-      ASSERT_EQ(bits, 0xffffffffu) << "token " << t << " wrote past its row, column " << r;
-    }
+    const float* hi = &y[static_cast<size_t>(t) * 2 * width];
+    const float* lo = hi + width;
+    for (int r = 0; r < c.rows; ++r) sum[static_cast<size_t>(r)] = hi[r] + lo[r];
+    expect_dense_row(s, c, t, sum.data());
+    for (int r = c.rows; r < width; ++r)
+      for (const float* part : {hi, lo}) {
+        uint32_t bits;
+        std::memcpy(&bits, &part[r], 4);
+        ASSERT_EQ(bits, 0xffffffffu) << "token " << t << " wrote past its part, column " << r;
+      }
   }
   // Run to run: the same bits.
-  DevArray<float> again(static_cast<size_t>(c.n) * stride);
+  DevArray<float> again(static_cast<size_t>(c.n) * 2 * width);
   a.out = again.get();
   st = cuda::cublas_dense(*h, a);
   ASSERT_TRUE(st.ok()) << st.message();
   const std::vector<float> y2 = again.download();
   for (int t = 0; t < c.n; ++t)
-    for (int r = 0; r < c.rows; ++r) {
-      const size_t i = static_cast<size_t>(t) * stride + r;
-      ASSERT_TRUE(same_bits(y[i], y2[i])) << "token " << t << " row " << r << " changed between runs";
-    }
+    for (int part = 0; part < 2; ++part)
+      for (int r = 0; r < c.rows; ++r) {
+        const size_t i = (static_cast<size_t>(t) * 2 + part) * width + r;
+        ASSERT_TRUE(same_bits(y[i], y2[i]))
+            << "token " << t << " part " << part << " row " << r << " changed between runs";
+      }
 }
 
 TEST(CublasDense, RejectsWhatItCannotDo) {
   const DenseCase c{64, 64, 5};
   DenseSetup s = make_dense(c, 9);
   DevArray<uint16_t> w(static_cast<size_t>(s.rows_p) * s.kp), x(static_cast<size_t>(5) * 2 * s.kp);
-  DevArray<float> out(static_cast<size_t>(5) * 64);
+  DevArray<float> out(static_cast<size_t>(5) * 2 * 64);
   Result<cuda::CublasHandle> h = cuda::CublasHandle::create(nullptr);
   ASSERT_TRUE(h.ok()) << h.status().message();
   GemmArgs a = dense_args(s, c, w.get(), x.get(), 5, out.get());
+  a.mode = GemmOut::kPartial;
+  a.part_stride = 64;
+  a.out_stride = 128;
+  ASSERT_TRUE(cuda::cublas_dense(*h, a).ok()) << "the valid arguments the cases below break one by one";
   a.weights = GemmWeights::kMxfp4;
   EXPECT_EQ(cuda::cublas_dense(*h, a).code(), ErrorCode::kInvalidArgument) << "MXFP4 weights";
   a.weights = GemmWeights::kF16;
-  a.mode = GemmOut::kPartial;
-  EXPECT_EQ(cuda::cublas_dense(*h, a).code(), ErrorCode::kInvalidArgument) << "partial outputs";
   a.mode = GemmOut::kStore;
-  a.out_stride = 10;
-  EXPECT_EQ(cuda::cublas_dense(*h, a).code(), ErrorCode::kInvalidArgument) << "rows wider than the output stride";
-  a.out_stride = 64;
+  EXPECT_EQ(cuda::cublas_dense(*h, a).code(), ErrorCode::kInvalidArgument) << "plain stores";
+  a.mode = GemmOut::kPartial;
+  a.out_stride = 64 * 5;
+  EXPECT_EQ(cuda::cublas_dense(*h, a).code(), ErrorCode::kInvalidArgument) << "parts not side by side";
+  a.part_stride = 10, a.out_stride = 20;
+  EXPECT_EQ(cuda::cublas_dense(*h, a).code(), ErrorCode::kInvalidArgument) << "rows wider than a part";
+  a.part_stride = 64, a.out_stride = 128;
   a.x_stride = s.kp;
   EXPECT_EQ(cuda::cublas_dense(*h, a).code(), ErrorCode::kInvalidArgument) << "hi and lo halves overlap";
+  a.x_stride = 2 * s.kp + 8;
+  EXPECT_EQ(cuda::cublas_dense(*h, a).code(), ErrorCode::kInvalidArgument) << "halves not at one stride";
+  CUDA_ASSERT(cudaDeviceSynchronize());
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CublasDenseTest,

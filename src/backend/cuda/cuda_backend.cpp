@@ -121,11 +121,10 @@ Status CudaBackend::alloc_scratch() {
   size_t qkv = 0, attn = 0, proj = 0, mlp1 = 0, y = 0, tiles = 0;
   for (int T = 1; T <= Tm; ++T) {
     const int P = static_cast<int>(T * K);
-    qkv = std::max(qkv, static_cast<size_t>(gemm_plan_dense(L0.qkv.rows, L0.qkv.kblocks, T, sm_count_).nparts()) * T *
-                            L0.qkv.rows);
+    qkv = std::max(qkv, static_cast<size_t>(dense_plan(L0.qkv, T).nparts()) * T * L0.qkv.rows);
     const int splits = attention_splits((T + tpi - 1) / tpi, shape_.n_kv_heads, chunks, sm_count_);
     if (splits > 1) attn = std::max(attn, static_cast<size_t>(splits) * T);
-    proj = std::max(proj, static_cast<size_t>(gemm_plan_dense(L0.o.rows, L0.o.kblocks, T, sm_count_).nparts()) * T * H);
+    proj = std::max(proj, static_cast<size_t>(dense_plan(L0.o, T).nparts()) * T * H);
     const GemmPlan g1 = gemm_plan_moe(L0.mlp1.rows, L0.mlp1.kblocks, P, E, sm_count_);
     if (g1.split) mlp1 = std::max(mlp1, static_cast<size_t>(g1.nseg) * P * L0.mlp1.rows);
     const GemmPlan g2 = gemm_plan_moe(L0.mlp2.rows, L0.mlp2.kblocks, P, E, sm_count_);

@@ -83,10 +83,12 @@ class CublasHandle {
   DeviceBuffer workspace_;
 };
 
-// The dense product of `a` through cuBLAS, the same function as gemm_launch in kStore mode (fp16 weights,
-// fp16-pair activations, no gather/scatter/tiles) with another summation order: out = W·hi, then
-// out += W·lo, fp16 GEMMs with f32 accumulation, on the handle's stream. Invalid arguments and
-// cuBLAS failures come back as errors.
+// The dense product of `a` through cuBLAS (fp16 weights, fp16-pair activations with x_stride = 2·x_lo,
+// no gather/scatter/tiles) as two partial sums per token, in kPartial's layout with the token's
+// parts adjacent: W·hi of token t at out + t·out_stride, W·lo at + part_stride, out_stride =
+// 2·part_stride. One fp16 GEMM with f32 accumulation on the handle's stream; the consumer adds the
+// two parts (hi first), as it adds the own kernels' segment partials. Invalid arguments and cuBLAS
+// failures come back as errors.
 Status cublas_dense(const CublasHandle& h, const GemmArgs& a);
 
 // The kernel's copy of a SampleRow whose logits are row `row` of the launch and whose edits start at
@@ -192,9 +194,14 @@ struct GemmPlan {
   int nt = 8;  // column tile
   int seg_blocks = 0, nseg = 1;
   bool split = false;   // segments in separate blocks (kPartial)
-  bool cublas = false;  // dense products of large steps: cublas_dense (one plain store)
+  bool cublas = false;  // dense products of large steps: cublas_dense (hi and lo parts per token)
   int max_tiles = 0;    // MoE grid bound
-  int nparts() const { return split ? nseg : 1; }
+  int nparts() const { return cublas ? 2 : split ? nseg : 1; }
+  // Where the product of n columns with rows `width` apart leaves its parts: part s of token t at
+  // s·part_stride(n, width) + t·token_stride(width) (segments one after the other; cuBLAS's hi and lo
+  // parts side by side).
+  int64_t part_stride(int n, int64_t width) const { return cublas ? width : int64_t{n} * width; }
+  int64_t token_stride(int64_t width) const { return cublas ? 2 * width : width; }
 };
 GemmPlan gemm_plan_dense(int rows, int kblocks, int n, int sm_count);
 GemmPlan gemm_plan_moe(int rows, int kblocks, int pairs, int experts, int sm_count);

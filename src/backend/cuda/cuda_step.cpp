@@ -27,9 +27,10 @@ double expert_bytes(const ExpertsDev& w, int pairs, int experts) {
   return static_cast<double>(std::min(pairs, experts)) * w.rows * w.kblocks * 17;
 }
 
-// x: fp16-pair activation rows of 2·half elements (hi, then lo).
+// x: fp16-pair activation rows of 2·half elements (hi, then lo); out: rows `width` apart, in the
+// plan's part layout.
 GemmArgs dense_args(const DenseDev& w, const GemmPlan& g, const uint16_t* x, int64_t half, int n, float* out,
-                    int64_t out_stride) {
+                    int64_t width) {
   GemmArgs a;
   a.weights = GemmWeights::kF16;
   a.w = w.w;
@@ -41,10 +42,10 @@ GemmArgs dense_args(const DenseDev& w, const GemmPlan& g, const uint16_t* x, int
   a.x_stride = 2 * half;
   a.x_lo = half;
   a.n = n;
-  a.mode = g.split ? GemmOut::kPartial : GemmOut::kStore;
+  a.mode = g.nparts() > 1 ? GemmOut::kPartial : GemmOut::kStore;
   a.out = out;
-  a.out_stride = out_stride;
-  a.part_stride = static_cast<int64_t>(n) * out_stride;
+  a.out_stride = g.token_stride(width);
+  a.part_stride = g.part_stride(n, width);
   return a;
 }
 
@@ -116,8 +117,8 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   QkvRopeArgs r;
   r.parts = s.qkv;
   r.nparts = gq.nparts();
-  r.part_stride = static_cast<int64_t>(p.T) * L.qkv.rows;
-  r.stride = L.qkv.rows;
+  r.part_stride = gq.part_stride(p.T, L.qkv.rows);
+  r.stride = gq.token_stride(L.qkv.rows);
   r.bias = L.qkv_b;
   r.pos = meta_pos(p);
   r.slot = meta_slot(p);
@@ -152,8 +153,8 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   ResidualAdd add;
   add.parts = s.proj;
   add.nparts = go.nparts();
-  add.part_stride = static_cast<int64_t>(p.T) * H;
-  add.stride = H;
+  add.part_stride = go.part_stride(p.T, H);
+  add.stride = go.token_stride(H);
   add.bias = L.o_b;
   GPTOSS_LAUNCH("residual add + norm", 0,
                 add_rmsnorm_launch(s.h, p.T, H, add, L.mlp_norm, static_cast<float>(cfg_.rms_norm_eps), s.x16, 2 * hp_,

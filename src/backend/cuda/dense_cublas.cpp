@@ -1,7 +1,8 @@
 // Dense products of prefill-sized steps through cuBLAS (measured faster than the own GEMM there, see
-// docs/PERFORMANCE.md "cuBLAS for prefill dense products"). The activations stay fp16 pairs, so the
-// product keeps the own kernels' near-f32 precision: out = W·hi, then out += W·lo, each an fp16 GEMM
-// with f32 accumulation (CUBLAS_COMPUTE_32F) and f32 output.
+// docs/PERFORMANCE.md "cuBLAS for the qkv and o products"). The activations stay fp16 pairs, so the
+// product keeps the own kernels' near-f32 precision: one fp16 GEMM with f32 accumulation
+// (CUBLAS_COMPUTE_32F) over the 2n columns hi₀, lo₀, hi₁, lo₁, … reads the weights once and writes
+// W·hi and W·lo of each token as two f32 partial sums, which the consumer adds.
 #include <cublas_v2.h>
 
 #include "backend/cuda/cuda_internal.h"
@@ -45,25 +46,25 @@ Result<CublasHandle> CublasHandle::create(cudaStream_t stream) {
 }
 
 Status cublas_dense(const CublasHandle& h, const GemmArgs& a) {
-  if (a.weights != GemmWeights::kF16 || a.mode != GemmOut::kStore || a.x_gather || a.out_scatter || a.tiles ||
-      a.rows < 1 || a.n < 1 || a.kblocks < 1 || a.out_stride < a.rows || a.x_stride < 2 * int64_t{a.kblocks} * 32 ||
-      a.x_lo < int64_t{a.kblocks} * 32)
+  if (a.weights != GemmWeights::kF16 || a.mode != GemmOut::kPartial || a.x_gather || a.out_scatter || a.tiles ||
+      a.rows < 1 || a.n < 1 || a.kblocks < 1 || a.part_stride < a.rows || a.out_stride != 2 * a.part_stride ||
+      a.x_lo < int64_t{a.kblocks} * 32 || a.x_stride != 2 * a.x_lo)
     return make_error(
         ErrorCode::kInvalidArgument,
-        "cuBLAS dense product: needs fp16 weights, plain stores, no gather/scatter and consistent strides "
-        "(rows {}, n {}, kblocks {}, out_stride {}, x_stride {}, x_lo {})",
-        a.rows, a.n, a.kblocks, a.out_stride, a.x_stride, a.x_lo);
-  // Row-major W [rows][K] is the column-major K×rows matrix Wᵀ; x rows are columns of a K×n matrix;
-  // out rows (one per token) are columns of the column-major rows×n result.
+        "cuBLAS dense product: needs fp16 weights, hi/lo partial outputs interleaved by token (out_stride = 2 x "
+        "part_stride >= 2 x rows), activations with lo = hi + x_lo and x_stride = 2 x x_lo, no gather/scatter "
+        "(rows {}, n {}, kblocks {}, out_stride {}, part_stride {}, x_stride {}, x_lo {})",
+        a.rows, a.n, a.kblocks, a.out_stride, a.part_stride, a.x_stride, a.x_lo);
+  // Row-major W [rows][K] is the column-major K×rows matrix Wᵀ. The activation halves are the
+  // columns of a K×2n matrix at stride x_lo (hi of token t = column 2t, lo = column 2t + 1), and
+  // the result's column c lands at out + c·part_stride: token t's hi product at t·out_stride, its
+  // lo product one part_stride further.
   const int K = a.kblocks * 32;
   const float one = 1.0f, zero = 0.0f;
-  const auto* x = static_cast<const uint16_t*>(a.x);
-  for (int half = 0; half < 2; ++half)
-    GPTOSS_CUBLAS_TRY(
-        cublasGemmEx(h.get(), CUBLAS_OP_T, CUBLAS_OP_N, a.rows, a.n, K, &one, a.w, CUDA_R_16F, K,
-                     x + (half ? a.x_lo : 0), CUDA_R_16F, static_cast<int>(a.x_stride), half ? &one : &zero, a.out,
-                     CUDA_R_32F, static_cast<int>(a.out_stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-        half ? "cuBLAS dense product (lo half)" : "cuBLAS dense product (hi half)");
+  GPTOSS_CUBLAS_TRY(cublasGemmEx(h.get(), CUBLAS_OP_T, CUBLAS_OP_N, a.rows, 2 * a.n, K, &one, a.w, CUDA_R_16F, K, a.x,
+                                 CUDA_R_16F, static_cast<int>(a.x_lo), &zero, a.out, CUDA_R_32F,
+                                 static_cast<int>(a.part_stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                    "cuBLAS dense product");
   return Status::ok_status();
 }
 

@@ -1,12 +1,13 @@
 // MXFP4 expert products of decode steps (few tokens per expert) on tensor cores.
 //
-// One block = one warp = one 16-row tile of one expert × the tokens of one work item, over the
-// whole reduction, streamed through a ring of kStages shared-memory stages of one 4-block group
-// each: the tile's 1 KB of codes for the group (contiguous in the device layout, so each copy
-// instruction of the warp reads 512 consecutive bytes), its 64 bytes of scales and, for single
-// pairs, the group's activations. The copies (cp.async) run kStages − 1 groups ahead of the math;
-// one __syncwarp per group publishes them to the whole warp and retires the stage read before.
-// Items of several tokens (grouped tiles) read their activations through L1 instead.
+// One warp = one 16-row tile of one expert × the tokens of one work item, over the whole
+// reduction; a block holds W such warps (consecutive row tiles of the same expert and item:
+// W = 1 for single pairs, kGroupWarps for grouped tiles), which share a ring of kStages
+// shared-memory stages of one 4-block group each. A stage holds each warp's 1 KB of codes for the
+// group (contiguous in the device layout, so each copy instruction of a warp reads 512
+// consecutive bytes) and 64 bytes of scales, and once for the whole block the group's activations
+// of the item's tokens. The copies (cp.async) run kStages − 1 groups ahead of the math; one
+// barrier per group publishes them and retires the stage read before.
 //
 // Weights are the m16n8k16 A operand, decoded in registers to value·2^-14 half2 (exact; 2.25
 // integer operations per half2, mxfp4_pair_x2m14, the only per-weight ALU work). The activations
@@ -15,7 +16,7 @@
 // halves of token t. Each 32-block is multiplied into a zero accumulator and folded into the
 // running f32 sum with one FMA by its scale 2^(s−127)·2^14 (a power of two), in block order. A
 // token's output depends only on its own column and that order, so it is the same bits in every
-// batch and in both modes (per pair or grouped by expert).
+// batch, in both modes (per pair or grouped by expert) and for any W.
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/launch.cuh"
@@ -23,18 +24,42 @@
 namespace gptoss::cuda {
 namespace {
 
-constexpr int kRows = kMxfp4TileRows;         // weight rows per warp (one m16 tile)
-constexpr int kStages = 4;                    // ring stages per warp (4-block groups)
+constexpr int kRows = kMxfp4TileRows;  // weight rows per warp (one m16 tile)
+constexpr int kGroupWarps = 4;         // warps per block of grouped tiles
+// Ring stages (4-block groups) of a block of W warps.
+constexpr int ring_stages(int W) {
+  return W == 1 ? 4 : 3;
+}
 constexpr uint32_t kScaleBias = 0x0E0E0E0Eu;  // + 14 on each E8M0 byte of a scale word
 
-// One ring stage. PAIRS: also the group's activations of the item's single token: act[4·c + t] =
-// elements 8t..8t+7 (storage order) of block c/2, hi half (c even) or lo half.
-template <bool PAIRS>
+// One ring stage of a block of W warps whose items hold up to TOK tokens. act[32·j + p]: piece p
+// of token j, p = 8·b + 4·h + t = elements 8t..8t+7 (storage order) of the group's block b, hi
+// (h = 0) or lo half: a warp's B-fragment load reads 128 consecutive bytes per quarter warp.
+template <int W, int TOK>
 struct Stage {
-  uint4 code[2][32];      // the group's codes: lane-indexed words of rows g and g+8 (rows 0-7, 8-15)
-  uint32_t scale[kRows];  // the group's scale words, row by row
-  uint4 act[PAIRS ? 32 : 1];
+  uint4 code[W][2][32];      // per warp, the group's codes: lane-indexed words of rows g and g+8
+  uint32_t scale[W][kRows];  // per warp, the group's scale words, row by row
+  uint4 act[TOK * 32];
 };
+
+// The block's ring: one-warp blocks (single pairs, 6.4 KB) in static shared memory, larger blocks
+// in dynamic shared memory (over the 48 KB a static array may hold). The one-warp kernel with its
+// ring in dynamic shared memory made a 20b decode step at batch 1 3 % slower on an H100 (tg128 431 →
+// 417 tok/s, same call), with the same code otherwise.
+template <int W, int TOK>
+__device__ __forceinline__ Stage<W, TOK>* ring_memory() {
+  if constexpr (W == 1) {
+    __shared__ Stage<W, TOK> ring[ring_stages(W)];
+    return ring;
+  } else {
+    extern __shared__ uint4 dynamic_smem[];
+    return reinterpret_cast<Stage<W, TOK>*>(dynamic_smem);
+  }
+}
+template <int W, int TOK>
+constexpr size_t ring_dynamic_bytes() {
+  return W == 1 ? 0 : ring_stages(W) * sizeof(Stage<W, TOK>);
+}
 
 // Asynchronous 16-byte copy global → shared through L2 only (the weights are read once).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
@@ -44,9 +69,10 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
-// Waits until at most kStages − 2 of this thread's commit groups are pending.
+// Waits until at most S − 2 of this thread's commit groups are pending (a ring of S stages).
+template <int S>
 __device__ __forceinline__ void cp_async_wait_ring() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2) : "memory");
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(S - 2) : "memory");
 }
 
 __device__ __forceinline__ uint32_t word_at(const uint4& v, int i) {
@@ -85,26 +111,25 @@ __device__ __forceinline__ void block_mma(float (&tot)[NN][2], const uint4& qa, 
   }
 }
 
-// B fragments of block B for every used tile: from the stage (PAIRS) or through L1 (xb[nn]: lane
-// t's activations of column g at the group's block 0).
-template <int B, int NN, bool PAIRS>
-__device__ __forceinline__ void load_b(uint4 (&bv)[NN], const Stage<PAIRS>& st, const uint16_t* const (&xb)[NN], int g,
-                                       int t, int count) {
-  if constexpr (PAIRS) {
-    bv[0] = st.act[(2 * B + (g & 1)) * 4 + t];
-  } else {
+// Block B of a group with its B fragments read from the stage's activations (bfrag: each tile's
+// fragment index at block 0).
+template <int B, int NN>
+__device__ __forceinline__ void group_mma(float (&tot)[NN][2], const uint4& qa, const uint4& qb, uint32_t sa,
+                                          uint32_t sb, const uint4* act, const int (&bfrag)[NN], int count) {
+  uint4 bv[NN];
 #pragma unroll
-    for (int nn = 0; nn < NN; ++nn) {
-      if (nn > 0 && 4 * nn >= count) break;
-      bv[nn] = __ldg(reinterpret_cast<const uint4*>(xb[nn] + 32 * B));
-    }
-  }
+  for (int nn = 0; nn < NN; ++nn)
+    if (nn == 0 || 4 * nn < count) bv[nn] = act[bfrag[nn] + 8 * B];
+  block_mma<B, NN>(tot, qa, qb, sa, sb, bv, count);
 }
 
-// PAIRS: items are single (token, expert) pairs (NN = 1); else grouped tiles of ≤ 4·NN tokens.
+// PAIRS: items are single (token, expert) pairs (NN = 1, one warp per block); else grouped tiles of
+// ≤ 4·NN tokens on blocks of kGroupWarps warps.
 template <int NN, bool PAIRS, bool SWIGLU>
-__global__ void __launch_bounds__(32) moe_decode_kernel(const MoeDecodeArgs a) {
-  __shared__ Stage<PAIRS> ring[kStages];
+__global__ void __launch_bounds__((PAIRS ? 1 : kGroupWarps) * 32) moe_decode_kernel(const MoeDecodeArgs a) {
+  constexpr int W = PAIRS ? 1 : kGroupWarps, TOK = PAIRS ? 1 : 4 * NN, kStages = ring_stages(W);
+  constexpr int kCopies = (TOK + W - 1) / W;  // activation pieces a thread copies per stage (≤)
+  Stage<W, TOK>* ring = ring_memory<W, TOK>();
   pdl_wait();  // the experts (hence the weight addresses) come from the router
   int expert, start, count;
   if constexpr (PAIRS) {
@@ -114,23 +139,31 @@ __global__ void __launch_bounds__(32) moe_decode_kernel(const MoeDecodeArgs a) {
     const int4 tl = reinterpret_cast<const int4*>(a.tiles)[blockIdx.y];
     expert = tl.x, start = tl.y, count = tl.z;
   }
-  const int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
-  const int row0 = blockIdx.x * kRows;
+  // (W = 1 spelled out: the one-warp kernel is issue-bound, every instruction of its loop counts.)
+  const int warp = W == 1 ? 0 : threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int tid = W == 1 ? lane : threadIdx.x;
+  const int row0 = (blockIdx.x * W + warp) * kRows;
+  const bool live = W == 1 || row0 < a.rows;  // the last block's warps past the rows only copy activations
   // The next group to copy: lane's 16 bytes of each half of the codes; lanes 0-3 copy 16 bytes of
   // scales each.
-  const uint8_t* wnext = a.w + expert * a.w_expert_bytes + mxfp4_code_offset(row0, 0, a.kblocks) + lane * 16;
-  const uint8_t* snext = a.scales + expert * a.s_expert_bytes + mxfp4_scale_offset(row0, 0, a.kblocks) + lane * 16;
-
-  // Column g of tile nn: token 4·nn + g/2, its hi (g even) or lo half. Past the item's last token
-  // a lane reads that token again: such columns are computed but never stored (the columns of an
-  // mma are independent). PAIRS: lane (g, t) copies act[lane] = the lane-t piece of block g/2.
-  const uint16_t* xb[NN];
+  const uint8_t* wnext = a.w + expert * a.w_expert_bytes + mxfp4_code_offset(live ? row0 : 0, 0, a.kblocks) + lane * 16;
+  const uint8_t* snext =
+      a.scales + expert * a.s_expert_bytes + mxfp4_scale_offset(live ? row0 : 0, 0, a.kblocks) + lane * 16;
+  // Activation piece i = threadIdx.x + c·32·W of the stage (token i / 32, piece i % 32 as in Stage):
+  // copied while its token is one of the item's.
+  const uint16_t* xnext[kCopies];
 #pragma unroll
-  for (int nn = 0; nn < NN; ++nn) {
-    const int j = min(4 * nn + (g >> 1), count - 1);
+  for (int c = 0; c < kCopies; ++c) {
+    const int i = tid + c * 32 * W, j = min(i >> 5, count - 1), p = i & 31;
     const int64_t row = a.x_gather ? a.x_gather[start + j] : (start + j) / a.x_row_div;
-    xb[nn] = a.x + row * a.x_stride + (g & 1) * a.x_lo + t * 8 + (PAIRS ? (g >> 1) * 32 : 0);
+    xnext[c] = a.x + row * a.x_stride + ((p >> 2) & 1) * a.x_lo + (p >> 3) * 32 + (p & 3) * 8;
   }
+  // B column g of tile nn: token 4·nn + g/2, its hi (g even) or lo half. Past the item's last token
+  // a lane reads that token again: such columns are computed but never stored (the columns of an
+  // mma are independent).
+  int bfrag[NN];
+#pragma unroll
+  for (int nn = 0; nn < NN; ++nn) bfrag[nn] = 32 * min(4 * nn + (g >> 1), count - 1) + 4 * (g & 1) + t;
 
   // Group i goes to stage i % kStages. Every step commits one (possibly empty) copy group, the
   // refill of the stage read in the step before.
@@ -138,15 +171,22 @@ __global__ void __launch_bounds__(32) moe_decode_kernel(const MoeDecodeArgs a) {
   int put = 0, get = 0;  // ring stages of the next copy and the next group to multiply
   auto issue = [&](bool copy) {
     if (copy) {
-      Stage<PAIRS>& st = ring[put];
-      cp_async16(&st.code[0][lane], wnext);
-      cp_async16(&st.code[1][lane], wnext + 512);
-      if (lane < 4) cp_async16(&st.scale[4 * lane], snext);
-      if constexpr (PAIRS) cp_async16(&st.act[lane], xb[0]);
+      Stage<W, TOK>& st = ring[put];
+      if (live) {
+        cp_async16(&st.code[warp][0][lane], wnext);
+        cp_async16(&st.code[warp][1][lane], wnext + 512);
+        if (lane < 4) cp_async16(&st.scale[warp][4 * lane], snext);
+      }
+#pragma unroll
+      for (int c = 0; c < kCopies; ++c) {
+        const int i = tid + c * 32 * W;
+        if (i < 32 * count) cp_async16(&st.act[i], xnext[c]);
+      }
     }
     cp_async_commit();
     wnext += 1024, snext += 64;
-    if constexpr (PAIRS) xb[0] += 128;
+#pragma unroll
+    for (int c = 0; c < kCopies; ++c) xnext[c] += 128;
     put = put + 1 == kStages ? 0 : put + 1;
   };
 #pragma unroll
@@ -156,29 +196,40 @@ __global__ void __launch_bounds__(32) moe_decode_kernel(const MoeDecodeArgs a) {
 #pragma unroll
   for (int nn = 0; nn < NN; ++nn) tot[nn][0] = 0.0f, tot[nn][1] = 0.0f;
   for (int i = 0; i < groups; ++i) {
-    cp_async_wait_ring();  // this lane's copies of group i have landed
-    __syncwarp();          // ... and every lane's; every lane is done with stage i − 1
+    cp_async_wait_ring<kStages>();  // this thread's copies of group i have landed
+    // ... and every thread's; every warp is done with stage i − 1.
+    if constexpr (W == 1) {
+      __syncwarp();
+    } else {
+      __syncthreads();
+    }
     if (i > 0) issue(i - 1 + kStages < groups);
-    const Stage<PAIRS>& st = ring[get];
+    const Stage<W, TOK>& st = ring[get];
     get = get + 1 == kStages ? 0 : get + 1;
-    const uint4 qa = st.code[0][lane], qb = st.code[1][lane];
-    const uint32_t fa = st.scale[g] + kScaleBias, fb = st.scale[g + 8] + kScaleBias;
-    uint4 bv[4][NN];
-    load_b<0, NN, PAIRS>(bv[0], st, xb, g, t, count);
-    load_b<1, NN, PAIRS>(bv[1], st, xb, g, t, count);
-    load_b<2, NN, PAIRS>(bv[2], st, xb, g, t, count);
-    load_b<3, NN, PAIRS>(bv[3], st, xb, g, t, count);
-    block_mma<0, NN>(tot, qa, qb, fa, fb, bv[0], count);
-    block_mma<1, NN>(tot, qa, qb, fa, fb, bv[1], count);
-    block_mma<2, NN>(tot, qa, qb, fa, fb, bv[2], count);
-    block_mma<3, NN>(tot, qa, qb, fa, fb, bv[3], count);
-    if constexpr (!PAIRS) {
+    if (!live) continue;
+    const uint4 qa = st.code[warp][0][lane], qb = st.code[warp][1][lane];
+    const uint32_t fa = st.scale[warp][g] + kScaleBias, fb = st.scale[warp][g + 8] + kScaleBias;
+    if constexpr (NN == 1) {
+      // One tile: all four B fragments loaded up front (16 registers; measured faster for pairs).
+      uint4 bv[4][1];
 #pragma unroll
-      for (int nn = 0; nn < NN; ++nn) xb[nn] += 128;
+      for (int b = 0; b < 4; ++b) bv[b][0] = st.act[bfrag[0] + 8 * b];
+      block_mma<0, 1>(tot, qa, qb, fa, fb, bv[0], count);
+      block_mma<1, 1>(tot, qa, qb, fa, fb, bv[1], count);
+      block_mma<2, 1>(tot, qa, qb, fa, fb, bv[2], count);
+      block_mma<3, 1>(tot, qa, qb, fa, fb, bv[3], count);
+    } else {
+      // Several tiles: each block's fragments just before its products (80 instead of 127
+      // registers, so 6 blocks of 4 warps fit an SM).
+      group_mma<0, NN>(tot, qa, qb, fa, fb, st.act, bfrag, count);
+      group_mma<1, NN>(tot, qa, qb, fa, fb, st.act, bfrag, count);
+      group_mma<2, NN>(tot, qa, qb, fa, fb, st.act, bfrag, count);
+      group_mma<3, NN>(tot, qa, qb, fa, fb, st.act, bfrag, count);
     }
   }
+  if (!live) return;
 
-  // Lane (g, t) holds rows row0 + g and row0 + g + 8 of token 4·nn + t.
+    // Lane (g, t) holds rows row0 + g and row0 + g + 8 of token 4·nn + t.
 #pragma unroll
   for (int nn = 0; nn < NN; ++nn) {
     if (4 * nn >= count) break;
@@ -208,12 +259,26 @@ __global__ void __launch_bounds__(32) moe_decode_kernel(const MoeDecodeArgs a) {
   }
 }
 
+template <int NN, bool PAIRS, bool SWIGLU>
+cudaError_t launch_mode(const MoeDecodeArgs& a, int items, const Launch& ln) {
+  // Single pairs: one warp per block (few items; finer blocks spread better over the SMs). Grouped
+  // tiles: kGroupWarps row tiles per block share each stage's activations.
+  constexpr int W = PAIRS ? 1 : kGroupWarps;
+  constexpr size_t smem = ring_dynamic_bytes < W, PAIRS ? 1 : 4 * NN > ();
+  if (smem > 0 && smem > static_cast<size_t>(ln.smem_optin)) return cudaErrorInvalidConfiguration;
+  if (smem > 48 * 1024) {
+    // Opt in once per instantiation (first launches are eager, never inside a graph capture).
+    static const cudaError_t opt_in =
+        cudaFuncSetAttribute(moe_decode_kernel<NN, PAIRS, SWIGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (opt_in != cudaSuccess) return opt_in;
+  }
+  const dim3 grid((a.rows + W * kRows - 1) / (W * kRows), items);
+  return launch_kernel(moe_decode_kernel<NN, PAIRS, SWIGLU>, grid, dim3(W * 32), smem, ln, a);
+}
+
 template <int NN, bool PAIRS>
 cudaError_t launch_mode(const MoeDecodeArgs& a, int items, const Launch& ln) {
-  // One warp per block: blocks of independent warps would only coarsen the spread over the SMs.
-  const dim3 grid((a.rows + kRows - 1) / kRows, items);
-  if (a.bias != nullptr) return launch_kernel(moe_decode_kernel<NN, PAIRS, true>, grid, dim3(32), 0, ln, a);
-  return launch_kernel(moe_decode_kernel<NN, PAIRS, false>, grid, dim3(32), 0, ln, a);
+  return a.bias != nullptr ? launch_mode<NN, PAIRS, true>(a, items, ln) : launch_mode<NN, PAIRS, false>(a, items, ln);
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "backend/cuda/cuda_backend.h"
 #include "backend_cuda/cuda_test_util.h"
 #include "engine/engine.h"
+#include "engine/sampling_cases.h"
 #include "model/config.h"
 
 namespace gptoss::testing {
@@ -382,13 +383,7 @@ std::vector<int32_t> engine_tokens(Engine& e, GenerationRequest r) {
 // forward calls (the prompt in one step, then one token per step) that copies the logits back and
 // runs Sampler::sample on the host gives the same tokens, for each rule and the penalties.
 TEST_F(CudaVsCpu, EngineDeviceSamplingEqualsHostSampler) {
-  const std::vector<SamplingParams> cases = {
-      {.temperature = 1.0f, .seed = 1},
-      {.temperature = 0.7f, .top_p = 0.9f, .seed = 2},
-      {.temperature = 1.2f, .top_k = 40, .seed = 3},
-      {.temperature = 0.8f, .top_p = 0.5f, .top_k = 100, .min_p = 0.05f, .seed = 4},
-      {.temperature = 1.0f, .repetition_penalty = 1.3f, .presence_penalty = 0.5f, .frequency_penalty = 0.3f, .seed = 5},
-      {.temperature = 0, .repetition_penalty = 1.5f, .frequency_penalty = 1.0f}};
+  const std::vector<SamplingParams> cases = test::sampling_rule_cases();
   const int64_t n_new = 20;
   for (size_t c = 0; c < cases.size(); ++c) {
     const std::vector<int32_t> prompt = random_tokens(12 + c, vocab_, 60 + c);

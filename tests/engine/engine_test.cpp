@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "core/npy.h"
+#include "engine/sampling_cases.h"
 #include "model/config.h"
 
 namespace gptoss {
@@ -231,13 +232,7 @@ TEST(Engine, SeededSamplingIsBatchInvariant) {
 TEST(Engine, BackendSamplingEqualsHostSamplerOnTheSameLogits) {
   auto model = tiny_model();
   const int64_t vocab = model->config().vocab_size;
-  const std::vector<SamplingParams> cases = {
-      {.temperature = 1.0f, .seed = 1},
-      {.temperature = 0.7f, .top_p = 0.9f, .seed = 2},
-      {.temperature = 1.2f, .top_k = 40, .seed = 3},
-      {.temperature = 0.8f, .top_p = 0.5f, .top_k = 100, .min_p = 0.05f, .seed = 4},
-      {.temperature = 1.0f, .repetition_penalty = 1.3f, .presence_penalty = 0.5f, .frequency_penalty = 0.3f, .seed = 5},
-      {.temperature = 0, .repetition_penalty = 1.5f, .frequency_penalty = 1.0f}};
+  const std::vector<SamplingParams> cases = test::sampling_rule_cases();
   const int64_t n_new = 16;
   std::vector<std::vector<int32_t>> prompts;
   for (size_t c = 0; c < cases.size(); ++c)

@@ -123,7 +123,8 @@ __global__ void __launch_bounds__((PAIRS ? 1 : kGroupWarps) * 32) moe_decode_ker
     const int4 tl = reinterpret_cast<const int4*>(a.tiles)[blockIdx.y];
     expert = tl.x, start = tl.y, count = tl.z;
   }
-  // (W = 1 spelled out: the one-warp kernel is issue-bound, every instruction of its loop counts.)
+  // (W = 1 spelled out as constants: the one-warp kernel's time follows its instruction count, see
+  // docs/PERFORMANCE.md "The pair kernel's instruction count".)
   const int warp = W == 1 ? 0 : threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int tid = W == 1 ? lane : threadIdx.x;
   const int row0 = (blockIdx.x * W + warp) * kRows;
@@ -133,7 +134,7 @@ __global__ void __launch_bounds__((PAIRS ? 1 : kGroupWarps) * 32) moe_decode_ker
   const uint8_t* wnext = a.w + expert * a.w_expert_bytes + mxfp4_code_offset(live ? row0 : 0, 0, a.kblocks) + lane * 16;
   const uint8_t* snext =
       a.scales + expert * a.s_expert_bytes + mxfp4_scale_offset(live ? row0 : 0, 0, a.kblocks) + lane * 16;
-  // Activation piece i = threadIdx.x + c·32·W of the stage (token i / 32, piece i % 32 as in Stage):
+  // Activation piece i = tid + c·32·W of the stage (token i / 32, piece i % 32 as in Stage):
   // copied while its token is one of the item's.
   const uint16_t* xnext[kCopies];
 #pragma unroll
@@ -194,7 +195,8 @@ __global__ void __launch_bounds__((PAIRS ? 1 : kGroupWarps) * 32) moe_decode_ker
     const uint4 qa = st.code[warp][0][lane], qb = st.code[warp][1][lane];
     const uint32_t fa = st.scale[warp][g] + kScaleBias, fb = st.scale[warp][g + 8] + kScaleBias;
     if constexpr (NN == 1) {
-      // One tile: all four B fragments loaded up front (16 registers; measured faster for pairs).
+      // One tile: all four B fragments loaded up front (16 registers), the pair kernel's order as
+      // measured (tg128 429 tok/s); grouped tiles load them per block to save registers.
       uint4 bv[4][1];
 #pragma unroll
       for (int b = 0; b < 4; ++b) bv[b][0] = st.act[bfrag[0] + 8 * b];

@@ -65,6 +65,27 @@ TEST(CudaQkvRope, RotatesQAndStoresKvAtRingIndex) {
         ASSERT_NEAR(got, want, 1e-5 * std::fabs(want) + 1e-5) << "token " << t << " head " << h << " dim " << i;
       }
   }
+
+  // An L2 prefetch riding on the launch (a span at an odd address and length, as the bulk prefetch
+  // rounds it inward) changes no bit; a negative span is refused.
+  DevArray<float> q2(q.size()), k2(k.size()), v2(v.size());
+  cuda::QkvRopeArgs b = a;
+  b.q32 = q2.get();
+  b.prefetch = cuda::L2Span{reinterpret_cast<const char*>(pd.get()) + 3, static_cast<int64_t>(parts.size()) * 4 - 5};
+  kv.k = k2.get(), kv.v = v2.get();
+  CUDA_ASSERT(cuda::qkv_rope_launch(b, n, cuda::AttnShape{hq, hkv, d, dp}, kv, test_launch()));
+  const auto q2h = q2.download(), k2h = k2.download(), v2h = v2.download();
+  EXPECT_EQ(0, std::memcmp(q2h.data(), q.data(), q.size() * sizeof(float))) << "q";
+  for (int t = 0; t < n; ++t)  // the cache rows this step wrote
+    for (int kvh = 0; kvh < hkv; ++kvh) {
+      const size_t at = ((static_cast<size_t>(slot[static_cast<size_t>(t)]) * hkv + kvh) * cap +
+                         static_cast<size_t>(pos[static_cast<size_t>(t)] % cap)) *
+                        dp;
+      ASSERT_EQ(0, std::memcmp(&k2h[at], &k[at], dp * sizeof(float))) << "k, token " << t << " head " << kvh;
+      ASSERT_EQ(0, std::memcmp(&v2h[at], &v[at], dp * sizeof(float))) << "v, token " << t << " head " << kvh;
+    }
+  b.prefetch.bytes = -16;
+  EXPECT_EQ(cuda::qkv_rope_launch(b, n, cuda::AttnShape{hq, hkv, d, dp}, kv, test_launch()), cudaErrorInvalidValue);
 }
 
 struct Seq {

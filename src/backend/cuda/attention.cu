@@ -46,6 +46,8 @@ __device__ __forceinline__ float quad_sum(float v) {
 // grid (token, work chunk): work items are the rotated (i, i + D/2) pairs of every q and k head,
 // then the v values, then the zero padding up to dp of q, k and v.
 __global__ void qkv_rope_kernel(const QkvRopeArgs a, const AttnShape s, const KvLayer kv) {
+  if (threadIdx.x < 32)  // weights: no kernel writes them
+    l2_prefetch(a.prefetch.p, a.prefetch.bytes, blockIdx.y * gridDim.x + blockIdx.x, gridDim.x * gridDim.y);
   pdl_wait();
   const int t = blockIdx.x, d = s.head_dim, half = d / 2, pad = s.dp - d;
   const int idx = blockIdx.y * blockDim.x + threadIdx.x;
@@ -666,6 +668,7 @@ int attention_heads_per_chunk(const AttnShape& s) {
 cudaError_t qkv_rope_launch(const QkvRopeArgs& a, int n, const AttnShape& s, const KvLayer& kv, const Launch& ln) {
   if (n <= 0) return cudaSuccess;
   if (s.head_dim % 2 != 0 || s.dp < s.head_dim || s.dp % 16 != 0 || kv.cap <= 0) return cudaErrorInvalidValue;
+  if (a.prefetch.bytes < 0 || (a.prefetch.bytes > 0 && a.prefetch.p == nullptr)) return cudaErrorInvalidValue;
   const int items = (s.n_heads + s.n_kv_heads) * (s.head_dim / 2) + s.n_kv_heads * s.head_dim +
                     (s.n_heads + 2 * s.n_kv_heads) * (s.dp - s.head_dim);
   const dim3 grid(n, (items + 127) / 128);

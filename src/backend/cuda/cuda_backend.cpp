@@ -73,6 +73,11 @@ Status CudaBackend::init() {
   if (const char* v = std::getenv("GPTOSS_CUDA_EXPERT_DECODE_TOKENS")) decode_max_tokens_ = std::max(0, std::atoi(v));
   if (const char* v = std::getenv("GPTOSS_CUDA_EXPERT_PAIR_TOKENS")) pair_max_tokens_ = std::max(0, std::atoi(v));
   if (const char* v = std::getenv("GPTOSS_CUDA_CUBLAS_TOKENS")) cublas_min_tokens_ = std::max(0, std::atoi(v));
+  if (const char* v = std::getenv("GPTOSS_CUDA_O_PREFETCH_MB"))
+    o_prefetch_bytes_ = int64_t{std::max(0, std::atoi(v))} << 20;
+  int l2_bytes = 0;
+  GPTOSS_CUDA_TRY(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, opts_.device), "reading the L2 size");
+  kv_prefetch_limit_ = l2_bytes / 2;
   // GPTOSS_CUDA_PDL=0 / GPTOSS_CUDA_CLUSTERS=0 turn off what the kernel code would allow (measurements).
   if (const char* v = std::getenv("GPTOSS_CUDA_PDL")) launch_.pdl = launch_.pdl && std::atoi(v) != 0;
   if (const char* v = std::getenv("GPTOSS_CUDA_CLUSTERS")) launch_.clusters = launch_.clusters && std::atoi(v) != 0;
@@ -249,6 +254,10 @@ StepPlan CudaBackend::plan_step(std::span<const SeqBatch> batch, const StepOutpu
       p.tokens_per_item == 1 ? decode_split_cap_ : attention_splits(p.items, shape_.n_kv_heads, chunks, sm_count_);
   p.splits_full = attention_item_splits(static_cast<int>(max_full), cap);
   p.splits_sliding = attention_item_splits(static_cast<int>(max_sliding), cap);
+  const double key_bytes = static_cast<double>(shape_.n_kv_heads) * shape_.dp * sizeof(float) * 2;
+  p.prefetch_o_full = o_prefetch_bytes_ > 0 && p.kv_keys_full * key_bytes <= static_cast<double>(kv_prefetch_limit_);
+  p.prefetch_o_sliding =
+      o_prefetch_bytes_ > 0 && p.kv_keys_sliding * key_bytes <= static_cast<double>(kv_prefetch_limit_);
   return p;
 }
 
@@ -286,9 +295,8 @@ Status CudaBackend::upload_samples(const StepOutputs& out) {
 }
 
 Status CudaBackend::run_layers(const StepPlan& p) {
-  replayed_marks_ = nullptr;
   if (!p.decode_only || p.stats || prof_.on()) return enqueue_layers(p);
-  const auto key = std::make_tuple(p.T, p.splits_full, p.splits_sliding);
+  const auto key = std::make_tuple(p.T, p.splits_full, p.splits_sliding, p.prefetch_o_full, p.prefetch_o_sliding);
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
     // The first step of a configuration runs eagerly; the second captures it for every later one.
@@ -345,10 +353,7 @@ Status CudaBackend::forward(std::span<const SeqBatch> batch, const StepOutputs& 
         "router statistics");
   }
   GPTOSS_CUDA_TRY(cudaStreamSynchronize(stream_), "running a forward step");
-  prof_.collect(replayed_marks_ ? "decode (graph replays)"
-                : p.decode_only ? "decode (eager)"
-                                : "prefill",
-                replayed_marks_);
+  prof_.collect(p.decode_only ? "decode (eager)" : "prefill");
   if (out.argmax) std::memcpy(out.argmax, host_argmax_.data(), static_cast<size_t>(p.R) * 4);
   if (!out.sample.empty())
     std::memcpy(out.sampled, host_sample_.data() + sample_out_off_, out.sample.size() * sizeof(int32_t));

@@ -53,6 +53,9 @@ struct StepPlan {
   bool decode_only = false;                 // every sequence contributes one token (graph-capturable)
   bool stats = false;
   double kv_keys_full = 0, kv_keys_sliding = 0;  // keys read per full / sliding layer (profiler bytes)
+  // The RoPE kernel of a full / sliding layer prefetches o weights into L2 (attention_block): only
+  // while the attention's KV reads are small enough not to evict them again.
+  bool prefetch_o_full = false, prefetch_o_sliding = false;
 };
 
 class CudaBackend final : public Backend {
@@ -111,6 +114,14 @@ class CudaBackend final : public Backend {
   // Override: GPTOSS_CUDA_CUBLAS_TOKENS. Measured on an H200 (20b, 64 sequences, 128-token prompts, same
   // run): never 18 854 prefill / 5 636 decode tok/s, from 64 tokens 20 856 / 5 876, from 256 20 850 / 5 599.
   int cublas_min_tokens_ = 64;
+  // Decode steps prefetch the first o_prefetch_bytes_ of a layer's o weights into L2 from the RoPE
+  // kernel (attention_block), in layers whose attention reads at most kv_prefetch_limit_ bytes of
+  // keys and values (half the L2; more would evict them). Override: GPTOSS_CUDA_O_PREFETCH_MB (0:
+  // none). Measured on an H100 (20b tg128, tok/s, means of two runs in one call): none 429.1, 2 MB
+  // 430.6, 4 MB 433.8, 8 MB 432.5, 16 MB 425.1; in another call all 23.6 MB 419.5 against none 427.2.
+  // Larger prefetches slow the step (docs/PERFORMANCE.md, "L2 prefetches").
+  int64_t o_prefetch_bytes_ = int64_t{4} << 20;
+  int64_t kv_prefetch_limit_ = 0;
   int decode_split_cap_ = 1;  // most key splits of one decode sequence (fills the device with decode blocks)
   std::string device_name_;
   cudaStream_t stream_ = nullptr;
@@ -132,12 +143,11 @@ class CudaBackend final : public Backend {
   int hp_ = 0, qp_ = 0, ip_ = 0;  // lengths of the hi and lo halves of fp16-pair activation rows
   std::vector<int64_t> lengths_;
   bool ring_limits_resume_ = false;
-  // Decode graphs by (batch size, key splits of full layers, of sliding layers); a configuration
-  // runs eagerly once and is captured on its second use.
-  std::map<std::tuple<int, int, int>, cudaGraphExec_t> graphs_;
-  std::set<std::tuple<int, int, int>> seen_decode_;
-  std::map<std::tuple<int, int, int>, std::vector<KernelProfiler::Mark>> graph_marks_;  // profiling only
-  const std::vector<KernelProfiler::Mark>* replayed_marks_ = nullptr;  // set by run_layers for collect()
+  // Decode graphs by (batch size, key splits of full layers, of sliding layers, o prefetches of full
+  // layers, of sliding layers); a configuration runs eagerly once and is captured on its second use.
+  using GraphKey = std::tuple<int, int, int, bool, bool>;
+  std::map<GraphKey, cudaGraphExec_t> graphs_;
+  std::set<GraphKey> seen_decode_;
 };
 
 }  // namespace gptoss::cuda

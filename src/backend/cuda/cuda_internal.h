@@ -151,9 +151,9 @@ Result<std::unique_ptr<ModelDev>> model_upload(const Model& model, cudaStream_t 
 
 // Per-kernel GPU times for performance work (enabled by GPTOSS_CUDA_PROFILE=1): device events
 // around each launch, summed per step kind and kernel name (with the bytes each launch must read,
-// for achieved GB/s), reported when the backend is destroyed. Inside a captured decode graph the
-// events are graph nodes, so graph replays are timed without host launch gaps.
-// Not thread-safe (the backend's one thread drives it).
+// for achieved GB/s), reported when the backend is destroyed. While it is on, every step runs
+// eagerly (no decode graphs), so each time includes its launch's gap. Not thread-safe (the
+// backend's one thread drives it).
 class KernelProfiler {
  public:
   struct Mark {
@@ -166,11 +166,9 @@ class KernelProfiler {
   bool on() const { return on_; }
   void begin(cudaStream_t stream);
   void end(const std::string& name, double bytes, cudaStream_t stream);
-  // Hands over the marks recorded since the last collect (a captured graph keeps them for replays).
-  std::vector<Mark> take_marks();
-  // After the step's sync: adds the times of `graph` (marks of the replayed graph, may be null)
-  // and of the eagerly recorded marks to the totals of `kind`.
-  void collect(const std::string& kind, const std::vector<Mark>* graph);
+  // After the step's sync: adds the times of the marks recorded since the last collect to the
+  // totals of `kind`.
+  void collect(const std::string& kind);
   std::string report() const;
 
  private:
@@ -182,7 +180,7 @@ class KernelProfiler {
   void add(std::map<std::string, Total>& totals, const Mark& m, float* step_ms);
   bool on_ = false;
   cudaEvent_t open_ = nullptr;
-  std::vector<Mark> marks_, retained_;
+  std::vector<Mark> marks_;
   std::vector<cudaEvent_t> free_;
   std::map<std::string, std::map<std::string, Total>> totals_;  // kind → kernel → total
   std::map<std::string, int64_t> steps_;

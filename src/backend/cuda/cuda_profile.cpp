@@ -10,8 +10,7 @@
 namespace gptoss::cuda {
 
 KernelProfiler::~KernelProfiler() {
-  for (const std::vector<Mark>* list : {&marks_, &retained_})
-    for (const Mark& m : *list) cudaEventDestroy(m.start), cudaEventDestroy(m.stop);
+  for (const Mark& m : marks_) cudaEventDestroy(m.start), cudaEventDestroy(m.stop);
   for (cudaEvent_t e : free_) cudaEventDestroy(e);
   if (open_) cudaEventDestroy(open_);
 }
@@ -42,13 +41,6 @@ void KernelProfiler::end(const std::string& name, double bytes, cudaStream_t str
   open_ = nullptr;
 }
 
-std::vector<KernelProfiler::Mark> KernelProfiler::take_marks() {
-  std::vector<Mark> m;
-  m.swap(marks_);
-  retained_.insert(retained_.end(), m.begin(), m.end());  // destroyed with the profiler
-  return m;
-}
-
 void KernelProfiler::add(std::map<std::string, Total>& totals, const Mark& m, float* step_ms) {
   float ms = 0;
   if (cudaEventElapsedTime(&ms, m.start, m.stop) != cudaSuccess) {
@@ -60,19 +52,13 @@ void KernelProfiler::add(std::map<std::string, Total>& totals, const Mark& m, fl
   *step_ms += ms;
 }
 
-void KernelProfiler::collect(const std::string& kind, const std::vector<Mark>* graph) {
-  if (!on_) return;
-  const bool have_graph = graph && !graph->empty();
-  if (!have_graph && marks_.empty()) return;
+void KernelProfiler::collect(const std::string& kind) {
+  if (!on_ || marks_.empty()) return;
   auto& totals = totals_[kind];
   float step = 0;
-  if (have_graph)
-    for (const Mark& m : *graph) add(totals, m, &step);
   for (const Mark& m : marks_) add(totals, m, &step);
-  const cudaEvent_t first = have_graph ? graph->front().start : marks_.front().start;
-  const cudaEvent_t last = marks_.empty() ? graph->back().stop : marks_.back().stop;
   float span = 0;
-  if (cudaEventElapsedTime(&span, first, last) == cudaSuccess) {
+  if (cudaEventElapsedTime(&span, marks_.front().start, marks_.back().stop) == cudaSuccess) {
     step_ms_[kind] += span;
   } else {
     cudaGetLastError();

@@ -30,6 +30,25 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// Part `part` of `parts` (equal 16-byte-aligned shares) of the bytes [p, p + bytes) into L2, for a
+// later kernel (kernels.h, L2Span): lane i of the calling warp issues pieces i, i + 32, … of at
+// most 32 KB each as bulk prefetches (sm_90). The request returns at once; nothing waits for it.
+// Code for an architecture below sm_90 has no bulk prefetch and issues nothing.
+__device__ __forceinline__ void l2_prefetch(const void* p, int64_t bytes, int part, int parts) {
+#if __CUDA_ARCH__ >= 900
+  constexpr uint64_t kPiece = 32 * 1024;
+  const uint64_t first = (__cvta_generic_to_global(p) + 15) & ~uint64_t{15};
+  const uint64_t end = (__cvta_generic_to_global(p) + static_cast<uint64_t>(bytes)) & ~uint64_t{15};
+  if (bytes <= 0 || end <= first) return;
+  const uint64_t share = ((end - first + parts - 1) / parts + 15) & ~uint64_t{15};
+  const uint64_t b0 = first + part * share, b1 = min(end, b0 + share);
+  for (uint64_t q = b0 + (threadIdx.x & 31) * kPiece; q < b1; q += 32 * kPiece) {
+    const uint32_t size = static_cast<uint32_t>(min(kPiece, b1 - q));
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(q), "r"(size) : "memory");
+  }
+#endif
+}
+
 __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
   __half2 h = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&h);

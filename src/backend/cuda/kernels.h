@@ -33,6 +33,16 @@ struct Launch {
   int smem_optin = 0;
 };
 
+// Weights to pull into L2 ahead of the kernel that reads them: a kernel that moves little DRAM
+// traffic of its own issues the prefetch of a later product's weights, so that memory streams while
+// the step's latency-bound kernels run (the o weights during RoPE and attention, see
+// CudaBackend::o_prefetch_bytes_). A hint only: no result depends on it. Empty (bytes = 0): nothing.
+// The bytes must lie inside one allocation.
+struct L2Span {
+  const void* p = nullptr;
+  int64_t bytes = 0;
+};
+
 // Fills *l for `stream` on the current device: cudaErrorNoKernelImageForDevice (or
 // cudaErrorInvalidDeviceFunction) when this binary holds no kernel code the device can run. The
 // kernel image is asked for its PTX version (cudaFuncGetAttributes): every .cu file is compiled for
@@ -374,6 +384,7 @@ struct QkvRopeArgs {
   const float* inv_freq = nullptr;  // [head_dim/2]
   float concentration = 1.0f;
   float* q32 = nullptr;
+  L2Span prefetch;  // issued by the blocks before they wait for the qkv product (the o weights)
 };
 cudaError_t qkv_rope_launch(const QkvRopeArgs& a, int n, const AttnShape& s, const KvLayer& kv, const Launch& ln);
 

@@ -119,7 +119,7 @@ class CudaBackend final : public Backend {
   // keys and values (half the L2; more would evict them). Override: GPTOSS_CUDA_O_PREFETCH_MB (0:
   // none). Measured on an H100 (20b tg128, tok/s, means of two runs in one call): none 429.1, 2 MB
   // 430.6, 4 MB 433.8, 8 MB 432.5, 16 MB 425.1; in another call all 23.6 MB 419.5 against none 427.2.
-  // Larger prefetches slow the step (docs/PERFORMANCE.md, "L2 prefetches").
+  // Larger prefetches slow the step (docs/PERFORMANCE.md, "L2 prefetch of the o weights").
   int64_t o_prefetch_bytes_ = int64_t{4} << 20;
   int64_t kv_prefetch_limit_ = 0;
   int decode_split_cap_ = 1;  // most key splits of one decode sequence (fills the device with decode blocks)

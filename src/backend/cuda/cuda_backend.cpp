@@ -100,12 +100,12 @@ Status CudaBackend::init() {
     // Rewinds are limited as on the CPU backend (its ring holds window + rollback entries), which
     // this larger ring always satisfies.
     if (cfg_.is_sliding(l) && cfg_.sliding_window + opts_.rollback < opts_.max_context) ring_limits_resume_ = true;
-    kv_bytes += static_cast<size_t>(opts_.max_slots) * shape_.n_kv_heads * kv.cap * shape_.dp * sizeof(float) * 2;
+    kv_bytes += static_cast<size_t>(opts_.max_slots) * kv.cap * kv_entry_bytes();
   }
   GPTOSS_ASSIGN_OR_RETURN(kv_mem_, DeviceBuffer::alloc(kv_bytes, "the KV cache"));
   uint8_t* p = kv_mem_.data();
   for (KvLayer& kv : kv_) {
-    const size_t half = static_cast<size_t>(opts_.max_slots) * shape_.n_kv_heads * kv.cap * shape_.dp * sizeof(float);
+    const size_t half = static_cast<size_t>(opts_.max_slots) * kv.cap * kv_entry_bytes() / 2;  // keys, then values
     kv.k = reinterpret_cast<float*>(p);
     kv.v = reinterpret_cast<float*>(p + half);
     p += 2 * half;
@@ -202,9 +202,8 @@ MemoryStats CudaBackend::memory_stats() const {
   MemoryStats m;
   m.weight_bytes = dev_ ? dev_->arena.size() : 0;
   m.kv_bytes_reserved = kv_mem_.size();
-  const size_t entry = static_cast<size_t>(shape_.n_kv_heads) * shape_.dp * sizeof(float) * 2;
   for (const KvLayer& kv : kv_)
-    for (int64_t len : lengths_) m.kv_bytes_used += static_cast<size_t>(std::min(len, kv.cap)) * entry;
+    for (int64_t len : lengths_) m.kv_bytes_used += static_cast<size_t>(std::min(len, kv.cap)) * kv_entry_bytes();
   m.scratch_bytes = scratch_.mem.size() + cublas_.workspace_bytes();
   size_t free_b = 0, total_b = 0;
   if (cudaSetDevice(opts_.device) == cudaSuccess && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) {
@@ -254,7 +253,7 @@ StepPlan CudaBackend::plan_step(std::span<const SeqBatch> batch, const StepOutpu
       p.tokens_per_item == 1 ? decode_split_cap_ : attention_splits(p.items, shape_.n_kv_heads, chunks, sm_count_);
   p.splits_full = attention_item_splits(static_cast<int>(max_full), cap);
   p.splits_sliding = attention_item_splits(static_cast<int>(max_sliding), cap);
-  const double key_bytes = static_cast<double>(shape_.n_kv_heads) * shape_.dp * sizeof(float) * 2;
+  const double key_bytes = static_cast<double>(kv_entry_bytes());
   p.prefetch_o_full = o_prefetch_bytes_ > 0 && p.kv_keys_full * key_bytes <= static_cast<double>(kv_prefetch_limit_);
   p.prefetch_o_sliding =
       o_prefetch_bytes_ > 0 && p.kv_keys_sliding * key_bytes <= static_cast<double>(kv_prefetch_limit_);

@@ -75,6 +75,8 @@ class CudaBackend final : public Backend {
   MemoryStats memory_stats() const override;
 
  private:
+  // Bytes of one cached key and its value (one sequence, one layer: f32, heads padded to dp).
+  size_t kv_entry_bytes() const { return static_cast<size_t>(shape_.n_kv_heads) * shape_.dp * sizeof(float) * 2; }
   StepPlan plan_step(std::span<const SeqBatch> batch, const StepOutputs& out);
   Status alloc_scratch();
   // cuda_step.cpp: the kernels of one step up to the final norm, then the lm_head and outputs.

@@ -148,8 +148,7 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   at.part_o = s.attn_o;
   at.part_ml = s.attn_ml;
   at.n_tokens = p.T;
-  const double kv_bytes =
-      (kv.window > 0 ? p.kv_keys_sliding : p.kv_keys_full) * shape_.n_kv_heads * shape_.dp * sizeof(float) * 2;
+  const double kv_bytes = (kv.window > 0 ? p.kv_keys_sliding : p.kv_keys_full) * static_cast<double>(kv_entry_bytes());
   GPTOSS_LAUNCH(kv.window > 0 ? "attention (sliding)" : "attention (full)", kv_bytes,
                 attention_launch(at, shape_, kv, launch_));
   if (at.splits > 1) GPTOSS_LAUNCH("attention split merge", 0, attention_combine_launch(at, shape_, launch_));

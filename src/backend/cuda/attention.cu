@@ -96,7 +96,7 @@ __global__ void qkv_rope_kernel(const QkvRopeArgs a, const AttnShape s, const Kv
 }
 
 // ---------------------------------------------------------------------------------------------
-// Per key tile, the f32 K and V rows land in shared memory by cp.async (two stages) and are split
+// Per key tile, the f32 K and V rows land in shared memory by cp.async (one or two raw stages) and are split
 // into fp16 hi/lo tiles; scores are Qh·Kh + Qh·Kl + Ql·Kh and outputs Ph·Vh + Ph·Vl + Pl·Vh (the
 // dropped lo·lo terms are ~2^-22 relative), i.e. near-f32 attention on tensor cores.
 // fp16 tile row strides (halfs): K rows are read as 8-byte pieces (stride ≡ 32 bytes mod 128

@@ -1,5 +1,5 @@
-// Small device helpers shared by the CUDA kernels: Programmatic Dependent Launch controls, fp16
-// packing, the clamped SwiGLU, the mma.sync wrapper and warp/block reductions.
+// Small device helpers shared by the CUDA kernels: Programmatic Dependent Launch controls, L2
+// prefetches, fp16 packing, the clamped SwiGLU, the mma.sync wrapper and warp/block reductions.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -423,8 +423,8 @@ __host__ __device__
   while (s < cap && s * kAttnSplitKeys < keys) s *= 2;
   return s < cap ? s : cap;
 }
-// Heads per block-chunk (≤ 64) and tokens per item for `n_heads / n_kv_heads` query heads per KV head
-// (items of several tokens).
+// Heads per block-chunk (≤ 64) of the `n_heads / n_kv_heads` query heads per KV head, for items of
+// several tokens.
 int attention_heads_per_chunk(const AttnShape& s);
 // Items of one token run the decode kernel: blocks per KV head (chunks of ≤ 8 q heads) and the
 // number of its blocks the device holds at once.

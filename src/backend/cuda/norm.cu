@@ -224,9 +224,8 @@ __global__ void swiglu_parts_kernel(const float* parts, int nparts, int64_t part
     const float* p = parts + pair * rows_p;
     const float gate = sum_parts(p + 2 * jj, nparts, part_stride) + b[2 * jj];
     const float up = sum_parts(p + 2 * jj + 1, nparts, part_stride) + b[2 * jj + 1];
-    const float g = fminf(gate, limit), l = fminf(fmaxf(up, -limit), limit);
-    const float v = g / (1.0f + expf(-alpha * g)) * (l + 1.0f);
-    store_f16_pair(reinterpret_cast<__half*>(a16) + pair * out_stride + k_phys(jj), out_lo, v);
+    store_f16_pair(reinterpret_cast<__half*>(a16) + pair * out_stride + k_phys(jj), out_lo,
+                   swiglu_clamped(gate, up, alpha, limit));
   }
 }
 

@@ -220,14 +220,13 @@ __global__ void __launch_bounds__(kSampleThreads)
     return;
   }
   unsigned long long mass = all.weight;
-  bool narrowed = false;
+  bool narrowed = false;  // the filter changed since the last range_sum over it
   if (rq.top_k > 0 && static_cast<unsigned long long>(rq.top_k) < all.count) {
     Filter by_count = f;
     by_count.count = true;
     f.k = select(row, vocab, by_count, m, static_cast<unsigned long long>(rq.top_k), sh);
     f.has_k = true;
-    mass = range_sum(row, 0, vocab, f, m, sh).weight;
-    narrowed = true;
+    mass = range_sum(row, 0, vocab, f, m, sh).weight;  // also the part sums locate() needs, unless narrowed below
   }
   if (rq.top_p < 1.0f) {
     const uint64_t target = sample_top_p_target(rq.top_p, mass);

@@ -9,12 +9,7 @@ namespace gptoss {
 
 namespace {
 
-struct Candidate {
-  uint32_t key;
-  int32_t id;
-  uint64_t q;
-  double w;
-};
+using Candidate = SampleScratch::Candidate;
 
 // (logit descending, id ascending): a total order, so every selection over it is unique.
 bool before(const Candidate& a, const Candidate& b) {
@@ -46,7 +41,7 @@ void keep_top_p(std::vector<Candidate>& c, uint64_t target) {
 }  // namespace
 
 Status validate_sample_rows(std::span<const SampleRow> rows, int64_t n_rows, int64_t vocab) {
-  std::vector<uint8_t> seen;
+  std::vector<int32_t> tokens;  // one row's edit tokens, sorted to find a repeat
   int64_t prev = -1;
   for (size_t i = 0; i < rows.size(); ++i) {
     const SampleRow& r = rows[i];
@@ -67,28 +62,26 @@ Status validate_sample_rows(std::span<const SampleRow> rows, int64_t n_rows, int
     if (!finite_at_least(r.repetition_penalty, 0.0f, false))
       return make_error(ErrorCode::kInvalidArgument, "sample entry {}: repetition_penalty {} must be finite and > 0", i,
                         r.repetition_penalty);
-    if (r.edits.empty()) continue;
-    if (seen.empty()) seen.assign(static_cast<size_t>(vocab), 0);
-    Status st;
+    tokens.clear();
     for (const PenaltyEdit& e : r.edits) {
-      if (e.token < 0 || e.token >= vocab) {
-        st = make_error(ErrorCode::kInvalidArgument, "sample entry {}: penalty edit token {} outside [0, {})", i,
-                        e.token, vocab);
-        break;
-      }
-      if (seen[static_cast<size_t>(e.token)]++) {
-        st = make_error(ErrorCode::kInvalidArgument, "sample entry {}: token {} has two penalty edits", i, e.token);
-        break;
-      }
+      if (e.token < 0 || e.token >= vocab)
+        return make_error(ErrorCode::kInvalidArgument, "sample entry {}: penalty edit token {} outside [0, {})", i,
+                          e.token, vocab);
+      tokens.push_back(e.token);
     }
-    for (const PenaltyEdit& e : r.edits)
-      if (e.token >= 0 && e.token < vocab) seen[static_cast<size_t>(e.token)] = 0;
-    if (!st.ok()) return st;
+    std::sort(tokens.begin(), tokens.end());
+    if (const auto d = std::adjacent_find(tokens.begin(), tokens.end()); d != tokens.end())
+      return make_error(ErrorCode::kInvalidArgument, "sample entry {}: token {} has two penalty edits", i, *d);
   }
   return Status::ok_status();
 }
 
 int32_t sample_row(float* logits, int64_t vocab, const SampleRow& r) {
+  SampleScratch scratch;
+  return sample_row(logits, vocab, r, scratch);
+}
+
+int32_t sample_row(float* logits, int64_t vocab, const SampleRow& r, SampleScratch& scratch) {
   for (const PenaltyEdit& e : r.edits) logits[e.token] = apply_penalty_edit(logits[e.token], e, r.repetition_penalty);
   // Greedy token: the largest (key, −id), NaN excluded.
   uint64_t best = 0;
@@ -100,7 +93,8 @@ int32_t sample_row(float* logits, int64_t vocab, const SampleRow& r) {
   if (r.temperature == 0.0f) return greedy;
 
   const SampleRowMath m = sample_row_math(sample_key_value(static_cast<uint32_t>(best >> 32)), r.temperature, vocab);
-  std::vector<Candidate> c;
+  std::vector<Candidate>& c = scratch.c;
+  c.clear();
   for (int64_t i = 0; i < vocab; ++i) {
     double w = 0;
     const uint64_t q = sample_units(logits[i], m, &w);

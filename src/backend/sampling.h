@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "backend/sampling_math.h"
 #include "core/status.h"
@@ -41,7 +42,21 @@ struct SampleRow {
 // > 0, edit tokens in [0, vocab) and distinct within a row. Errors name the entry and the field.
 Status validate_sample_rows(std::span<const SampleRow> rows, int64_t n_rows, int64_t vocab);
 
+// Working memory of sample_row (the row's candidate tokens, up to the vocabulary): a caller that
+// samples row after row keeps one and passes it to every call, so it is allocated once.
+struct SampleScratch {
+  struct Candidate {
+    uint32_t key;  // sample_order_key of the logit
+    int32_t id;
+    uint64_t q;  // integer weight
+    double w;    // e^((l − lmax)/T)
+  };
+  std::vector<Candidate> c;
+};
+
 // The reference: applies r's edits to logits [vocab] in place and returns the token of rules 2–7.
+int32_t sample_row(float* logits, int64_t vocab, const SampleRow& r, SampleScratch& scratch);
+// The same with working memory of its own (one-off calls).
 int32_t sample_row(float* logits, int64_t vocab, const SampleRow& r);
 
 }  // namespace gptoss

@@ -102,7 +102,7 @@ SampleRow Sampler::prepare(int64_t vocab, std::span<const int32_t> history, size
 
 int32_t Sampler::sample(float* logits, int64_t vocab, std::span<const int32_t> history, size_t generated_from) {
   if (vocab <= 0) return -1;
-  return sample_row(logits, vocab, prepare(vocab, history, generated_from, &edits_));
+  return sample_row(logits, vocab, prepare(vocab, history, generated_from, &edits_), scratch_);
 }
 
 }  // namespace gptoss

@@ -64,6 +64,7 @@ class Sampler {
   std::vector<int32_t> edit_index_;  // per-vocabulary scratch: edit index + 1 (0 = none), cleared after use
   std::vector<int32_t> count_;       // generated-token counts of the edits
   std::vector<PenaltyEdit> edits_;   // sample()'s edits
+  SampleScratch scratch_;            // sample()'s candidate list, reused
 };
 
 }  // namespace gptoss

@@ -257,6 +257,9 @@ TEST(Sampler, PrepareListsOneEditPerPenalisedToken) {
   EXPECT_TRUE(r.edits.empty());
 }
 
+// sample() keeps its edit buffer and candidate list from call to call: draw after draw it must give
+// what prepare() and a sample_row() with fresh working memory give (a stale candidate or edit would
+// show as another token or other logits).
 TEST(Sampler, SampleIsPrepareThenSampleRow) {
   std::vector<float> logits(97);
   for (size_t i = 0; i < logits.size(); ++i) logits[i] = static_cast<float>(std::cos(i * 0.37) * 2.0);

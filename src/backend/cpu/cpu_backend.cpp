@@ -144,7 +144,7 @@ void CpuBackend::output_rows(const StepOutputs& out) {
       s.sample_row.assign(row, row + V);
       row = s.sample_row.data();
     }
-    out.sampled[i] = sample_row(row, V, out.sample[i]);
+    out.sampled[i] = sample_row(row, V, out.sample[i], s.sample_scratch);
   }
 }
 

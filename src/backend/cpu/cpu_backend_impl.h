@@ -32,6 +32,7 @@ struct Scratch {
   std::vector<float> final_x;                    // [R, H] final-normed rows that get logits
   std::vector<float> logits;                     // [R, V] when only argmax or samples are wanted
   std::vector<float> sample_row;                 // [V] a row being sampled when the caller keeps the logits
+  SampleScratch sample_scratch;                  // sample_row's candidate list, reused row after row
   std::vector<int32_t> row_token, row_seq;       // [T]
   std::vector<int64_t> row_pos;                  // [T]
   std::vector<int64_t> seq_row0;                 // [n_seqs] first row of each sequence

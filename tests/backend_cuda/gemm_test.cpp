@@ -33,6 +33,14 @@ bool same_bits(float a, float b) {
   return std::memcmp(&a, &b, 4) == 0;
 }
 
+// The launch target without the warpgroup MMA expert kernel: the bit-level properties of the
+// mma.sync GEMM family (a token alone, split partials, the tiled kernel) hold among those kernels.
+cuda::Launch mma_launch() {
+  cuda::Launch l = test_launch();
+  l.wgmma = false;
+  return l;
+}
+
 struct DenseCase {
   int rows, cols, n;
 };
@@ -630,13 +638,13 @@ TEST_P(MoeGemmTest, SplitSwigluAndTokenAloneAreBitIdentical) {
   sw.out16_lo = ip;
   sw.bias = d.bias.get();
   sw.bias_expert_stride = s.rows_p;
-  CUDA_ASSERT(cuda::gemm_launch(sw, s.nt, test_launch()));
+  CUDA_ASSERT(cuda::gemm_launch(sw, s.nt, mma_launch()));
   GemmArgs pa = d.args(s);
   pa.mode = GemmOut::kPartial;
   pa.out = parts.get();
   pa.out_stride = s.rows;
   pa.part_stride = static_cast<int64_t>(s.pairs) * s.rows;
-  CUDA_ASSERT(cuda::gemm_launch(pa, s.nt, test_launch()));
+  CUDA_ASSERT(cuda::gemm_launch(pa, s.nt, mma_launch()));
   CUDA_ASSERT(cuda::swiglu_parts_launch(parts.get(), s.nseg, pa.part_stride, s.rows, c.inter, d.tiles.get(),
                                         d.n_tiles.get(), s.max_tiles, d.bias.get(), s.rows_p, 1.702f, 7.0f, split.get(),
                                         2 * ip, ip, test_launch()));
@@ -649,7 +657,7 @@ TEST_P(MoeGemmTest, SplitSwigluAndTokenAloneAreBitIdentical) {
   a.out = y_all.get();
   a.out_stride = s.rows;
   a.out_scatter = d.sorted_pair.get();
-  CUDA_ASSERT(cuda::gemm_launch(a, s.nt, test_launch()));
+  CUDA_ASSERT(cuda::gemm_launch(a, s.nt, mma_launch()));
   const std::vector<float> all = y_all.download();
   const int nt1 = 8, max1 = cuda::moe_max_tiles(c.top_k, c.experts, nt1);
   DevArray<int32_t> st1(static_cast<size_t>(c.top_k)), sp1(static_cast<size_t>(c.top_k)),
@@ -664,7 +672,7 @@ TEST_P(MoeGemmTest, SplitSwigluAndTokenAloneAreBitIdentical) {
   b.out = y_one.get();
   b.out_stride = s.rows;
   b.out_scatter = sp1.get();
-  CUDA_ASSERT(cuda::gemm_launch(b, nt1, test_launch()));
+  CUDA_ASSERT(cuda::gemm_launch(b, nt1, mma_launch()));
   const std::vector<float> alone = y_one.download();
   for (size_t i = 0; i < alone.size(); ++i) ASSERT_TRUE(same_bits(alone[i], all[i])) << "element " << i;
 }
@@ -970,9 +978,9 @@ TEST_P(TiledMoeGemmTest, SameBitsAsGemmKernelAndMatchesReference) {
   for (int mt = 0; mt <= 2; ++mt) {
     y.fill_bytes(0xff);
     act.fill_bytes(0xff);
-    // mt 0: whatever gemm_launch picks for 64-column tiles.
-    CUDA_ASSERT(mt == 0 ? cuda::gemm_launch(st, 64, test_launch()) : cuda::gemm_tiled_launch(st, mt, test_launch()));
-    CUDA_ASSERT(mt == 0 ? cuda::gemm_launch(sw, 64, test_launch()) : cuda::gemm_tiled_launch(sw, mt, test_launch()));
+    // mt 0: whatever gemm_launch picks for 64-column tiles among the mma.sync kernels.
+    CUDA_ASSERT(mt == 0 ? cuda::gemm_launch(st, 64, mma_launch()) : cuda::gemm_tiled_launch(st, mt, test_launch()));
+    CUDA_ASSERT(mt == 0 ? cuda::gemm_launch(sw, 64, mma_launch()) : cuda::gemm_tiled_launch(sw, mt, test_launch()));
     const std::vector<float> yd = y.download();
     const std::vector<uint16_t> ad = act.download();
     CUDA_ASSERT(cudaGetLastError());
@@ -991,6 +999,129 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(TiledMoeCase{{32, 4, 2048, 2880, 2880}, false}, TiledMoeCase{{128, 4, 2048, 2880, 1440}, false},
                       TiledMoeCase{{32, 4, 600, 2880, 2880}, true}, TiledMoeCase{{8, 2, 300, 256, 100}, false},
                       TiledMoeCase{{1, 1, 300, 160, 96}, false}, TiledMoeCase{{16, 4, 200, 128, 72}, true}),
+    [](const auto& info) { return moe_case_name(info.param.c) + (info.param.skew ? "_skew" : ""); });
+
+// ---------------------------------------------------------------------------------------------
+// The warpgroup MMA expert kernel (moe_wgmma_launch, sm_90a): every (token, expert) pair of gate/up
+// and of its SwiGLU output against float64 and the CPU ops, the same bits on a second run, every
+// output written (NaN poison), and gemm_launch choosing it for 64-column tiles. Its bits differ from
+// the mma.sync kernels' (one accumulator over the whole reduction), within the same error bound.
+class MoeWgmmaTest : public ::testing::TestWithParam<TiledMoeCase> {};
+
+TEST_P(MoeWgmmaTest, MatchesReferenceAndRepeatsItsBits) {
+  const MoeCase c = GetParam().c;
+  MoeSetup s = make_moe(c, 4321 + c.experts * 7 + c.tokens + c.inter);
+  if (GetParam().skew)
+    for (int t = 0; t < c.tokens; ++t) {
+      int32_t* e = &s.idx[static_cast<size_t>(t) * c.top_k];
+      if (std::find(e, e + c.top_k, 0) == e + c.top_k) e[0] = 0;
+    }
+  MoeDevice d(s, c);
+  Grouping g64(64, s, c);
+  CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, g64.out(), test_launch()));
+  const int ip = static_cast<int>(cuda::round_up(c.inter, cuda::kActPad));
+  const size_t ysize = static_cast<size_t>(s.pairs) * s.rows, asize = static_cast<size_t>(s.pairs) * 2 * ip;
+  GemmArgs st = d.args(s);
+  st.out_stride = s.rows;
+  GemmArgs sw = d.args(s);
+  sw.mode = GemmOut::kSwiglu;
+  sw.out16_stride = 2 * ip;
+  sw.out16_lo = ip;
+  sw.bias = d.bias.get();
+  sw.bias_expert_stride = s.rows_p;
+  g64.apply(st);
+  g64.apply(sw);
+  const cuda::Launch ln = test_launch();
+  if (!ln.wgmma) {  // a device without the sm_90a image: the kernel refuses, gemm_launch never picks it
+    EXPECT_FALSE(cuda::moe_wgmma_fits(st, ln));
+    EXPECT_EQ(cuda::moe_wgmma_launch(st, ln), cudaErrorInvalidValue);
+    return;
+  }
+  ASSERT_TRUE(cuda::moe_wgmma_fits(st, ln));
+  ASSERT_TRUE(cuda::moe_wgmma_fits(sw, ln));
+  std::vector<float> y[2];
+  std::vector<uint16_t> act[2];
+  for (int run = 0; run < 2; ++run) {
+    DevArray<float> yd(ysize);
+    DevArray<uint16_t> ad(asize);
+    yd.fill_bytes(0xff);  // NaN poison: every output must be written
+    ad.fill_bytes(0x00);  // the padding past inter must stay as it was
+    st.out = yd.get();
+    sw.out16 = ad.get();
+    // Run 0 through gemm_launch (which must pick this kernel), run 1 directly.
+    CUDA_ASSERT(run == 0 ? cuda::gemm_launch(st, 64, ln) : cuda::moe_wgmma_launch(st, ln));
+    CUDA_ASSERT(run == 0 ? cuda::gemm_launch(sw, 64, ln) : cuda::moe_wgmma_launch(sw, ln));
+    CUDA_ASSERT(cudaDeviceSynchronize());
+    y[run] = yd.download();
+    act[run] = ad.download();
+  }
+  for (size_t i = 0; i < ysize; ++i)
+    ASSERT_TRUE(same_bits(y[0][i], y[1][i])) << "pair " << i / s.rows << " row " << i % s.rows;
+  ASSERT_EQ(act[0], act[1]);
+  std::vector<bool> written(static_cast<size_t>(ip), false);  // storage positions of elements 0..inter-1
+  for (int j = 0; j < c.inter; ++j) written[static_cast<size_t>(cuda::k_phys(j))] = true;
+  for (size_t i = 0; i < asize; ++i)
+    if (!written[i % static_cast<size_t>(ip)]) {
+      ASSERT_EQ(act[0][i], 0) << "padding element " << i << " written";
+    }
+  // The mma.sync kernel's results differ only by rounding: both are near-f32, but the tensor cores
+  // truncate as they accumulate, here over the whole reduction in one accumulator and there in
+  // segment sums (H100: 4.4e-6 at K = 2880, 6.7e-6 at K = 4160; a lost lo half would give ~1e-4).
+  DevArray<float> ym(ysize);
+  st.out = ym.get();
+  CUDA_ASSERT(cuda::gemm_launch(st, 64, mma_launch()));
+  const std::vector<float> yr = ym.download();
+  EXPECT_LE(rel_l2(y[0].data(), yr.data(), ysize), 2e-5);
+  expect_expert_outputs(
+      s, c, y[0], [&](int p, int j) { return pair_value(act[0], static_cast<size_t>(p), ip, j); },
+      std::max(1, s.pairs / 24));
+}
+
+TEST(MoeWgmma, RejectsWhatItCannotDo) {
+  const MoeCase c{4, 2, 70, 64, 32};
+  const MoeSetup s = make_moe(c, 5);
+  MoeDevice d(s, c);
+  DevArray<float> out(static_cast<size_t>(s.pairs) * s.rows);
+  GemmArgs a = d.args(s);
+  a.out = out.get();
+  a.out_stride = s.rows;
+  cuda::Launch ln = test_launch();
+  ln.wgmma = true;  // the argument checks come before any launch
+  ln.smem_optin = 227 * 1024;
+  EXPECT_TRUE(cuda::moe_wgmma_fits(a, ln));
+  GemmArgs b = a;
+  b.mode = GemmOut::kPartial;
+  EXPECT_FALSE(cuda::moe_wgmma_fits(b, ln)) << "split partials";
+  EXPECT_EQ(cuda::moe_wgmma_launch(b, ln), cudaErrorInvalidValue) << "split partials";
+  b = a;
+  b.tiles = nullptr;
+  EXPECT_EQ(cuda::moe_wgmma_launch(b, ln), cudaErrorInvalidValue) << "no tiles";
+  b = a;
+  b.kblocks = 6;
+  EXPECT_EQ(cuda::moe_wgmma_launch(b, ln), cudaErrorInvalidValue) << "kblocks not a multiple of 4";
+  b = a;
+  b.x_lo = 8 * s.kblocks;
+  EXPECT_EQ(cuda::moe_wgmma_launch(b, ln), cudaErrorInvalidValue) << "activation halves overlap";
+  b = a;
+  b.mode = GemmOut::kSwiglu;
+  EXPECT_EQ(cuda::moe_wgmma_launch(b, ln), cudaErrorInvalidValue) << "SwiGLU without bias and output";
+  b = a;
+  b.weights = GemmWeights::kF16;
+  EXPECT_FALSE(cuda::moe_wgmma_fits(b, ln)) << "fp16 weights";
+  ln.wgmma = false;
+  EXPECT_FALSE(cuda::moe_wgmma_fits(a, ln)) << "no sm_90a image";
+  EXPECT_EQ(cuda::moe_wgmma_launch(a, ln), cudaErrorInvalidValue) << "no sm_90a image";
+  ln.wgmma = true;
+  ln.smem_optin = 99 * 1024;
+  EXPECT_FALSE(cuda::moe_wgmma_fits(a, ln)) << "too little shared memory";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, MoeWgmmaTest,
+    ::testing::Values(TiledMoeCase{{32, 4, 2048, 2880, 2880}, false}, TiledMoeCase{{128, 4, 2048, 2880, 1440}, false},
+                      TiledMoeCase{{32, 4, 600, 2880, 2880}, true}, TiledMoeCase{{8, 2, 300, 256, 100}, false},
+                      TiledMoeCase{{1, 1, 300, 160, 96}, false}, TiledMoeCase{{16, 4, 200, 128, 72}, true},
+                      TiledMoeCase{{3, 2, 130, 4160, 200}, false}),
     [](const auto& info) { return moe_case_name(info.param.c) + (info.param.skew ? "_skew" : ""); });
 
 }  // namespace

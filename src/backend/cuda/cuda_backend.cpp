@@ -78,11 +78,13 @@ Status CudaBackend::init() {
   int l2_bytes = 0;
   GPTOSS_CUDA_TRY(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, opts_.device), "reading the L2 size");
   kv_prefetch_limit_ = l2_bytes / 2;
-  // GPTOSS_CUDA_PDL=0 / GPTOSS_CUDA_CLUSTERS=0 turn off what the kernel code would allow (measurements).
+  // GPTOSS_CUDA_PDL=0 / GPTOSS_CUDA_CLUSTERS=0 / GPTOSS_CUDA_WGMMA=0 turn off what the kernel code would
+  // allow (measurements).
   if (const char* v = std::getenv("GPTOSS_CUDA_PDL")) launch_.pdl = launch_.pdl && std::atoi(v) != 0;
   if (const char* v = std::getenv("GPTOSS_CUDA_CLUSTERS")) launch_.clusters = launch_.clusters && std::atoi(v) != 0;
-  log_info("cuda backend: programmatic dependent launch {}, clustered RMSNorm {}", launch_.pdl ? "on" : "off",
-           launch_.clusters ? "on" : "off");
+  if (const char* v = std::getenv("GPTOSS_CUDA_WGMMA")) launch_.wgmma = launch_.wgmma && std::atoi(v) != 0;
+  log_info("cuda backend: programmatic dependent launch {}, clustered RMSNorm {}, warpgroup MMA experts {}",
+           launch_.pdl ? "on" : "off", launch_.clusters ? "on" : "off", launch_.wgmma ? "on" : "off");
   GPTOSS_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating a CUDA stream");
   launch_.stream = stream_;
   GPTOSS_ASSIGN_OR_RETURN(cublas_, CublasHandle::create(stream_));

@@ -259,6 +259,7 @@ cudaError_t gemm_launch(const GemmArgs& a, int nt, const Launch& ln) {
   if (a.mode == GemmOut::kSwiglu && a.out16_lo <= 0) return cudaErrorInvalidValue;
   if (a.weights == GemmWeights::kMxfp4 && (a.kblocks % 4 != 0 || a.scales == nullptr)) return cudaErrorInvalidValue;
   if (a.tiles && (a.n_tiles == nullptr || a.max_tiles <= 0)) return cudaErrorInvalidValue;
+  if (nt == 64 && moe_wgmma_fits(a, ln)) return moe_wgmma_launch(a, ln);
   if (nt == 64) {
     const int mt = gemm_tiled_mt(a);
     if (mt > 0) return gemm_tiled_launch(a, mt, ln);

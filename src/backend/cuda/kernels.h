@@ -31,6 +31,9 @@ struct Launch {
   // sm_90, 163 KB on sm_80, 99 KB on sm_86/sm_89. Kernels that can trade pipeline depth for
   // shared memory do so below their preferred size (attention_launch).
   int smem_optin = 0;
+  // The device runs this binary's sm_90a code: MXFP4 expert products of wide column tiles run on the
+  // warpgroup MMA kernel (moe_wgmma.cu) instead of mma.sync (GPTOSS_CUDA_WGMMA=0 turns it off).
+  bool wgmma = false;
 };
 
 // Weights to pull into L2 ahead of the kernel that reads them: a kernel that moves little DRAM
@@ -139,6 +142,12 @@ cudaError_t gemm_launch(const GemmArgs& a, int nt, const Launch& ln);
 // 2) by how the blocks fill the SMs, 0 when the grid is too small for it (or the mode is kPartial).
 int gemm_tiled_mt(const GemmArgs& a);
 cudaError_t gemm_tiled_launch(const GemmArgs& a, int mt, const Launch& ln);
+// MXFP4 expert products of 64-token column tiles on Hopper's warpgroup MMA (moe_wgmma.cu): blocks of
+// 256 weight rows × one tile, kStore and kSwiglu. Not the bits of gemm_launch: the whole reduction
+// goes into one f32 accumulator (no segments), 16 products per step in storage order. gemm_launch
+// takes this kernel for 64-column MoE tiles when moe_wgmma_fits(a, ln).
+bool moe_wgmma_fits(const GemmArgs& a, const Launch& ln);
+cudaError_t moe_wgmma_launch(const GemmArgs& a, const Launch& ln);
 // True when (row blocks × column tiles) is fewer than two blocks per SM: then segments run in
 // separate blocks (kPartial). (Measured on H200 decode: splitting the expert down-projection and
 // summing its partials in the next norm beats one unsplit pass, 303 vs 281 tok/s.)

@@ -280,6 +280,7 @@ cudaError_t launch_target(cudaStream_t stream, Launch* l) {
   l->stream = stream;
   l->pdl = attr.ptxVersion >= 90;
   l->clusters = attr.ptxVersion >= 90;
+  l->wgmma = attr.ptxVersion >= 90;  // the sm_90a image (the only sm_90 code this binary holds)
   l->smem_optin = optin;
   return cudaSuccess;
 }

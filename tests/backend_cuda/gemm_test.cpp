@@ -937,33 +937,51 @@ struct Grouping {
   }
 };
 
-TEST_P(TiledMoeGemmTest, SameBitsAsGemmKernelAndMatchesReference) {
-  const MoeCase c = GetParam().c;
-  MoeSetup s = make_moe(c, 555 + c.experts * 11 + c.tokens + c.inter);
-  if (GetParam().skew)
+// The case's experts, with every token routed to expert 0 among its top-k when `skew` (one full
+// expert, the others sparse).
+MoeSetup make_moe_routed(const TiledMoeCase& tc, uint64_t seed) {
+  const MoeCase& c = tc.c;
+  MoeSetup s = make_moe(c, seed);
+  if (tc.skew)
     for (int t = 0; t < c.tokens; ++t) {
       int32_t* e = &s.idx[static_cast<size_t>(t) * c.top_k];
       if (std::find(e, e + c.top_k, 0) == e + c.top_k) e[0] = 0;
     }
+  return s;
+}
+
+// Gate/up arguments over d and the tiles of g: st stores the f32 rows (s.rows apart), sw the
+// SwiGLU activations as fp16 pairs (inter values padded to ip, hi then lo); outputs left unset.
+struct GateUpArgs {
+  int ip;
+  GemmArgs st, sw;
+  GateUpArgs(const MoeDevice& d, const MoeSetup& s, const MoeCase& c, const Grouping& g)
+      : ip(static_cast<int>(cuda::round_up(c.inter, cuda::kActPad))), st(d.args(s)), sw(d.args(s)) {
+    st.out_stride = s.rows;
+    sw.mode = GemmOut::kSwiglu;
+    sw.out16_stride = 2 * ip;
+    sw.out16_lo = ip;
+    sw.bias = d.bias.get();
+    sw.bias_expert_stride = s.rows_p;
+    g.apply(st);
+    g.apply(sw);
+  }
+};
+
+TEST_P(TiledMoeGemmTest, SameBitsAsGemmKernelAndMatchesReference) {
+  const MoeCase c = GetParam().c;
+  const MoeSetup s = make_moe_routed(GetParam(), 555 + c.experts * 11 + c.tokens + c.inter);
   MoeDevice d(s, c);
   Grouping g8(8, s, c), g64(64, s, c);
   CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, g8.out(), test_launch()));
   CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, g64.out(), test_launch()));
-  const int ip = static_cast<int>(cuda::round_up(c.inter, cuda::kActPad));
+  GateUpArgs args(d, s, c, g8);
+  GemmArgs &st = args.st, &sw = args.sw;
+  const int ip = args.ip;
   const size_t ysize = static_cast<size_t>(s.pairs) * s.rows, asize = static_cast<size_t>(s.pairs) * 2 * ip;
   DevArray<float> y_ref(ysize), y(ysize);
   DevArray<uint16_t> act_ref(asize), act(asize);
   act_ref.fill_bytes(0xff);  // NaN poison here and below: the padding past inter stays poison in both
-  GemmArgs st = d.args(s);
-  st.out_stride = s.rows;
-  GemmArgs sw = d.args(s);
-  sw.mode = GemmOut::kSwiglu;
-  sw.out16_stride = 2 * ip;
-  sw.out16_lo = ip;
-  sw.bias = d.bias.get();
-  sw.bias_expert_stride = s.rows_p;
-  g8.apply(st);
-  g8.apply(sw);
   st.out = y_ref.get();
   sw.out16 = act_ref.get();
   CUDA_ASSERT(cuda::gemm_launch(st, 8, test_launch()));
@@ -1010,27 +1028,14 @@ class MoeWgmmaTest : public ::testing::TestWithParam<TiledMoeCase> {};
 
 TEST_P(MoeWgmmaTest, MatchesReferenceAndRepeatsItsBits) {
   const MoeCase c = GetParam().c;
-  MoeSetup s = make_moe(c, 4321 + c.experts * 7 + c.tokens + c.inter);
-  if (GetParam().skew)
-    for (int t = 0; t < c.tokens; ++t) {
-      int32_t* e = &s.idx[static_cast<size_t>(t) * c.top_k];
-      if (std::find(e, e + c.top_k, 0) == e + c.top_k) e[0] = 0;
-    }
+  const MoeSetup s = make_moe_routed(GetParam(), 4321 + c.experts * 7 + c.tokens + c.inter);
   MoeDevice d(s, c);
   Grouping g64(64, s, c);
   CUDA_ASSERT(cuda::moe_group_launch(d.idx.get(), c.tokens, c.top_k, c.experts, g64.out(), test_launch()));
-  const int ip = static_cast<int>(cuda::round_up(c.inter, cuda::kActPad));
+  GateUpArgs args(d, s, c, g64);
+  GemmArgs &st = args.st, &sw = args.sw;
+  const int ip = args.ip;
   const size_t ysize = static_cast<size_t>(s.pairs) * s.rows, asize = static_cast<size_t>(s.pairs) * 2 * ip;
-  GemmArgs st = d.args(s);
-  st.out_stride = s.rows;
-  GemmArgs sw = d.args(s);
-  sw.mode = GemmOut::kSwiglu;
-  sw.out16_stride = 2 * ip;
-  sw.out16_lo = ip;
-  sw.bias = d.bias.get();
-  sw.bias_expert_stride = s.rows_p;
-  g64.apply(st);
-  g64.apply(sw);
   const cuda::Launch ln = test_launch();
   if (!ln.wgmma) {  // a device without the sm_90a image: the kernel refuses, gemm_launch never picks it
     EXPECT_FALSE(cuda::moe_wgmma_fits(st, ln));

@@ -1069,6 +1069,29 @@ TEST_P(MoeWgmmaTest, MatchesReferenceAndRepeatsItsBits) {
     if (!written[i % static_cast<size_t>(ip)]) {
       ASSERT_EQ(act[0][i], 0) << "padding element " << i << " written";
     }
+  {
+    // Odd output strides (rows that start at odd elements): the epilogue's narrow stores, same bits.
+    const int64_t ys = s.rows + 1, as = 2 * ip + 1;
+    DevArray<float> yd(static_cast<size_t>(s.pairs) * ys);
+    DevArray<uint16_t> ad(static_cast<size_t>(s.pairs) * as);
+    GemmArgs st1 = st, sw1 = sw;
+    st1.out = yd.get(), st1.out_stride = ys;
+    sw1.out16 = ad.get(), sw1.out16_stride = as;
+    CUDA_ASSERT(cuda::moe_wgmma_launch(st1, ln));
+    CUDA_ASSERT(cuda::moe_wgmma_launch(sw1, ln));
+    const std::vector<float> yo = yd.download();
+    const std::vector<uint16_t> ao = ad.download();
+    for (int p = 0; p < s.pairs; ++p) {
+      for (int r = 0; r < s.rows; ++r)
+        ASSERT_TRUE(same_bits(yo[static_cast<size_t>(p * ys + r)], y[0][static_cast<size_t>(p) * s.rows + r]))
+            << "odd stride: pair " << p << " row " << r;
+      for (int i = 0; i < 2 * ip; ++i)
+        if (written[static_cast<size_t>(i % ip)]) {
+          ASSERT_EQ(ao[static_cast<size_t>(p * as + i)], act[0][static_cast<size_t>(p) * 2 * ip + i])
+              << "odd stride: pair " << p << " element " << i;
+        }
+    }
+  }
   // The mma.sync kernel's results differ only by rounding: both are near-f32, but the tensor cores
   // truncate as they accumulate, here over the whole reduction in one accumulator and there in
   // segment sums (H100: 4.4e-6 at K = 2880, 6.7e-6 at K = 4160; a lost lo half would give ~1e-4).

@@ -235,23 +235,46 @@ __global__ void __launch_bounds__(kThreads, 2) moe_wgmma_kernel(const GemmArgs a
     if (j >= count) continue;
     const int64_t orow = a.out_scatter ? a.out_scatter[start + j] : start + j;
     if constexpr (MODE == GemmOut::kSwiglu) {
+      // Lane t's outputs i = r/2 of q and q + 1 (q even) are i and i + 4 of one group of 8, which
+      // k_phys stores side by side (2t, 2t + 1): one 4-byte store per half for both.
       __half* out = reinterpret_cast<__half*>(a.out16) + orow * a.out16_stride;
       const float* bias = a.bias + expert * a.bias_expert_stride;
+      const bool wide = a.out16_stride % 2 == 0 && a.out16_lo % 2 == 0 && (reinterpret_cast<uintptr_t>(out) & 3) == 0;
 #pragma unroll
-      for (int q = 0; q < 16; ++q) {
-        const int r = row0 + 8 * q;
-        if (r < a.rows)
-          store_f16_pair(out + k_phys(r / 2), a.out16_lo,
-                         swiglu_clamped(acc[4 * q + 2 * hm] + bias[r], acc[4 * q + 2 * hm + 1] + bias[r + 1],
-                                        a.swiglu_alpha, a.swiglu_limit));
+      for (int q = 0; q < 16; q += 2) {
+        const int r = row0 + 8 * q, r1 = r + 8;
+        if (r >= a.rows) continue;
+        const float v0 = swiglu_clamped(acc[4 * q + 2 * hm] + bias[r], acc[4 * q + 2 * hm + 1] + bias[r + 1],
+                                        a.swiglu_alpha, a.swiglu_limit);
+        __half* at = out + k_phys(r / 2);
+        if (r1 >= a.rows || !wide) {
+          store_f16_pair(at, a.out16_lo, v0);
+          if (r1 < a.rows)
+            store_f16_pair(out + k_phys(r1 / 2), a.out16_lo,
+                           swiglu_clamped(acc[4 * q + 4 + 2 * hm] + bias[r1], acc[4 * q + 5 + 2 * hm] + bias[r1 + 1],
+                                          a.swiglu_alpha, a.swiglu_limit));
+          continue;
+        }
+        const float v1 = swiglu_clamped(acc[4 * q + 4 + 2 * hm] + bias[r1], acc[4 * q + 5 + 2 * hm] + bias[r1 + 1],
+                                        a.swiglu_alpha, a.swiglu_limit);
+        const __half h0 = f32_to_f16_sat(v0), h1 = f32_to_f16_sat(v1);
+        *reinterpret_cast<__half2*>(at) = __halves2half2(h0, h1);
+        *reinterpret_cast<__half2*>(at + a.out16_lo) =
+            __halves2half2(__float2half_rn(v0 - __half2float(h0)), __float2half_rn(v1 - __half2float(h1)));
       }
     } else {
+      // Rows r and r + 1 of lane t as one 8-byte store where the row start allows it.
       float* out = a.out + orow * a.out_stride;
+      const bool wide = (reinterpret_cast<uintptr_t>(out) & 7) == 0;
 #pragma unroll
       for (int q = 0; q < 16; ++q) {
         const int r = row0 + 8 * q;
-        if (r < a.rows) out[r] = acc[4 * q + 2 * hm];
-        if (r + 1 < a.rows) out[r + 1] = acc[4 * q + 2 * hm + 1];
+        if (r + 1 < a.rows && wide) {
+          *reinterpret_cast<float2*>(out + r) = make_float2(acc[4 * q + 2 * hm], acc[4 * q + 2 * hm + 1]);
+        } else {
+          if (r < a.rows) out[r] = acc[4 * q + 2 * hm];
+          if (r + 1 < a.rows) out[r + 1] = acc[4 * q + 2 * hm + 1];
+        }
       }
     }
   }

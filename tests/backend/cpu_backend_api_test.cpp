@@ -1,16 +1,19 @@
-// CPU backend interface behaviour: batch validation errors, optional outputs (argmax only, router
-// statistics, memory statistics), thread-count invariance and the backend factory.
+// CPU backend interface behaviour: batch validation errors, optional outputs (argmax only, sampling
+// next to the logits, router statistics, memory statistics), thread-count invariance and the backend
+// factory.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <numeric>
 #include <random>
 #include <span>
 
 #include "backend/cpu/ops.h"
+#include "backend/sampling.h"
 #include "test_util.h"
 
 // Counts every plain operator new in this test binary, so a test can assert that steady-state
@@ -129,6 +132,62 @@ TEST_F(CpuBackendApi, ArgmaxWithoutLogitsMatchesLogits) {
   only.argmax = without.data();
   ASSERT_TRUE(backend_->forward(std::span<const SeqBatch>(&s, 1), only).ok());
   EXPECT_EQ(with, without);
+}
+
+// Sampling in the same step as the logits: the caller's logits stay as the lm_head wrote them (the
+// penalty edits go to a copy of the row), every sampled id is sample_row()'s on that row, the same
+// ids come back without the logits, and sample rows without an output for them are refused.
+TEST_F(CpuBackendApi, SamplingNextToLogitsEditsACopy) {
+  SeqBatch s;
+  s.tokens = std::span<const int32_t>(tokens_.data(), 6);
+  s.all_logits = true;
+  const int64_t V = vocab();
+  std::vector<float> plain(6 * static_cast<size_t>(V)), logits(plain.size());
+  StepOutputs ref;
+  ref.logits = plain.data();
+  ASSERT_TRUE(backend_->forward(std::span<const SeqBatch>(&s, 1), ref).ok());
+
+  // Row 1 greedy with its best token pushed down by 1000 (so the pick must move), row 4 at T = 0.8
+  // within the top 5 with a repetition penalty on its best token, row 5 at T = 1 within top-p 0.9.
+  const int32_t best1 = cpu::argmax(plain.data() + 1 * V, V), best4 = cpu::argmax(plain.data() + 4 * V, V);
+  const PenaltyEdit e1[] = {{best1, 0, 1000.0f}};
+  const PenaltyEdit e4[] = {{best4, 1, 0.0f}};
+  SampleRow rows[3];
+  rows[0].row = 1, rows[0].temperature = 0.0f, rows[0].edits = e1;
+  rows[1].row = 4, rows[1].temperature = 0.8f, rows[1].top_k = 5, rows[1].repetition_penalty = 1.3f;
+  rows[1].random = 0x9E3779B97F4A7C15ull, rows[1].edits = e4;
+  rows[2].row = 5, rows[2].top_p = 0.9f, rows[2].random = 0x0123456789ABCDEFull;
+
+  std::vector<int32_t> ids(3, -1), ids_only(3, -2);
+  s.slot = 1;  // a fresh slot: the same step again
+  StepOutputs out;
+  out.logits = logits.data();
+  out.sample = rows;
+  out.sampled = ids.data();
+  ASSERT_TRUE(backend_->forward(std::span<const SeqBatch>(&s, 1), out).ok());
+  EXPECT_EQ(std::memcmp(logits.data(), plain.data(), plain.size() * sizeof(float)), 0)
+      << "the sampling edits reached the caller's logits";
+  for (int i = 0; i < 3; ++i) {
+    std::vector<float> row(plain.begin() + rows[i].row * V, plain.begin() + (rows[i].row + 1) * V);
+    EXPECT_EQ(ids[static_cast<size_t>(i)], sample_row(row.data(), V, rows[i])) << "sample row " << i;
+  }
+  EXPECT_NE(ids[0], best1) << "the penalty edit was not applied";
+
+  backend_->slot_reset(0);
+  s.slot = 0;
+  StepOutputs only;
+  only.sample = rows;
+  only.sampled = ids_only.data();
+  ASSERT_TRUE(backend_->forward(std::span<const SeqBatch>(&s, 1), only).ok());
+  EXPECT_EQ(ids_only, ids);
+
+  backend_->slot_reset(0);
+  StepOutputs missing;
+  missing.logits = logits.data();
+  missing.sample = rows;
+  expect_error(backend_->forward(std::span<const SeqBatch>(&s, 1), missing), ErrorCode::kInvalidArgument,
+               "no sampled output");
+  EXPECT_EQ(backend_->slot_length(0), 0) << "a refused step must not advance the slot";
 }
 
 TEST_F(CpuBackendApi, RouterStatsCountEveryTokenAndAccumulate) {

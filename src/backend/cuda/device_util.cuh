@@ -1,5 +1,6 @@
 // Small device helpers shared by the CUDA kernels: Programmatic Dependent Launch controls, L2
-// prefetches, fp16 packing, the clamped SwiGLU, the mma.sync wrapper and warp/block reductions.
+// prefetches, fp16 packing, the clamped SwiGLU, the mma.sync wrapper, zero-filling cp.async copies and
+// warp/block reductions.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -112,6 +113,22 @@ __device__ __forceinline__ void mma_f16(float (&d)[4], uint32_t a0, uint32_t a1,
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Asynchronous global → shared copies that zero-fill the destination when !valid (0 source bytes; src
+// must still be a valid address): 16 bytes through L2 only (.cg), and with a shared-window address
+// (the `s` forms) 16 bytes the same way or 8 / 4 bytes through L1 (.ca, the only form below 16).
+__device__ __forceinline__ void cp_async16s(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async8s(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 8 : 0));
+}
+__device__ __forceinline__ void cp_async4s(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  cp_async16s(static_cast<uint32_t>(__cvta_generic_to_shared(dst)), src, valid);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -1,6 +1,6 @@
 // Device pieces shared by the two GEMM kernels (gemm.cu: any column tile; gemm_tiled.cu: wide
 // column tiles): A fragments of one 32-block, the canonical mma sequence of one block (which fixes
-// every output's rounding, so both kernels give the same bits), the cp.async copy and the epilogues.
+// every output's rounding, so both kernels give the same bits) and the epilogues.
 #pragma once
 
 #include "backend/cuda/device_util.cuh"
@@ -69,12 +69,6 @@ __device__ __forceinline__ void mma_phase(float (&acc)[4], const AFrag& f, int p
 __device__ __forceinline__ void mma_hilo(float (&acc)[4], const AFrag& f, const uint4& bh, const uint4& bl) {
 #pragma unroll
   for (int p = 0; p < 4; ++p) mma_phase(acc, f, p, bh, bl);
-}
-
-// 16-byte asynchronous global → shared copy; zero-fills the destination when !valid.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 16 : 0));
 }
 
 // Gate/up rows are interleaved (row 2j = gate j, 2j+1 = up j): lanes with even g hold gates and

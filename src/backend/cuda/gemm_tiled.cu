@@ -34,13 +34,6 @@ struct Stage {
   static constexpr int kBytes = kS + (WT == GemmWeights::kF16 ? 0 : kRows * kCB);
 };
 
-__device__ __forceinline__ void cp_async16s(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async4s(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0));
-}
-
 // One thread's share of every chunk's copies, set up once per block: the same 16-byte piece q of
 // B columns j0, j0 + kBJ, ... and of A rows r0, r0 + kAJ, ...; the chunk at kb0 adds kb0 times
 // the bytes per block to each source. B columns past `count` and A rows past a.rows read nothing

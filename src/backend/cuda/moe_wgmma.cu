@@ -99,15 +99,6 @@ __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
-__device__ __forceinline__ void cp_async16z(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async8z(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 8 : 0));
-}
-__device__ __forceinline__ void cp_async4z(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0));
-}
 #endif
 
 template <GemmOut MODE>
@@ -151,13 +142,13 @@ __global__ void __launch_bounds__(kThreads, 2) moe_wgmma_kernel(const GemmArgs a
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int q = 0; q < 2; ++q)
-        cp_async16z(st + h * kActHalf + a_dst[q], a_src + (a_ok ? k0 + h * a.x_lo + q * 32 : 0), a_ok);
+        cp_async16s(st + h * kActHalf + a_dst[q], a_src + (a_ok ? k0 + h * a.x_lo + q * 32 : 0), a_ok);
     const int group = c >> 1, half = c & 1;
     const uint8_t* cs = c_src + (r_ok ? group * 1024 + half * 8 : 0);
 #pragma unroll
     for (int t = 0; t < 4; ++t)
-      cp_async8z(st + kCodes + ((t >> 1) * kRowsPerBlock + tid) * 16 + (t & 1) * 8, cs + (r_ok ? 16 * t : 0), r_ok);
-    cp_async4z(st + kScales + tid * 4, s_src + (r_ok ? group * 64 : 0), r_ok);
+      cp_async8s(st + kCodes + ((t >> 1) * kRowsPerBlock + tid) * 16 + (t & 1) * 8, cs + (r_ok ? 16 * t : 0), r_ok);
+    cp_async4s(st + kScales + tid * 4, s_src + (r_ok ? group * 64 : 0), r_ok);
   };
   // Warpgroup wg multiplies weight rows 128·wg .. 128·wg + 127 (its B operand starts 16 atoms in).
   // Every thread runs every wgmma instruction: a branch around them (one warpgroup multiplying,

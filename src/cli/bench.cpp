@@ -140,7 +140,6 @@ Result<RunResult> run_once(Backend& b, const BenchFlags& f, int64_t vocab, int64
   const bool sampling = !f.sampling.greedy();
   std::vector<Sampler> samplers;
   std::vector<SampleRow> rows;
-  std::vector<PenaltyEdit> no_edits;
   std::vector<float> logits(sampling && f.host_sampling ? S * static_cast<size_t>(vocab) : 0);
   for (size_t s = 0; s < S && sampling; ++s) {
     SamplingParams sp = f.sampling;
@@ -148,7 +147,7 @@ Result<RunResult> run_once(Backend& b, const BenchFlags& f, int64_t vocab, int64
     samplers.emplace_back(sp);
   }
   StepOutputs out;
-  out.argmax = argmax.data();
+  if (!sampling) out.argmax = argmax.data();  // sampled decode feeds the sampled ids
   if (sampling && f.host_sampling) out.logits = logits.data();
   const double t0 = now_s();
   for (int64_t step = 0; step < gen; ++step) {
@@ -161,7 +160,7 @@ Result<RunResult> run_once(Backend& b, const BenchFlags& f, int64_t vocab, int64
     if (sampling && !f.host_sampling) {
       rows.clear();
       for (size_t s = 0; s < S; ++s) {
-        rows.push_back(samplers[s].prepare(vocab, {}, 0, &no_edits));
+        rows.push_back(samplers[s].prepare(vocab, {}, 0));
         rows.back().row = static_cast<int32_t>(s);
       }
       out.sample = rows;

@@ -39,8 +39,7 @@ struct Sequence {
   std::shared_ptr<Request> handle;
   GenerationRequest req;
   Sampler sampler;
-  std::vector<PenaltyEdit> edits;  // this step's penalty edits (the backend reads them during forward)
-  std::vector<int32_t> tokens;     // prompt + generated
+  std::vector<int32_t> tokens;  // prompt + generated
   size_t n_prompt = 0;
   int64_t pos = 0;  // tokens[0, pos) have K/V in the slot
   int64_t generated = 0, cached = 0;
@@ -308,7 +307,7 @@ void EngineImpl::step() {
         {.slot = m.slot, .pos = q->pos, .tokens = std::span<const int32_t>(q->tokens).subspan(q->pos, m.n)});
     if (m.emits && q->backend_samples()) {
       // Output row i: every member contributes one row (its last token).
-      sample_rows.push_back(q->sampler.prepare(vocab, q->tokens, q->n_prompt, &q->edits));
+      sample_rows.push_back(q->sampler.prepare(vocab, q->tokens, q->n_prompt));
       sample_rows.back().row = static_cast<int32_t>(i);
     }
     batch_tokens += m.n;

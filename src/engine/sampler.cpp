@@ -61,34 +61,37 @@ uint64_t Rng::next() {
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
 
-SampleRow Sampler::prepare(int64_t vocab, std::span<const int32_t> history, size_t generated_from,
-                           std::vector<PenaltyEdit>* edits) {
-  edits->clear();
+void Sampler::collect_edits(int64_t vocab, std::span<const int32_t> history, size_t generated_from) {
   auto valid = [vocab](int32_t t) { return t >= 0 && t < vocab; };
   // edit_index_ maps a token to its edit (index + 1) and is cleared again below, so each call costs
   // O(history) rather than O(vocab).
   if (static_cast<int64_t>(edit_index_.size()) < vocab) edit_index_.assign(static_cast<size_t>(vocab), 0);
   auto edit_of = [&](int32_t t) -> size_t {
     if (edit_index_[t] == 0) {
-      edits->push_back({.token = t});
+      edits_.push_back({.token = t});
       count_.push_back(0);
-      edit_index_[t] = static_cast<int32_t>(edits->size());
+      edit_index_[t] = static_cast<int32_t>(edits_.size());
     }
     return static_cast<size_t>(edit_index_[t] - 1);
   };
   count_.clear();
   if (params_.repetition_penalty != 1.0f)
     for (int32_t t : history)
-      if (valid(t)) (*edits)[edit_of(t)].repeat = 1;
+      if (valid(t)) edits_[edit_of(t)].repeat = 1;
   const float pres = params_.presence_penalty, freq = params_.frequency_penalty;
   if ((pres != 0.0f || freq != 0.0f) && generated_from < history.size())
     for (int32_t t : history.subspan(generated_from))
       if (valid(t)) ++count_[edit_of(t)];
-  for (size_t i = 0; i < edits->size(); ++i) {
-    PenaltyEdit& e = (*edits)[i];
+  for (size_t i = 0; i < edits_.size(); ++i) {
+    PenaltyEdit& e = edits_[i];
     if (count_[i] > 0) e.delta = freq * static_cast<float>(count_[i]) + pres;
     edit_index_[e.token] = 0;
   }
+}
+
+SampleRow Sampler::prepare(int64_t vocab, std::span<const int32_t> history, size_t generated_from) {
+  edits_.clear();
+  if (params_.has_penalties()) collect_edits(vocab, history, generated_from);
   SampleRow r;
   r.temperature = params_.temperature;
   r.top_k = params_.top_k;
@@ -96,13 +99,13 @@ SampleRow Sampler::prepare(int64_t vocab, std::span<const int32_t> history, size
   r.min_p = params_.min_p;
   r.repetition_penalty = params_.repetition_penalty;
   r.random = params_.greedy() ? 0 : rng_.next();
-  r.edits = *edits;
+  r.edits = edits_;
   return r;
 }
 
 int32_t Sampler::sample(float* logits, int64_t vocab, std::span<const int32_t> history, size_t generated_from) {
   if (vocab <= 0) return -1;
-  return sample_row(logits, vocab, prepare(vocab, history, generated_from, &edits_), scratch_);
+  return sample_row(logits, vocab, prepare(vocab, history, generated_from), scratch_);
 }
 
 }  // namespace gptoss

@@ -45,12 +45,12 @@ class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
   // The next token's SampleRow (backend/sampling.h) for a backend to finish where the logits are:
-  // the penalty edits of `history` (written to *edits, which the row points at) and, unless greedy,
-  // one Rng::next() as its draw (row is left 0 for the caller). `history` is the sequence so far
+  // the penalty edits of `history` (kept by the sampler: the row's edits stay valid until its next
+  // prepare() or sample()) and, unless greedy, one Rng::next() as its draw (row is left 0 for the
+  // caller). `history` is the sequence so far
   // (prompt + generated); the repetition penalty looks at all of it (HF rule), presence/frequency
   // penalties only at history[generated_from:] (OpenAI counts the sampled tokens, not the prompt).
-  SampleRow prepare(int64_t vocab, std::span<const int32_t> history, size_t generated_from,
-                    std::vector<PenaltyEdit>* edits);
+  SampleRow prepare(int64_t vocab, std::span<const int32_t> history, size_t generated_from);
   // The same on the host: prepare() then sample_row() over logits [vocab] (modified in place by the
   // penalties). Rules: penalties → greedy argmax (temperature 0, lowest id on ties) or weights →
   // top-k → top-p → min-p → a draw that walks the kept tokens in id order (sampling.h). Each
@@ -59,11 +59,14 @@ class Sampler {
   const SamplingParams& params() const { return params_; }
 
  private:
+  // Fills edits_ with the penalty edits of `history` (only called when a penalty is on).
+  void collect_edits(int64_t vocab, std::span<const int32_t> history, size_t generated_from);
+
   SamplingParams params_;
   Rng rng_;
   std::vector<int32_t> edit_index_;  // per-vocabulary scratch: edit index + 1 (0 = none), cleared after use
   std::vector<int32_t> count_;       // generated-token counts of the edits
-  std::vector<PenaltyEdit> edits_;   // sample()'s edits
+  std::vector<PenaltyEdit> edits_;   // the last prepare()'s edits
   SampleScratch scratch_;            // sample()'s candidate list, reused
 };
 

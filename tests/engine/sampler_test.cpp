@@ -227,25 +227,23 @@ TEST(Sampler, SameSeedSameStreamDifferentSeedDifferentStream) {
 TEST(Sampler, PrepareDrawsOneRandomValueUnlessGreedy) {
   Sampler s({.temperature = 0.8f, .top_k = 5, .seed = 31});
   Rng ref(31);
-  std::vector<PenaltyEdit> edits;
   for (int i = 0; i < 5; ++i) {
-    const SampleRow r = s.prepare(10, {}, 0, &edits);
+    const SampleRow r = s.prepare(10, {}, 0);
     EXPECT_EQ(r.random, ref.next());
     EXPECT_EQ(r.temperature, 0.8f);
     EXPECT_EQ(r.top_k, 5);
     EXPECT_TRUE(r.edits.empty());
   }
   Sampler g({.temperature = 0, .seed = 31});
-  EXPECT_EQ(g.prepare(10, {}, 0, &edits).random, 0u);
+  EXPECT_EQ(g.prepare(10, {}, 0).random, 0u);
 }
 
 TEST(Sampler, PrepareListsOneEditPerPenalisedToken) {
   // history: prompt {0, 2} then generated {2, 3, 3}, and ids outside the vocabulary (ignored).
   const std::vector<int32_t> history = {0, 2, -1, 2, 3, 9, 3};
   Sampler s({.temperature = 1, .repetition_penalty = 2.0f, .presence_penalty = 0.5f, .frequency_penalty = 0.25f});
-  std::vector<PenaltyEdit> edits;
   for (int round = 0; round < 2; ++round) {  // the second call starts from clean scratch
-    const SampleRow r = s.prepare(5, history, 3, &edits);
+    const SampleRow r = s.prepare(5, history, 3);
     std::map<int32_t, std::pair<int32_t, float>> got;
     for (const PenaltyEdit& e : r.edits) EXPECT_TRUE(got.emplace(e.token, std::make_pair(e.repeat, e.delta)).second);
     // Repetition on every history token; presence + frequency × count on the generated ones.
@@ -253,7 +251,7 @@ TEST(Sampler, PrepareListsOneEditPerPenalisedToken) {
     EXPECT_EQ(r.repetition_penalty, 2.0f);
   }
   Sampler plain({.temperature = 1, .presence_penalty = 1.0f});
-  const SampleRow r = plain.prepare(5, history, 7, &edits);  // nothing generated yet
+  const SampleRow r = plain.prepare(5, history, 7);  // nothing generated yet
   EXPECT_TRUE(r.edits.empty());
 }
 
@@ -273,11 +271,10 @@ TEST(Sampler, SampleIsPrepareThenSampleRow) {
                              .seed = 8};
   Sampler a(sp), b(sp);
   std::vector<int32_t> history = {1, 2, 3}, other = history;
-  std::vector<PenaltyEdit> edits;
   for (int i = 0; i < 80; ++i) {
     std::vector<float> la = logits, lb = logits;
     history.push_back(a.sample(la.data(), 97, history, 3));
-    other.push_back(sample_row(lb.data(), 97, b.prepare(97, other, 3, &edits)));
+    other.push_back(sample_row(lb.data(), 97, b.prepare(97, other, 3)));
     EXPECT_EQ(la, lb);
   }
   EXPECT_EQ(history, other);

@@ -276,8 +276,10 @@ TEST(CublasDense, RejectsWhatItCannotDo) {
   a.part_stride = 10, a.out_stride = 20;
   EXPECT_EQ(cuda::cublas_dense(*h, a).code(), ErrorCode::kInvalidArgument) << "rows wider than a part";
   a.part_stride = 64, a.out_stride = 128;
-  a.x_stride = s.kp;
+  // lo starting inside hi (x_lo below the reduction length), at the matching row stride.
+  a.x_lo = int64_t{s.kblocks} * 32 - 8, a.x_stride = 2 * a.x_lo;
   EXPECT_EQ(cuda::cublas_dense(*h, a).code(), ErrorCode::kInvalidArgument) << "hi and lo halves overlap";
+  a.x_lo = s.kp;
   a.x_stride = 2 * s.kp + 8;
   EXPECT_EQ(cuda::cublas_dense(*h, a).code(), ErrorCode::kInvalidArgument) << "halves not at one stride";
   CUDA_ASSERT(cudaDeviceSynchronize());

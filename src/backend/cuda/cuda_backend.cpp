@@ -255,10 +255,12 @@ StepPlan CudaBackend::plan_step(std::span<const SeqBatch> batch, const StepOutpu
       p.tokens_per_item == 1 ? decode_split_cap_ : attention_splits(p.items, shape_.n_kv_heads, chunks, sm_count_);
   p.splits_full = attention_item_splits(static_cast<int>(max_full), cap);
   p.splits_sliding = attention_item_splits(static_cast<int>(max_sliding), cap);
+  // (Steps whose o product runs through cuBLAS prefetch nothing, so their graph key does not depend on
+  // the KV size either.)
   const double key_bytes = static_cast<double>(kv_entry_bytes());
-  p.prefetch_o_full = o_prefetch_bytes_ > 0 && p.kv_keys_full * key_bytes <= static_cast<double>(kv_prefetch_limit_);
-  p.prefetch_o_sliding =
-      o_prefetch_bytes_ > 0 && p.kv_keys_sliding * key_bytes <= static_cast<double>(kv_prefetch_limit_);
+  const bool prefetch = o_prefetch_bytes_ > 0 && !dense_plan(dev_->layers.front().o, p.T).cublas;
+  p.prefetch_o_full = prefetch && p.kv_keys_full * key_bytes <= static_cast<double>(kv_prefetch_limit_);
+  p.prefetch_o_sliding = prefetch && p.kv_keys_sliding * key_bytes <= static_cast<double>(kv_prefetch_limit_);
   return p;
 }
 
@@ -267,10 +269,13 @@ Status CudaBackend::upload_samples(const StepOutputs& out) {
   if (n == 0) return Status::ok_status();
   size_t n_edits = 0;
   for (const SampleRow& r : out.sample) n_edits += r.edits.size();
-  auto align = [](size_t b) { return (b + 255) / 256 * 256; };
-  sample_edits_off_ = align(n * sizeof(SampleRowDev));
-  sample_out_off_ = align(sample_edits_off_ + n_edits * sizeof(PenaltyEdit));
-  const size_t bytes = sample_out_off_ + n * sizeof(int32_t);
+  Carver layout(nullptr);  // rows, edits, sampled ids: the offsets enqueue_outputs and forward read
+  layout.take<SampleRowDev>(n);
+  sample_edits_off_ = layout.size();
+  layout.take<PenaltyEdit>(n_edits);
+  sample_out_off_ = layout.size();
+  layout.take<int32_t>(n);
+  const size_t bytes = layout.size();
   if (bytes > host_sample_.size()) {
     // Grown while the stream is idle (the previous step synchronised), with room for later steps.
     const size_t cap = std::max(bytes, 2 * host_sample_.size());

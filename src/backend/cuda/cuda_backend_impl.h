@@ -54,7 +54,8 @@ struct StepPlan {
   bool stats = false;
   double kv_keys_full = 0, kv_keys_sliding = 0;  // keys read per full / sliding layer (profiler bytes)
   // The RoPE kernel of a full / sliding layer prefetches o weights into L2 (attention_block): only
-  // while the attention's KV reads are small enough not to evict them again.
+  // when the own kernel (not cuBLAS) runs the o product and the attention's KV reads are small
+  // enough not to evict them again. Part of the decode graph key.
   bool prefetch_o_full = false, prefetch_o_sliding = false;
 };
 

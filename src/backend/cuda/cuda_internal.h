@@ -156,11 +156,6 @@ Result<std::unique_ptr<ModelDev>> model_upload(const Model& model, cudaStream_t 
 // backend's one thread drives it).
 class KernelProfiler {
  public:
-  struct Mark {
-    std::string name;
-    double bytes;
-    cudaEvent_t start, stop;
-  };
   ~KernelProfiler();
   void enable(bool on) { on_ = on; }
   bool on() const { return on_; }
@@ -172,6 +167,11 @@ class KernelProfiler {
   std::string report() const;
 
  private:
+  struct Mark {
+    std::string name;
+    double bytes;
+    cudaEvent_t start, stop;
+  };
   struct Total {
     double ms = 0, bytes = 0;
     int64_t calls = 0;

@@ -126,10 +126,8 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
   r.concentration = dev_->concentration;
   r.q32 = s.q32;
   // The first o_prefetch_bytes_ of the o product's weights stream into L2 while RoPE and the
-  // attention run (both latency-bound at decode), unless cuBLAS runs the product (large steps) or the
-  // attention's KV reads would evict them.
-  const GemmPlan go = dense_plan(L.o, p.T);
-  if (!go.cublas && (kv.window > 0 ? p.prefetch_o_sliding : p.prefetch_o_full))
+  // attention run (both latency-bound at decode), where the plan says so (plan_step).
+  if (kv.window > 0 ? p.prefetch_o_sliding : p.prefetch_o_full)
     r.prefetch = L2Span{L.o.w, std::min<int64_t>(static_cast<int64_t>(dense_bytes(L.o)), o_prefetch_bytes_)};
   GPTOSS_LAUNCH("qkv bias + RoPE + KV store", 0, qkv_rope_launch(r, p.T, shape_, kv, launch_));
 
@@ -153,6 +151,7 @@ Status CudaBackend::attention_block(const StepPlan& p, int layer) {
                 attention_launch(at, shape_, kv, launch_));
   if (at.splits > 1) GPTOSS_LAUNCH("attention split merge", 0, attention_combine_launch(at, shape_, launch_));
 
+  const GemmPlan go = dense_plan(L.o, p.T);
   GPTOSS_RETURN_IF_ERROR(dense_product("o projection", L.o, go, dense_args(L.o, go, s.o16, qp_, p.T, s.proj, H)));
   ResidualAdd add;
   add.parts = s.proj;

@@ -86,10 +86,9 @@ int32_t sample_row(float* logits, int64_t vocab, const SampleRow& r, SampleScrat
   // Greedy token: the largest (key, −id), NaN excluded.
   uint64_t best = 0;
   for (int64_t i = 0; i < vocab; ++i)
-    if (!std::isnan(logits[i]))
-      best = std::max(best, (uint64_t{sample_order_key(logits[i])} << 32) | (0xffffffffu - static_cast<uint32_t>(i)));
+    if (!std::isnan(logits[i])) best = std::max(best, sample_greedy_key(logits[i], i));
   if (best == 0) return 0;
-  const auto greedy = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(best));
+  const int32_t greedy = sample_greedy_id(best);
   if (r.temperature == 0.0f) return greedy;
 
   const SampleRowMath m = sample_row_math(sample_key_value(static_cast<uint32_t>(best >> 32)), r.temperature, vocab);

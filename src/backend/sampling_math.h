@@ -64,6 +64,15 @@ GPTOSS_HD inline float sample_key_value(uint32_t key) {
 #endif
 }
 
+// Greedy order (rule 2): the token with the largest key of (order key, −id) wins, so ties go to the
+// lower id; 0 is below every token's key (NaN logits take no part). sample_greedy_id decodes the id.
+GPTOSS_HD inline uint64_t sample_greedy_key(float v, int64_t id) {
+  return (uint64_t{sample_order_key(v)} << 32) | (0xffffffffu - static_cast<uint32_t>(id));
+}
+GPTOSS_HD inline int32_t sample_greedy_id(uint64_t key) {
+  return static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(key));
+}
+
 // e^x for x in [−700, 0], the same bits on every IEEE-754 machine: x = k·ln2 + r with |r| ≤ ln2/2
 // (Cody–Waite, fma), a degree-13 Taylor polynomial of e^r by Horner with fma, then an exact 2^k
 // scaling. Relative error below 1e-15; exactly 1 at x = 0.

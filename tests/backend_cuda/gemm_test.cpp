@@ -1039,6 +1039,13 @@ TEST_P(MoeWgmmaTest, MatchesReferenceAndRepeatsItsBits) {
   const int ip = args.ip;
   const size_t ysize = static_cast<size_t>(s.pairs) * s.rows, asize = static_cast<size_t>(s.pairs) * 2 * ip;
   const cuda::Launch ln = test_launch();
+  int dev = 0, major = 0;
+  CUDA_ASSERT(cudaGetDevice(&dev));
+  CUDA_ASSERT(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  // Hopper running this binary's sm_90 code (not a compute_80-only build) has the kernel.
+  if (major == 9 && ln.pdl) {
+    ASSERT_TRUE(ln.wgmma) << "the sm_90a image on a Hopper device";
+  }
   if (!ln.wgmma) {  // a device without the sm_90a image: the kernel refuses, gemm_launch never picks it
     EXPECT_FALSE(cuda::moe_wgmma_fits(st, ln));
     EXPECT_EQ(cuda::moe_wgmma_launch(st, ln), cudaErrorInvalidValue);

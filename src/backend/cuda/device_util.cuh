@@ -75,6 +75,15 @@ __device__ __forceinline__ void store_f16_pair(__half* p, int64_t lo, float v) {
   p[lo] = __float2half_rn(v - __half2float(h));
 }
 
+// Two values as the fp16 pairs of adjacent elements: one 4-byte store per half (p and p + lo must be
+// 4-byte aligned); the same halves as store_f16_pair of each.
+__device__ __forceinline__ void store_f16_pair2(__half* p, int64_t lo, float v0, float v1) {
+  const __half h0 = f32_to_f16_sat(v0), h1 = f32_to_f16_sat(v1);
+  *reinterpret_cast<__half2*>(p) = __halves2half2(h0, h1);
+  *reinterpret_cast<__half2*>(p + lo) =
+      __halves2half2(__float2half_rn(v0 - __half2float(h0)), __float2half_rn(v1 - __half2float(h1)));
+}
+
 // gpt-oss clamped SwiGLU of one gate/up pair: gate clamped above at limit, up to [−limit, limit],
 // gate·σ(alpha·gate)·(up + 1).
 __device__ __forceinline__ float swiglu_clamped(float gate, float up, float alpha, float limit) {

@@ -1,6 +1,7 @@
-// Device pieces shared by the two GEMM kernels (gemm.cu: any column tile; gemm_tiled.cu: wide
-// column tiles): A fragments of one 32-block, the canonical mma sequence of one block (which fixes
-// every output's rounding, so both kernels give the same bits) and the epilogues.
+// Device pieces shared by the GEMM kernels (gemm.cu: any column tile; gemm_tiled.cu: wide column
+// tiles; moe_wgmma.cu: MXFP4 expert tiles on the warpgroup MMA): MXFP4 decoding, A fragments of one 32-block, the
+// canonical mma sequence of one block (which fixes every output's rounding, so both kernels give the same bits) and the
+// epilogues.
 #pragma once
 
 #include "backend/cuda/device_util.cuh"
@@ -39,14 +40,20 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
+// One code word (elements 8t..8t+7 of a block, storage order) as 4 fp16 pairs value·2^-14 (scale_row
+// then applies the block scale): pairs (e0,e4), (e1,e5), (e2,e6), (e3,e7) match the activations'
+// storage order (k_phys).
+__device__ __forceinline__ void mxfp4_pairs(uint32_t w, uint32_t (&h)[4]) {
+  h[0] = mxfp4_pair_x2m14<0>(w), h[1] = mxfp4_pair_x2m14<1>(w);
+  h[2] = mxfp4_pair_x2m14<2>(w), h[3] = mxfp4_pair_x2m14<3>(w);
+}
+
 // Fragments of one MXFP4 block from lane t's code word of rows g (ql) and g+8 (qh) and their E8M0
-// scales: pairs (e0,e4), (e1,e5), (e2,e6), (e3,e7) match the activations' storage order (k_phys).
+// scales.
 __device__ __forceinline__ AFrag mxfp4_frag(uint32_t ql, uint32_t qh, uint32_t sl, uint32_t sh) {
   AFrag f;
-  f.lo[0] = mxfp4_pair_x2m14<0>(ql), f.lo[1] = mxfp4_pair_x2m14<1>(ql);
-  f.lo[2] = mxfp4_pair_x2m14<2>(ql), f.lo[3] = mxfp4_pair_x2m14<3>(ql);
-  f.hi[0] = mxfp4_pair_x2m14<0>(qh), f.hi[1] = mxfp4_pair_x2m14<1>(qh);
-  f.hi[2] = mxfp4_pair_x2m14<2>(qh), f.hi[3] = mxfp4_pair_x2m14<3>(qh);
+  mxfp4_pairs(ql, f.lo);
+  mxfp4_pairs(qh, f.hi);
   scale_row(f.lo, sl);
   scale_row(f.hi, sh);
   return f;

@@ -71,11 +71,7 @@ inline int64_t round_up(int64_t x, int64_t m) {
 // group of 8 permuted to [0, 4, 1, 5, 2, 6, 3, 7]: then the half2 pairs (k, k+4) that the MXFP4
 // dequantizer produces from one 32-bit word of codes line up with the activation pairs in memory.
 // Returns the storage position of logical index k.
-#ifdef __CUDACC__
-__host__ __device__
-#endif
-    inline int64_t
-    k_phys(int64_t k) {
+GPTOSS_HD inline int64_t k_phys(int64_t k) {
   return (k & ~int64_t{7}) | ((k & 3) << 1) | ((k >> 2) & 1);
 }
 
@@ -85,7 +81,9 @@ __host__ __device__
 // (mxfp4_code_offset; rows padded to kRowTile, kblocks a multiple of 4). The reduction runs
 // over `nseg` segments of `seg_blocks` blocks of 32; each segment is summed on its own and the segment sums are added
 // in order, in every mode, so one output never depends on the batch size or on whether the segments ran in one block or
-// many.
+// many. The one exception: MXFP4 expert tiles of 64 columns on the sm_90a image (Launch::wgmma) go to
+// moe_wgmma_launch, which sums the whole reduction in one accumulator (other bits, the same error
+// bound), so there an expert output depends on whether its step's tiles are 64 columns wide.
 enum class GemmWeights { kF16, kMxfp4 };
 enum class GemmOut {
   kStore,    // out[orow·out_stride + r] = total (f32)
@@ -134,8 +132,9 @@ struct GemmArgs {
 // expert/matrix on average.
 int gemm_tile_cols(int64_t cols_per_group);
 // Launches the GEMM with column tile `nt`; kPartial uses grid.z = nseg, the others one block per
-// (row tile, column tile). The caller picks the mode (see gemm_use_split). With nt = 64 it runs the
-// tiled kernel below when gemm_tiled_mt(a) > 0 (same bits either way).
+// (row tile, column tile). The caller picks the mode (see gemm_use_split). With nt = 64 it runs
+// moe_wgmma_launch when moe_wgmma_fits(a, ln) (other bits), else the tiled kernel below when
+// gemm_tiled_mt(a) > 0 (same bits either way).
 cudaError_t gemm_launch(const GemmArgs& a, int nt, const Launch& ln);
 // The GEMM for wide column tiles (gemm_tiled.cu): blocks of 64·mt weight rows × 64 columns, the
 // same bits as gemm_launch; kStore and kSwiglu only, dense kblocks even. gemm_tiled_mt picks mt (1 or
@@ -169,18 +168,11 @@ cudaError_t dense_gemv_launch(const GemmArgs& a, const Launch& ln);
 // run of the matrix (group after group). The scales of a (tile, group) are 64 bytes, row by row, 4
 // blocks each. Both are per expert, zero past the real rows and blocks.
 inline constexpr int kMxfp4TileRows = 16;
-#ifdef __CUDACC__
-__host__ __device__
-#endif
-    inline int64_t
-    mxfp4_code_offset(int64_t row, int64_t group, int kblocks) {  // bytes of (row, group) in an expert
+// Bytes of (row, group) in an expert's codes; the scale byte of (row, block) in its scales.
+GPTOSS_HD inline int64_t mxfp4_code_offset(int64_t row, int64_t group, int kblocks) {
   return (row >> 4) * (int64_t{kMxfp4TileRows} * 16 * kblocks) + group * 1024 + (row & 15) * 64;
 }
-#ifdef __CUDACC__
-__host__ __device__
-#endif
-    inline int64_t
-    mxfp4_scale_offset(int64_t row, int64_t block, int kblocks) {  // scale byte of (row, block)
+GPTOSS_HD inline int64_t mxfp4_scale_offset(int64_t row, int64_t block, int kblocks) {
   return (row >> 4) * (int64_t{kMxfp4TileRows} * kblocks) + (block >> 2) * 64 + (row & 15) * 4 + (block & 3);
 }
 
@@ -194,11 +186,7 @@ __host__ __device__
 inline constexpr int kMxfp4MagBit[8] = {9, 6, 3, 0, 25, 22, 19, 16};
 inline constexpr int kMxfp4SignBit[8] = {15, 12, 14, 13, 31, 28, 30, 29};
 template <int K>
-#ifdef __CUDACC__
-__host__ __device__
-#endif
-    constexpr uint32_t
-    mxfp4_pair_x2m14(uint32_t w) {
+GPTOSS_HD constexpr uint32_t mxfp4_pair_x2m14(uint32_t w) {
   constexpr uint32_t kHalf2 = 0x8E008E00u;  // sign and e1 e0 m of both halves
   if constexpr (K == 0) {
     return w & kHalf2;
@@ -423,11 +411,7 @@ struct AttnArgs {
 // kAttnSplitKeys keys. Items of one token (decode) each use attention_item_splits(their keys,
 // a.splits), so a.splits must be that of the item with the most keys; items of several tokens all
 // split their keys a.splits ways.
-#ifdef __CUDACC__
-__host__ __device__
-#endif
-    inline int
-    attention_item_splits(int keys, int cap) {
+GPTOSS_HD inline int attention_item_splits(int keys, int cap) {
   int s = 1;
   while (s < cap && s * kAttnSplitKeys < keys) s *= 2;
   return s < cap ? s : cap;

@@ -42,16 +42,19 @@ constexpr int kSmemBytes = kStages * kStageBytes + kWeightBytes + 1024;  // 108 
 static_assert(kTok <= kThreads && kRowsPerBlock == kThreads);
 static_assert(kStageBytes % 1024 == 0 && kActHalf % 1024 == 0, "swizzle atoms stay 1 KB aligned");
 
-// Byte offset of 16-byte piece j (k values 8j..8j+7 of the chunk) of row r in a swizzled operand.
-__host__ __device__ constexpr uint32_t swz(int r, int j) {
-  return static_cast<uint32_t>((r >> 3) * 1024 + (r & 7) * 128 + ((j ^ (r & 7)) << 4));
-}
-
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define GPTOSS_WGMMA 1
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
+// Launch::wgmma takes any sm_90 image for one with this kernel: build Hopper code as sm_90a.
+#error "the CUDA backend's Hopper code must be built for sm_90a (GPTOSS_CUDA_ARCHS 90a), not sm_90"
 #endif
 
 #ifdef GPTOSS_WGMMA
+// Byte offset of 16-byte piece j (k values 8j..8j+7 of the chunk) of row r in a swizzled operand.
+__device__ __forceinline__ uint32_t swz(int r, int j) {
+  return static_cast<uint32_t>((r >> 3) * 1024 + (r & 7) * 128 + ((j ^ (r & 7)) << 4));
+}
+
 // Shared-memory matrix descriptor of a K-major operand with the 128-byte swizzle: start address (the
 // k16 step's first piece in the atom's first row), leading offset 16 (unused by this layout), stride
 // 1 KB between 8-row atoms, layout type 1 (bits 62-63).
@@ -184,9 +187,8 @@ __global__ void __launch_bounds__(kThreads, 2) moe_wgmma_kernel(const GemmArgs a
         const uint32_t s = (sw >> (8 * (2 * half + b))) & 0xffu;
 #pragma unroll
         for (int t = 0; t < 4; ++t) {
-          const uint32_t w = words[b][t];
-          uint32_t h[4] = {mxfp4_pair_x2m14<0>(w), mxfp4_pair_x2m14<1>(w), mxfp4_pair_x2m14<2>(w),
-                           mxfp4_pair_x2m14<3>(w)};
+          uint32_t h[4];
+          mxfp4_pairs(words[b][t], h);
           scale_row(h, s);
           const uint32_t dst = wsm + swz(tid, 4 * b + t);
           asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(h[0]), "r"(h[1]), "r"(h[2]),
@@ -230,28 +232,27 @@ __global__ void __launch_bounds__(kThreads, 2) moe_wgmma_kernel(const GemmArgs a
       // k_phys stores side by side (2t, 2t + 1): one 4-byte store per half for both.
       __half* out = reinterpret_cast<__half*>(a.out16) + orow * a.out16_stride;
       const float* bias = a.bias + expert * a.bias_expert_stride;
-      const bool wide = a.out16_stride % 2 == 0 && a.out16_lo % 2 == 0 && (reinterpret_cast<uintptr_t>(out) & 3) == 0;
+      const bool wide = a.out16_lo % 2 == 0 && (reinterpret_cast<uintptr_t>(out) & 3) == 0;
+      auto act = [&](int r, int q) {  // output r / 2: gate row r, up row r + 1, accumulators of q
+        return swiglu_clamped(acc[4 * q + 2 * hm] + bias[r], acc[4 * q + 2 * hm + 1] + bias[r + 1], a.swiglu_alpha,
+                              a.swiglu_limit);
+      };
 #pragma unroll
       for (int q = 0; q < 16; q += 2) {
         const int r = row0 + 8 * q, r1 = r + 8;
         if (r >= a.rows) continue;
-        const float v0 = swiglu_clamped(acc[4 * q + 2 * hm] + bias[r], acc[4 * q + 2 * hm + 1] + bias[r + 1],
-                                        a.swiglu_alpha, a.swiglu_limit);
-        __half* at = out + k_phys(r / 2);
-        if (r1 >= a.rows || !wide) {
-          store_f16_pair(at, a.out16_lo, v0);
-          if (r1 < a.rows)
-            store_f16_pair(out + k_phys(r1 / 2), a.out16_lo,
-                           swiglu_clamped(acc[4 * q + 4 + 2 * hm] + bias[r1], acc[4 * q + 5 + 2 * hm] + bias[r1 + 1],
-                                          a.swiglu_alpha, a.swiglu_limit));
+        const float v0 = act(r, q);
+        if (r1 >= a.rows) {
+          store_f16_pair(out + k_phys(r / 2), a.out16_lo, v0);
           continue;
         }
-        const float v1 = swiglu_clamped(acc[4 * q + 4 + 2 * hm] + bias[r1], acc[4 * q + 5 + 2 * hm] + bias[r1 + 1],
-                                        a.swiglu_alpha, a.swiglu_limit);
-        const __half h0 = f32_to_f16_sat(v0), h1 = f32_to_f16_sat(v1);
-        *reinterpret_cast<__half2*>(at) = __halves2half2(h0, h1);
-        *reinterpret_cast<__half2*>(at + a.out16_lo) =
-            __halves2half2(__float2half_rn(v0 - __half2float(h0)), __float2half_rn(v1 - __half2float(h1)));
+        const float v1 = act(r1, q + 1);
+        if (wide) {
+          store_f16_pair2(out + k_phys(r / 2), a.out16_lo, v0, v1);  // k_phys(r1 / 2) = k_phys(r / 2) + 1
+        } else {
+          store_f16_pair(out + k_phys(r / 2), a.out16_lo, v0);
+          store_f16_pair(out + k_phys(r1 / 2), a.out16_lo, v1);
+        }
       }
     } else {
       // Rows r and r + 1 of lane t as one 8-byte store where the row start allows it.

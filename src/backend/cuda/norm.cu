@@ -280,7 +280,9 @@ cudaError_t launch_target(cudaStream_t stream, Launch* l) {
   l->stream = stream;
   l->pdl = attr.ptxVersion >= 90;
   l->clusters = attr.ptxVersion >= 90;
-  l->wgmma = attr.ptxVersion >= 90;  // the sm_90a image (the only sm_90 code this binary holds)
+  // wgmma exists on sm_90a only: the Hopper image (moe_wgmma.cu refuses to build plain sm_90 code),
+  // not the code of later architectures.
+  l->wgmma = attr.ptxVersion == 90;
   l->smem_optin = optin;
   return cudaSuccess;
 }

@@ -197,16 +197,14 @@ __global__ void __launch_bounds__(kSampleThreads)
   unsigned long long best = 0;
   for (int64_t i = threadIdx.x; i < vocab; i += kSampleThreads) {
     const float v = row[i];
-    if (!(v != v))
-      best = max(best, (static_cast<unsigned long long>(sample_order_key(v)) << 32) |
-                           (0xffffffffu - static_cast<uint32_t>(i)));
+    if (!(v != v)) best = max(best, static_cast<unsigned long long>(sample_greedy_key(v, i)));
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
   if ((threadIdx.x & 31) == 0) sh.warp_best[threadIdx.x >> 5] = best;
   __syncthreads();
   for (int w = 0; w < kSampleWarps; ++w) best = max(best, sh.warp_best[w]);
-  const int32_t greedy = best ? static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(best)) : 0;
+  const int32_t greedy = best ? sample_greedy_id(best) : 0;
   if (best == 0 || rq.temperature == 0.0f) {
     if (threadIdx.x == 0) out[blockIdx.x] = greedy;
     return;

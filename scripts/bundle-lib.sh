@@ -23,3 +23,13 @@ bundle_link_source() {
 sanitizer_path() {
   command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer
 }
+
+# bundle_libs DIR...: the library path for running bundles DIR...: their lib/ folders (absolute, for
+# those that have one), then the machine's cuBLAS, which bundles leave out (scripts/cublas-path;
+# nothing when it has none: bundles without a cuBLAS dependency run without it).
+bundle_libs() {
+  local libs="" d c
+  for d in "$@"; do [ -d "$d/lib" ] && libs="$libs:$(cd "$d/lib" && pwd)"; done
+  c=$(scripts/cublas-path 2>/dev/null) && libs="$libs:$c"
+  echo "${libs#:}"
+}

@@ -388,6 +388,20 @@ float device_code_value(uint32_t w, int k) {
 // The device layout of MXFP4 experts (CPU only): the tiles filled from checkpoint rows, read back
 // through mxfp4_code_offset / mxfp4_scale_offset and the kernels' half2 decode, give every
 // checkpoint value (times 2^-14) and scale, zeros in the padding, and every byte exactly once.
+// Checkpoint blocks [experts·rows][nb][16] and scales [experts·rows][nb] in the device layout (codes
+// [experts][rows_p][kblocks·16 bytes], scales [experts][rows_p][kblocks]), tile by tile through the
+// host functions the weight upload uses.
+void to_device_layout(const uint8_t* blocks, const uint8_t* scales, int experts, int rows, int nb, int rows_p,
+                      int kblocks, uint8_t* codes, uint8_t* dev_scales) {
+  for (int e = 0; e < experts; ++e)
+    for (int r0 = 0; r0 < rows_p; r0 += cuda::kMxfp4TileRows) {
+      const int nrows = std::clamp(rows - r0, 0, cuda::kMxfp4TileRows);
+      const size_t src = static_cast<size_t>(e) * rows + std::min(r0, rows), dst = static_cast<size_t>(e) * rows_p + r0;
+      cuda::mxfp4_tile_codes(blocks + src * nb * 16, nrows, nb, kblocks, codes + dst * kblocks * 16);
+      cuda::mxfp4_tile_scales(scales + src * nb, nrows, nb, kblocks, dev_scales + dst * kblocks);
+    }
+}
+
 TEST(Mxfp4DeviceLayout, TilesDecodeToTheCheckpointValues) {
   struct Shape {
     int rows, nb;
@@ -399,14 +413,7 @@ TEST(Mxfp4DeviceLayout, TilesDecodeToTheCheckpointValues) {
     const std::vector<uint8_t> scales = random_bytes(static_cast<size_t>(sh.rows) * sh.nb, 78 + sh.rows);
     std::vector<uint8_t> codes(static_cast<size_t>(rows_p) * kblocks * 16, 0xAB);
     std::vector<uint8_t> dev_scales(static_cast<size_t>(rows_p) * kblocks, 0xAB);
-    for (int r0 = 0; r0 < rows_p; r0 += cuda::kMxfp4TileRows) {
-      const int nrows = std::clamp(sh.rows - r0, 0, cuda::kMxfp4TileRows);
-      const size_t src = static_cast<size_t>(std::min(r0, sh.rows));
-      cuda::mxfp4_tile_codes(blocks.data() + src * sh.nb * 16, nrows, sh.nb, kblocks,
-                             codes.data() + static_cast<size_t>(r0) * kblocks * 16);
-      cuda::mxfp4_tile_scales(scales.data() + src * sh.nb, nrows, sh.nb, kblocks,
-                              dev_scales.data() + static_cast<size_t>(r0) * kblocks);
-    }
+    to_device_layout(blocks.data(), scales.data(), 1, sh.rows, sh.nb, rows_p, kblocks, codes.data(), dev_scales.data());
     std::vector<int> code_hits(codes.size(), 0), scale_hits(dev_scales.size(), 0);
     for (int r = 0; r < rows_p; ++r)
       for (int kb = 0; kb < kblocks; ++kb) {
@@ -474,17 +481,11 @@ MoeSetup make_moe(const MoeCase& c, uint64_t seed) {
   s.dev_blocks.assign(static_cast<size_t>(c.experts) * s.rows_p * s.kblocks * 16, 0);
   s.dev_scales.assign(static_cast<size_t>(c.experts) * s.rows_p * s.kblocks, 0);
   s.bias_dev.assign(static_cast<size_t>(c.experts) * s.rows_p, 0.0f);
+  to_device_layout(s.blocks.data(), s.scales.data(), c.experts, s.rows, s.nb, s.rows_p, s.kblocks, s.dev_blocks.data(),
+                   s.dev_scales.data());
   for (int e = 0; e < c.experts; ++e)
-    for (int r0 = 0; r0 < s.rows_p; r0 += cuda::kMxfp4TileRows) {
-      const int nrows = std::clamp(s.rows - r0, 0, cuda::kMxfp4TileRows);
-      const size_t src = static_cast<size_t>(e) * s.rows + std::min(r0, s.rows),
-                   dst = static_cast<size_t>(e) * s.rows_p + r0;
-      cuda::mxfp4_tile_codes(s.blocks.data() + src * s.nb * 16, nrows, s.nb, s.kblocks,
-                             s.dev_blocks.data() + dst * s.kblocks * 16);
-      cuda::mxfp4_tile_scales(s.scales.data() + src * s.nb, nrows, s.nb, s.kblocks,
-                              s.dev_scales.data() + dst * s.kblocks);
-      for (int r = 0; r < nrows; ++r) s.bias_dev[dst + r] = bf16_to_f32(s.bias[src + r]);
-    }
+    for (int r = 0; r < s.rows; ++r)
+      s.bias_dev[static_cast<size_t>(e) * s.rows_p + r] = bf16_to_f32(s.bias[static_cast<size_t>(e) * s.rows + r]);
   s.x = random_f32(static_cast<size_t>(c.tokens) * c.hidden, seed + 9, 2.0f);
   s.idx.resize(static_cast<size_t>(s.pairs));
   std::vector<int32_t> perm(static_cast<size_t>(c.experts));

@@ -217,9 +217,8 @@ __global__ void __launch_bounds__((PAIRS ? 1 : kGroupWarps) * 32) moe_decode_ker
   }
   if (!live) return;
 
-  // Lane (g, t) holds rows row0 + g and row0 + g + 8 of token 4·nn + t.
 #pragma unroll
-  for (int nn = 0; nn < NN; ++nn) {
+  for (int nn = 0; nn < NN; ++nn) {  // lane (g, t) holds rows row0 + g and row0 + g + 8 of token 4·nn + t
     if (4 * nn >= count) break;
     const int j = 4 * nn + t;
     if constexpr (SWIGLU) {

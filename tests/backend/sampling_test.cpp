@@ -48,7 +48,9 @@ TEST(SampleOrderKey, OrdersLikeTheValuesWithSignedZerosEqual) {
     } else {
       EXPECT_LT(a, b) << v[i] << " vs " << v[i + 1];
     }
-    if (!(v[i] == 0.0f && std::signbit(v[i]))) EXPECT_EQ(sample_key_value(a), v[i]);
+    if (!(v[i] == 0.0f && std::signbit(v[i]))) {
+      EXPECT_EQ(sample_key_value(a), v[i]);
+    }
   }
 }
 
@@ -140,7 +142,9 @@ TEST(SampleRow, DrawWalksTheKeptSetInIdOrderWithSoftmaxFrequencies) {
     for (int32_t id : kept) z += std::exp((logits[id] - lmax) / c.t);
     for (int32_t id : kept) {
       const double p = std::exp((logits[id] - lmax) / c.t) / z;
-      if (p > 3.0 / n) EXPECT_TRUE(count.count(id)) << "kept token " << id << " never drawn";
+      if (p > 3.0 / n) {
+        EXPECT_TRUE(count.count(id)) << "kept token " << id << " never drawn";
+      }
       EXPECT_NEAR(count[id] / static_cast<double>(n), p, 1.5 / n + 1e-9) << "token " << id;
     }
     for (const auto& [id, k] : count) EXPECT_TRUE(kept.count(id)) << "token " << id << " outside the kept set";

@@ -159,7 +159,7 @@ TEST_P(CudaAttention, MatchesCpuSinkAttention) {
   std::vector<cuda::AttnItem> items;
   const cuda::AttnShape shape{hq, hkv, d, dp};
   const int hc = cuda::attention_heads_per_chunk(shape);
-  const int tpi = c.decode ? 1 : std::max(1, 64 / hc);
+  const int tpi = c.decode ? 1 : std::max(1, cuda::kAttnMaxWarps * cuda::kAttnRowsPerWarp / hc);
   int max_count = 1, splits = c.splits;
   if (splits == 0) {
     ASSERT_TRUE(c.decode);

@@ -270,10 +270,12 @@ __device__ __forceinline__ void attn_epilogue(const AttnArgs& a, const AttnShape
   }
 }
 
-// grid: (item, kv head × head chunk, key split); block: 1..4 warps of 16 (token, head) rows; RS
-// stages of raw f32 tiles (the same arithmetic either way).
+// grid: (item, kv head × head chunk, key split); block: 1..kAttnMaxWarps warps of 16 (token, head)
+// rows; RS stages of raw f32 tiles (the same arithmetic either way). Every warp's rows share the
+// staged tiles, so the more rows a block holds, the fewer copies and splits per row.
 template <int DP, int RS>
-__global__ void attention_kernel(const AttnArgs a, const AttnShape s, const KvLayer kv, int n_chunks, int hc) {
+__global__ void __launch_bounds__(kAttnMaxWarps * 32)
+    attention_kernel(const AttnArgs a, const AttnShape s, const KvLayer kv, int n_chunks, int hc) {
   using L = AttnLayout<DP>;
   extern __shared__ uint4 attn_smem[];
   float* raw = reinterpret_cast<float*>(attn_smem);                       // RS stages of f32 K, V
@@ -709,7 +711,7 @@ cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLaye
   const int hc = attention_heads_per_chunk(s);
   const int n_chunks = (s.n_heads / s.n_kv_heads + hc - 1) / hc;
   const int rows = a.tokens_per_item * hc;
-  if (rows <= 0 || rows > 4 * kAttnRowsPerWarp) return cudaErrorInvalidValue;
+  if (rows <= 0 || rows > kAttnMaxWarps * kAttnRowsPerWarp) return cudaErrorInvalidValue;
   const int warps = (rows + kAttnRowsPerWarp - 1) / kAttnRowsPerWarp;
   const dim3 grid(a.n_items, s.n_kv_heads * n_chunks, a.splits);
   return with_head_dim(s.dp, cudaErrorInvalidValue,

@@ -72,6 +72,7 @@ Status CudaBackend::init() {
   prof_.enable(prof != nullptr && std::strcmp(prof, "0") != 0);
   if (const char* v = std::getenv("GPTOSS_CUDA_EXPERT_DECODE_TOKENS")) decode_max_tokens_ = std::max(0, std::atoi(v));
   if (const char* v = std::getenv("GPTOSS_CUDA_EXPERT_PAIR_TOKENS")) pair_max_tokens_ = std::max(0, std::atoi(v));
+  if (const char* v = std::getenv("GPTOSS_CUDA_ATTN_WARPS")) attn_warps_ = std::clamp(std::atoi(v), 1, kAttnMaxWarps);
   if (const char* v = std::getenv("GPTOSS_CUDA_CUBLAS_TOKENS")) cublas_min_tokens_ = std::max(0, std::atoi(v));
   if (const char* v = std::getenv("GPTOSS_CUDA_O_PREFETCH_MB"))
     o_prefetch_bytes_ = int64_t{std::max(0, std::atoi(v))} << 20;
@@ -124,7 +125,7 @@ Status CudaBackend::alloc_scratch() {
   const int E = static_cast<int>(cfg_.num_local_experts);
   const LayerDev& L0 = dev_->layers.front();
   const int hc = attention_heads_per_chunk(shape_), chunks = (shape_.n_heads / shape_.n_kv_heads + hc - 1) / hc;
-  const int tpi = std::max(1, 4 * kAttnRowsPerWarp / hc);
+  const int tpi = std::max(1, attn_warps_ * kAttnRowsPerWarp / hc);
   size_t qkv = 0, attn = 0, proj = 0, mlp1 = 0, y = 0, tiles = 0;
   for (int T = 1; T <= Tm; ++T) {
     const int P = static_cast<int>(T * K);
@@ -221,7 +222,7 @@ StepPlan CudaBackend::plan_step(std::span<const SeqBatch> batch, const StepOutpu
   p.decode_only = p.T == static_cast<int>(batch.size());
   p.stats = out.router_stats != nullptr;
   const int hc = attention_heads_per_chunk(shape_);
-  const int tpi = p.decode_only ? 1 : std::max(1, 4 * kAttnRowsPerWarp / hc);
+  const int tpi = p.decode_only ? 1 : std::max(1, attn_warps_ * kAttnRowsPerWarp / hc);
   int32_t* m = reinterpret_cast<int32_t*>(host_meta_.data());
   int32_t *tokens = m, *pos = m + p.T, *slot = m + 2 * p.T, *out_rows = m + 3 * p.T;
   AttnItem* items = reinterpret_cast<AttnItem*>(m + 4 * p.T);

@@ -113,6 +113,10 @@ class CudaBackend final : public Backend {
   // 2412 vs 1975, N = 32 3912 vs 3348, N = 64 5102 vs 4295 tok/s; N = 2 pairs 665 vs tiles 604.
   int decode_max_tokens_ = 64;
   int pair_max_tokens_ = 2;
+  // Warps of a prefill attention block (16 (token, head) rows each): its items hold
+  // attn_warps_·16 / heads-per-chunk tokens, which share every staged K/V tile. Override:
+  // GPTOSS_CUDA_ATTN_WARPS (1..kAttnMaxWarps).
+  int attn_warps_ = kAttnMaxWarps;
   // Steps of at least cublas_min_tokens_ tokens run the qkv and o products through cuBLAS (0: never).
   // Override: GPTOSS_CUDA_CUBLAS_TOKENS. Measured on an H200 (20b, 64 sequences, 128-token prompts, same
   // run): never 18 854 prefill / 5 636 decode tok/s, from 64 tokens 20 856 / 5 876, from 256 20 850 / 5 599.

@@ -712,7 +712,7 @@ cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLaye
   const int n_chunks = (s.n_heads / s.n_kv_heads + hc - 1) / hc;
   const int rows = a.tokens_per_item * hc;
   if (rows <= 0 || rows > kAttnMaxWarps * kAttnRowsPerWarp) return cudaErrorInvalidValue;
-  const int warps = (rows + kAttnRowsPerWarp - 1) / kAttnRowsPerWarp;
+  const int warps = attention_warps(rows);
   const dim3 grid(a.n_items, s.n_kv_heads * n_chunks, a.splits);
   return with_head_dim(s.dp, cudaErrorInvalidValue,
                        [&](auto dp) { return attention_launch_dp<dp()>(a, s, kv, grid, warps, n_chunks, hc, ln); });

@@ -130,7 +130,8 @@ Status CudaBackend::alloc_scratch() {
   for (int T = 1; T <= Tm; ++T) {
     const int P = static_cast<int>(T * K);
     qkv = std::max(qkv, static_cast<size_t>(dense_plan(L0.qkv, T).nparts()) * T * L0.qkv.rows);
-    const int splits = attention_splits((T + tpi - 1) / tpi, shape_.n_kv_heads, chunks, sm_count_);
+    const int items = (T + tpi - 1) / tpi;
+    const int splits = attention_splits(items, shape_.n_kv_heads, chunks, attention_warps(tpi * hc), sm_count_);
     if (splits > 1) attn = std::max(attn, static_cast<size_t>(splits) * T);
     proj = std::max(proj, static_cast<size_t>(dense_plan(L0.o, T).nparts()) * T * H);
     const GemmPlan g1 = gemm_plan_moe(L0.mlp1.rows, L0.mlp1.kblocks, P, E, sm_count_);
@@ -252,8 +253,9 @@ StepPlan CudaBackend::plan_step(std::span<const SeqBatch> batch, const StepOutpu
   // Enough splits to fill the device, but none with fewer than ~256 keys; powers of two keep the
   // number of distinct decode graphs small. The decode kernel's cap depends on the device only, so a
   // sequence's splits (and its result) do not depend on the other sequences of the step.
-  const int cap =
-      p.tokens_per_item == 1 ? decode_split_cap_ : attention_splits(p.items, shape_.n_kv_heads, chunks, sm_count_);
+  const int cap = p.tokens_per_item == 1 ? decode_split_cap_
+                                         : attention_splits(p.items, shape_.n_kv_heads, chunks,
+                                                            attention_warps(p.tokens_per_item * hc), sm_count_);
   p.splits_full = attention_item_splits(static_cast<int>(max_full), cap);
   p.splits_sliding = attention_item_splits(static_cast<int>(max_sliding), cap);
   // (Steps whose o product runs through cuBLAS prefetch nothing, so their graph key does not depend on

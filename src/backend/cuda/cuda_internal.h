@@ -204,7 +204,8 @@ struct GemmPlan {
 GemmPlan gemm_plan_dense(int rows, int kblocks, int n, int sm_count);
 GemmPlan gemm_plan_moe(int rows, int kblocks, int pairs, int experts, int sm_count);
 
-// Key splits of the attention kernel for `items` work items.
-int attention_splits(int items, int kv_heads, int head_chunks, int sm_count);
+// Key splits of the prefill attention kernel for `items` work items on blocks of `warps` warps:
+// enough (warp-weighted) blocks for about 32 warps per SM, where one split is not.
+int attention_splits(int items, int kv_heads, int head_chunks, int warps, int sm_count);
 
 }  // namespace gptoss::cuda

@@ -374,10 +374,12 @@ GemmPlan gemm_plan_moe(int rows, int kblocks, int pairs, int experts, int sm_cou
   return p;
 }
 
-int attention_splits(int items, int kv_heads, int head_chunks, int sm_count) {
-  const int blocks = std::max(1, items * kv_heads * head_chunks);
-  const int want = (8 * sm_count + blocks - 1) / blocks;
-  return std::clamp(want, 1, 256);
+int attention_splits(int items, int kv_heads, int head_chunks, int warps, int sm_count) {
+  // (Measured on an H100, pp2048: blocks of 8 warps split in two by a block count that ignored their
+  // size spent 3.6 ms a step in the split merge, more than the 1.7 ms their larger tiles saved.)
+  const int64_t block_warps = std::max<int64_t>(1, int64_t{items} * kv_heads * head_chunks * std::max(1, warps));
+  const int64_t want = (32 * int64_t{sm_count} + block_warps - 1) / block_warps;
+  return static_cast<int>(std::clamp<int64_t>(want, 1, 256));
 }
 
 }  // namespace gptoss::cuda

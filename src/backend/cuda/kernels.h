@@ -62,7 +62,11 @@ inline constexpr int kGemmWarps = 4;  // warps per GEMM block (16 rows each)
 inline constexpr int kAttnKeyTile = 64;      // keys staged per attention tile
 inline constexpr int kAttnRowsPerWarp = 16;  // (token, head) query rows per attention warp
 inline constexpr int kAttnMaxWarps = 8;      // warps of a prefill attention block (at most)
-inline constexpr int kAttnSplitKeys = 256;   // a key split gets at least about this many keys
+// Warps of a prefill attention block holding `rows` (token, head) query rows.
+inline int attention_warps(int rows) {
+  return (rows + kAttnRowsPerWarp - 1) / kAttnRowsPerWarp;
+}
+inline constexpr int kAttnSplitKeys = 256;  // a key split gets at least about this many keys
 
 inline int64_t round_up(int64_t x, int64_t m) {
   return (x + m - 1) / m * m;

@@ -274,7 +274,7 @@ __device__ __forceinline__ void attn_epilogue(const AttnArgs& a, const AttnShape
 // rows; RS stages of raw f32 tiles (the same arithmetic either way). Every warp's rows share the
 // staged tiles, so the more rows a block holds, the fewer copies and splits per row.
 template <int DP, int RS>
-__global__ void __launch_bounds__(kAttnMaxWarps * 32)
+__global__ void __launch_bounds__(kAttnMaxWarps * 32, DP <= 64 ? 2 : 1)
     attention_kernel(const AttnArgs a, const AttnShape s, const KvLayer kv, int n_chunks, int hc) {
   using L = AttnLayout<DP>;
   extern __shared__ uint4 attn_smem[];

@@ -88,6 +88,50 @@ TEST(CudaQkvRope, RotatesQAndStoresKvAtRingIndex) {
   EXPECT_EQ(cuda::qkv_rope_launch(b, n, cuda::AttnShape{hq, hkv, d, dp}, kv, test_launch()), cudaErrorInvalidValue);
 }
 
+// Prefill-sized launches give each block several tokens (qkv_rope_launch): a 517-token launch (the
+// last group partial, gpt-oss shapes, 3 partials) writes the bits of 1-token-per-block launches of
+// the same tokens in chunks of 100, for q and both cache halves.
+TEST(CudaQkvRope, TokenGroupsPerBlockGiveTheSameBits) {
+  Config cfg;
+  cfg.head_dim = 64, cfg.num_attention_heads = 64, cfg.num_key_value_heads = 8;
+  const cpu::RopeTable rope = cpu::rope_table(cfg);
+  const int n = 517, hq = 64, hkv = 8, d = 64, dp = 64, slots = 2, cap = 1024, nparts = 3;
+  const int cols = (hq + 2 * hkv) * d;
+  std::vector<int32_t> pos(n), slot(n);
+  for (int t = 0; t < n; ++t) slot[static_cast<size_t>(t)] = t % slots, pos[static_cast<size_t>(t)] = 700 + t / slots;
+  const std::vector<float> parts = random_f32(static_cast<size_t>(nparts) * n * cols, 91, 2.0f);
+  DevArray<float> pd(parts), bd(random_f32(static_cast<size_t>(cols), 92, 0.5f)), inv(rope.inv_freq);
+  DevArray<int32_t> posd(pos), slotd(slot);
+  const cuda::AttnShape shape{hq, hkv, d, dp};
+  auto run = [&](int chunk, std::vector<float>* q, std::vector<float>* k, std::vector<float>* v) {
+    DevArray<float> q32(static_cast<size_t>(n) * hq * dp), kc(static_cast<size_t>(slots) * hkv * cap * dp),
+        vc(static_cast<size_t>(slots) * hkv * cap * dp);
+    q32.fill_bytes(0), kc.fill_bytes(0), vc.fill_bytes(0);
+    cuda::KvLayer kv;
+    kv.k = kc.get(), kv.v = vc.get(), kv.cap = cap;
+    for (int t0 = 0; t0 < n; t0 += chunk) {
+      cuda::QkvRopeArgs a;
+      a.parts = pd.get() + static_cast<int64_t>(t0) * cols, a.nparts = nparts;
+      a.part_stride = static_cast<int64_t>(n) * cols, a.stride = cols;
+      a.bias = bd.get(), a.pos = posd.get() + t0, a.slot = slotd.get() + t0, a.inv_freq = inv.get();
+      a.concentration = rope.concentration, a.q32 = q32.get() + static_cast<int64_t>(t0) * hq * dp;
+      CUDA_ASSERT(cuda::qkv_rope_launch(a, std::min(chunk, n - t0), shape, kv, test_launch()));
+    }
+    *q = q32.download(), *k = kc.download(), *v = vc.download();
+  };
+  std::vector<float> q1, k1, v1, q8, k8, v8;
+  ASSERT_NO_FATAL_FAILURE(run(100, &q1, &k1, &v1));
+  ASSERT_NO_FATAL_FAILURE(run(n, &q8, &k8, &v8));
+  EXPECT_EQ(0, std::memcmp(q1.data(), q8.data(), q1.size() * sizeof(float))) << "q";
+  EXPECT_EQ(0, std::memcmp(k1.data(), k8.data(), k1.size() * sizeof(float))) << "k cache";
+  EXPECT_EQ(0, std::memcmp(v1.data(), v8.data(), v1.size() * sizeof(float))) << "v cache";
+  size_t written = 0;  // every token wrote its rows: no all-zero q row
+  for (int t = 0; t < n; ++t)
+    written += std::any_of(q8.begin() + static_cast<int64_t>(t) * hq * dp,
+                           q8.begin() + static_cast<int64_t>(t + 1) * hq * dp, [](float x) { return x != 0.0f; });
+  EXPECT_EQ(written, static_cast<size_t>(n));
+}
+
 struct Seq {
   int slot, pos0, n;
 };

@@ -17,6 +17,8 @@ constexpr int kNormThreads = 512;
 // add_rmsnorm: blocks per token (one thread block cluster) and threads per block.
 constexpr int kNormCluster = 8;
 constexpr int kNormBlockThreads = 128;
+// Steps of at least this many tokens (and not clustered) run the block kernel with 256 threads a token.
+constexpr int kNormWideTokens = 64;
 
 __global__ void embed_kernel(const uint16_t* table, int64_t dim, const int32_t* tokens, float* h) {
   pdl_wait();
@@ -172,41 +174,63 @@ __global__ void GPTOSS_NORM_CLUSTER_DIMS __launch_bounds__(kNormBlockThreads)
 }
 #undef GPTOSS_NORM_CLUSTER_DIMS
 
-// The same per token in one block of kNormCluster·128 threads (any architecture): the 128 threads
-// of slice r are warps 4r..4r+3, so each slice's sum is block_sum's second stage over its 4 warp
-// sums, and the slices' sums are added in order — the cluster kernel's arithmetic exactly. At 1024
-// threads a thread has 64 registers (the cluster kernel uses ~120): its float4s are updated one at
-// a time, and the updated residual and the gain are read again for the normalisation.
-__global__ void __launch_bounds__(kNormCluster* kNormBlockThreads)
+// The same per token in one block (any architecture). The cluster kernel's 8 slices × 4 warps are 32
+// "virtual" warps; a block of 32/VW warps runs them, real warp r taking virtual warps r, r + 32/VW, …
+// (VW of them). Virtual warp w's lanes are the cluster's threads of slice w / 4, 32·(w % 4) + lane;
+// each sums its float4s in the same order, its warp_sum goes to warp_ss[w], and the slices' sums are
+// added in order — the cluster kernel's arithmetic exactly, for any VW. VW = 1 (1024 threads, 64
+// registers each) spreads a few tokens' loads widely; VW = 4 (256 threads) lets an SM hold several
+// tokens' blocks at once, for long steps (H100, pp2048: one 1024-thread block per token was
+// ≈ 100 µs a call). The updated residual and the gain are read again for the normalisation.
+template <int VW>
+__global__ void __launch_bounds__(kNormCluster* kNormBlockThreads / VW, VW)
     add_rmsnorm_block_kernel(float* h, int dim, const ResidualAdd add, const float* gain, float eps, uint16_t* x16,
                              int64_t x16_stride, int64_t x16_lo, float* x32) {
-  constexpr int kSliceWarps = kNormBlockThreads / 32;
-  __shared__ float warp_ss[kNormCluster * kSliceWarps];
-  const int tid = static_cast<int>(threadIdx.x);
-  const NormSlice sl(static_cast<int>(blockIdx.x), tid / kNormBlockThreads, tid % kNormBlockThreads, dim);
-  float* hr = h + static_cast<int64_t>(sl.t) * dim;
+  constexpr int kSliceWarps = kNormBlockThreads / 32, kVirtualWarps = kNormCluster * kSliceWarps;
+  constexpr int kRealWarps = kVirtualWarps / VW;
+  __shared__ float warp_ss[kVirtualWarps];
+  const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
+  const int t = static_cast<int>(blockIdx.x);
+  auto slice = [&](int i) {  // this thread's slice position in virtual warp warp + i·kRealWarps
+    const int vt = (warp + i * kRealWarps) * 32 + lane;
+    return NormSlice(t, vt / kNormBlockThreads, vt % kNormBlockThreads, dim);
+  };
+  float* hr = h + static_cast<int64_t>(t) * dim;
   pdl_wait();
-  float ss = 0.0f;
+  float ss[VW];
+#pragma unroll
+  for (int i = 0; i < VW; ++i) ss[i] = 0.0f;
 #pragma unroll 1
   for (int c = 0; c < kNormMaxVec; ++c) {
-    if (sl.f(c) < sl.hi) {
-      const int i = sl.f(c) * 4;
-      const float4 v = residual4<2>(hr, sl.t, i, add);
-      if (add.nparts > 0) *reinterpret_cast<float4*>(hr + i) = v;
-      ss += sum_sq4(v);
+#pragma unroll
+    for (int i = 0; i < VW; ++i) {
+      const NormSlice sl = slice(i);
+      if (sl.f(c) < sl.hi) {
+        const int at = sl.f(c) * 4;
+        const float4 v = residual4<2>(hr, t, at, add);
+        if (add.nparts > 0) *reinterpret_cast<float4*>(hr + at) = v;
+        ss[i] += sum_sq4(v);
+      }
     }
   }
-  ss = warp_sum(ss);
-  if ((tid & 31) == 0) warp_ss[tid >> 5] = ss;
+#pragma unroll
+  for (int i = 0; i < VW; ++i) {
+    const float w = warp_sum(ss[i]);
+    if (lane == 0) warp_ss[warp + i * kRealWarps] = w;
+  }
   __syncthreads();
-  ss = 0.0f;
+  float total = 0.0f;
 #pragma unroll
-  for (int r = 0; r < kNormCluster; ++r) ss += warp_sums_total(warp_ss + r * kSliceWarps, kSliceWarps);
-  float4 v[kNormMaxVec], g[kNormMaxVec];
+  for (int r = 0; r < kNormCluster; ++r) total += warp_sums_total(warp_ss + r * kSliceWarps, kSliceWarps);
+#pragma unroll 1
+  for (int i = 0; i < VW; ++i) {
+    const NormSlice sl = slice(i);
+    float4 v[kNormMaxVec], g[kNormMaxVec];
 #pragma unroll
-  for (int c = 0; c < kNormMaxVec; ++c)
-    if (sl.f(c) < sl.hi) v[c] = ld4(hr + sl.f(c) * 4), g[c] = ld4(gain + sl.f(c) * 4);
-  norm_store(sl, dim, ss, eps, v, g, x16, x16_stride, x16_lo, x32);
+    for (int c = 0; c < kNormMaxVec; ++c)
+      if (sl.f(c) < sl.hi) v[c] = ld4(hr + sl.f(c) * 4), g[c] = ld4(gain + sl.f(c) * 4);
+    norm_store(sl, dim, total, eps, v, g, x16, x16_stride, x16_lo, x32);
+  }
 }
 
 // One block per (tile, output chunk): tile columns are pairs in sorted order.
@@ -302,7 +326,10 @@ cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add,
   if (ln.clusters && n <= ln.cluster_max_tokens)
     return launch_kernel(add_rmsnorm_cluster_kernel, n * kNormCluster, kNormBlockThreads, 0, ln, h, dim, add, gain, eps,
                          x16, x16_stride, x16_lo, x32);
-  return launch_kernel(add_rmsnorm_block_kernel, n, kNormCluster * kNormBlockThreads, 0, ln, h, dim, add, gain, eps,
+  if (n >= kNormWideTokens)
+    return launch_kernel(add_rmsnorm_block_kernel<4>, n, kNormCluster * kNormBlockThreads / 4, 0, ln, h, dim, add, gain,
+                         eps, x16, x16_stride, x16_lo, x32);
+  return launch_kernel(add_rmsnorm_block_kernel<1>, n, kNormCluster * kNormBlockThreads, 0, ln, h, dim, add, gain, eps,
                        x16, x16_stride, x16_lo, x32);
 }
 

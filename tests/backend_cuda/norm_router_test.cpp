@@ -111,7 +111,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, CudaAddRmsNorm,
                                            NormCase{65, 256, 1, 2}, NormCase{1, 2880, 1, 4}, NormCase{1, 2880, 3, 4},
                                            NormCase{8, 2880, 2, 4}, NormCase{6, 2880, 2, 0}, NormCase{1, 4, 1, 1},
                                            NormCase{3, 3004, 1, 4}, NormCase{2, 12288, 2, 0}, NormCase{4, 10236, 1, 3},
-                                           NormCase{70, 2880, 2, 4}, NormCase{64, 12288, 1, 0}));
+                                           NormCase{70, 2880, 2, 4}, NormCase{260, 2880, 2, 4},
+                                           NormCase{256, 12288, 1, 0}));
 
 // The single-block kernel (for GPUs or builds without clusters) against the cluster kernel on the
 // same inputs: the residual, the f32 and the fp16-pair outputs bit for bit (run where the device
@@ -167,10 +168,10 @@ TEST_P(CudaAddRmsNorm, SingleBlockKernelGivesClusterBits) {
 // Each token's residual and normalised row are bit-identical whether it is launched alone or with
 // others (expert contributions from 4 experts, split in 2 parts), across the batch sizes where
 // add_rmsnorm_launch switches from the cluster kernel (≤ 16 tokens on sm_90) to one block per token,
-// and from 1024-thread to 256-thread blocks (64 tokens).
+// and from 1024-thread to 256-thread blocks (256 tokens).
 TEST(CudaAddRmsNormBatch, RowsIndependentOfBatchSize) {
   const int dim = 2880, k = 4, nparts = 2, E = 6, x16_stride = 2880;
-  constexpr int kMaxTokens = 72;
+  constexpr int kMaxTokens = 260;
   const int64_t part_stride = int64_t{kMaxTokens} * k * dim;
   const std::vector<float> h0 = random_f32(kMaxTokens * static_cast<size_t>(dim), 41, 30.0f);
   DevArray<float> p(random_f32(static_cast<size_t>(nparts * part_stride), 42, 2.0f));
@@ -194,7 +195,7 @@ TEST(CudaAddRmsNormBatch, RowsIndependentOfBatchSize) {
                                          x32.get(), test_launch()));
     *h_out = h.download(), *x_out = x32.download();
   };
-  for (int n : {1, 2, 3, 4, 5, 6, 7, 8, 16, 17, 40, 63, 64, kMaxTokens}) {
+  for (int n : {1, 2, 3, 4, 5, 6, 7, 8, 16, 17, 40, 255, 256, kMaxTokens}) {
     std::vector<float> hb, xb;
     run(0, n, &hb, &xb);
     for (int t = 0; t < n; ++t) {

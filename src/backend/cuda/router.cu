@@ -55,10 +55,13 @@ __device__ void topk_softmax(const float* logits, int experts, int top_k, int t,
     const int e = lane + 32 * i;
     v[i] = e < experts ? logits[e] : -INFINITY;
   }
+  // (The k loops are unrolled to 8 with an exit, so the selections stay in registers, not local memory.)
   float sel_logit[8];
   int sel_idx[8];
   uint32_t taken = 0;  // bit i: expert lane + 32·i already selected
-  for (int k = 0; k < top_k; ++k) {
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    if (k >= top_k) break;
     float best = -INFINITY;
     int bi = 0x7fffffff;
 #pragma unroll
@@ -77,9 +80,15 @@ __device__ void topk_softmax(const float* logits, int experts, int top_k, int t,
   }
   if (lane != 0) return;
   float denom = 0.0f;
-  for (int k = 0; k < top_k; ++k) denom += expf(sel_logit[k] - sel_logit[0]);
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    if (k >= top_k) break;
+    denom += expf(sel_logit[k] - sel_logit[0]);
+  }
   double ent = 0.0;
-  for (int k = 0; k < top_k; ++k) {
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    if (k >= top_k) break;
     const float wk = expf(sel_logit[k] - sel_logit[0]) / denom;
     idx[t * top_k + k] = sel_idx[k];
     weight[t * top_k + k] = wk;
@@ -103,11 +112,26 @@ __device__ __forceinline__ void load_w_batch(uint4 (&q)[kRouterLoads], const uin
     if (i0 + 32 * j < nvec) q[j] = __ldg(wr + i0 + 32 * j);
 }
 
-// One lane's partial dot products of an expert row with nt ≤ TT activation rows xs [TT][dim], over
-// the vectors lane, lane + 32, ... in order (q: the first batch, already loaded by load_w_batch).
+// The router's activation rows in shared memory: each group of 32 weight vectors (256 values) holds
+// the first halves (values 8i..8i+3) of its 32 vectors, then their second halves, so that the 32
+// lanes of a warp, one vector each, read 512 contiguous bytes per half (conflict-free). Floats per row:
+// dim rounded up to whole groups. (The plain layout, 32 bytes between lanes, made half of all shared
+// wavefronts bank conflicts: H100 ncu, pp2048.)
+__host__ __device__ constexpr int router_row_floats(int dim) {
+  return (dim + 255) / 256 * 256;
+}
+__device__ __forceinline__ int router_x4(int i, int h) {  // float4 of half h of vector i
+  return (i >> 5) * 64 + h * 32 + (i & 31);
+}
+
+// One lane's partial dot products of an expert row with nt ≤ TT activation rows xs [TT][row floats]
+// (router_x4 layout), over the vectors lane, lane + 32, ... in order (q: the first batch, already
+// loaded by load_w_batch).
 template <int TT>
 __device__ __forceinline__ void expert_dot(uint4 (&q)[kRouterLoads], const uint4* wr, int lane, int nvec,
                                            const float* xs, int dim, int nt, float (&acc)[TT]) {
+  const float4* xs4 = reinterpret_cast<const float4*>(xs);
+  const int row4 = router_row_floats(dim) / 4;
 #pragma unroll
   for (int tt = 0; tt < TT; ++tt) acc[tt] = 0.0f;
   for (int i0 = lane;;) {
@@ -122,8 +146,8 @@ __device__ __forceinline__ void expert_dot(uint4 (&q)[kRouterLoads], const uint4
 #pragma unroll
       for (int tt = 0; tt < TT; ++tt) {
         if (tt >= nt) break;
-        const float4 x0 = *reinterpret_cast<const float4*>(xs + tt * dim + 8 * i);
-        const float4 x1 = *reinterpret_cast<const float4*>(xs + tt * dim + 8 * i + 4);
+        const float4 x0 = xs4[tt * row4 + router_x4(i, 0)];
+        const float4 x1 = xs4[tt * row4 + router_x4(i, 1)];
         const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
 #pragma unroll
         for (int k = 0; k < 8; ++k) acc[tt] = fmaf(wv[k], xv[k], acc[tt]);
@@ -144,7 +168,8 @@ template <int TT>
 __global__ void __launch_bounds__(kRouterThreads)
     router_kernel(const float* x, int n, int dim, const uint16_t* w, const float* b, int experts, int top_k,
                   int32_t* idx, float* weight, RouterStatsDev stats, MoeGroupOut group, RouterWork ws) {
-  extern __shared__ float xs[];  // [TT][dim]
+  extern __shared__ float4 xs4[];  // [TT][router_row_floats(dim) / 4], router_x4 order
+  float* xs = reinterpret_cast<float*>(xs4);
   __shared__ int gsm[3 * 32 * kMaxExpertsPerLane];
   __shared__ bool last;
   const int t0 = blockIdx.x * TT;
@@ -155,8 +180,14 @@ __global__ void __launch_bounds__(kRouterThreads)
   uint4 q[kRouterLoads];
   if (e < experts) load_w_batch(q, wr, lane, dim / 8);  // weights: in flight before the previous kernel ends
   pdl_wait();
-  for (int i = threadIdx.x; i < nt * dim / 4; i += blockDim.x)
-    reinterpret_cast<float4*>(xs)[i] = reinterpret_cast<const float4*>(x + static_cast<int64_t>(t0) * dim)[i];
+  // Staged in the order of the shared-memory slots (consecutive threads, consecutive 16-byte slots: no
+  // bank conflicts on the stores); slot d of a row is half (d % 64) / 32 of vector (d / 64)·32 + d % 32.
+  const int row4 = router_row_floats(dim) / 4, nvec = dim / 8;
+  const float4* xg = reinterpret_cast<const float4*>(x + static_cast<int64_t>(t0) * dim);
+  for (int d = threadIdx.x; d < nt * row4; d += blockDim.x) {
+    const int tt = d / row4, slot = d - tt * row4, v = (slot >> 6) * 32 + (slot & 31);
+    if (v < nvec) xs4[d] = xg[tt * (dim / 4) + 2 * v + ((slot >> 5) & 1)];
+  }
   __syncthreads();
   if (e < experts) {
     float acc[TT];
@@ -199,7 +230,8 @@ __global__ void moe_group_kernel(const int32_t* idx, int pairs, int top_k, int e
 // logits) fit in 40 KB of shared memory.
 int router_tokens_per_block(int dim, int experts) {
   int tt = kRouterMaxTokens;
-  while (tt > 1 && static_cast<size_t>(tt) * std::max(dim, experts) * sizeof(float) > 40 * 1024) tt /= 2;
+  while (tt > 1 && static_cast<size_t>(tt) * std::max(router_row_floats(dim), experts) * sizeof(float) > 40 * 1024)
+    tt /= 2;
   return tt;
 }
 
@@ -226,7 +258,7 @@ cudaError_t router_launch(const float* x, int n, int dim, const uint16_t* w, con
     g = *group;
   }
   const int tt = router_tokens_per_block(dim, experts);
-  const size_t smem = static_cast<size_t>(tt) * std::max(dim, experts) * sizeof(float);
+  const size_t smem = static_cast<size_t>(tt) * std::max(router_row_floats(dim), experts) * sizeof(float);
   if (smem > 40 * 1024) return cudaErrorInvalidValue;
   const dim3 grid((n + tt - 1) / tt, (experts + kRouterThreads / 32 - 1) / (kRouterThreads / 32));
   auto* kernel = tt == 4 ? router_kernel<4> : tt == 2 ? router_kernel<2> : router_kernel<1>;

@@ -284,10 +284,11 @@ struct ResidualAdd {
 // h[t] += contribution (in place), then x = gain ⊙ h / rms(h): x16 fp16 pairs (row t at
 // t·x16_stride, lo at + x16_lo, k_phys order) and, when x32 is not null, f32 [n, dim]; dim % 4 == 0
 // and dim ≤ 12288. With Launch::clusters and at most Launch::cluster_max_tokens tokens, one cluster
-// of 8 blocks of 128 threads per token (sm_90), else one block of 8·128 threads per token whose groups of 128 threads
-// do what the cluster's blocks do. Either way the sum of squares is summed per thread, over each 128 threads in
-// block_sum's order, then over the 8 slices in order, and every element gets the same operations: the two kernels give
-// the same bits (when compiled for the same architecture), independent of the batch.
+// of 8 blocks of 128 threads per token (sm_90), else one block per token that does what the cluster's 8·128 threads
+// do (1024 threads, or 256 threads running 4 of the cluster's warps each from 256 tokens). Either way the sum of
+// squares is summed per thread, over each 128 threads in block_sum's order, then over the 8 slices in order, and every
+// element gets the same operations: the kernels give the same bits (when compiled for the same architecture),
+// independent of the batch.
 cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add, const float* gain, float eps,
                                uint16_t* x16, int64_t x16_stride, int64_t x16_lo, float* x32, const Launch& ln);
 

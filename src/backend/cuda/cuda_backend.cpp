@@ -124,14 +124,11 @@ Status CudaBackend::alloc_scratch() {
   const int64_t Tm = opts_.max_batch_tokens, H = cfg_.hidden_size, K = cfg_.num_experts_per_tok;
   const int E = static_cast<int>(cfg_.num_local_experts);
   const LayerDev& L0 = dev_->layers.front();
-  const int hc = attention_heads_per_chunk(shape_), chunks = (shape_.n_heads / shape_.n_kv_heads + hc - 1) / hc;
-  const int tpi = std::max(1, attn_warps_ * kAttnRowsPerWarp / hc);
   size_t qkv = 0, attn = 0, proj = 0, mlp1 = 0, y = 0, tiles = 0;
   for (int T = 1; T <= Tm; ++T) {
     const int P = static_cast<int>(T * K);
     qkv = std::max(qkv, static_cast<size_t>(dense_plan(L0.qkv, T).nparts()) * T * L0.qkv.rows);
-    const int items = (T + tpi - 1) / tpi;
-    const int splits = attention_splits(items, shape_.n_kv_heads, chunks, attention_warps(tpi * hc), sm_count_);
+    const int splits = prefill_split_cap(1, T);  // the most a step of T tokens can get
     if (splits > 1) attn = std::max(attn, static_cast<size_t>(splits) * T);
     proj = std::max(proj, static_cast<size_t>(dense_plan(L0.o, T).nparts()) * T * H);
     const GemmPlan g1 = gemm_plan_moe(L0.mlp1.rows, L0.mlp1.kblocks, P, E, sm_count_);
@@ -217,13 +214,21 @@ MemoryStats CudaBackend::memory_stats() const {
   return m;
 }
 
+int CudaBackend::prefill_item_tokens() const {
+  return std::max(1, attn_warps_ * kAttnRowsPerWarp / attention_heads_per_chunk(shape_));
+}
+
+int CudaBackend::prefill_split_cap(int items, int tokens) const {
+  const int hc = attention_heads_per_chunk(shape_), chunks = (shape_.n_heads / shape_.n_kv_heads + hc - 1) / hc;
+  return attention_splits(items, shape_.n_kv_heads, chunks, attention_warps(tokens * hc), sm_count_);
+}
+
 StepPlan CudaBackend::plan_step(std::span<const SeqBatch> batch, const StepOutputs& out) {
   StepPlan p;
   for (const SeqBatch& s : batch) p.T += static_cast<int>(s.tokens.size());
   p.decode_only = p.T == static_cast<int>(batch.size());
   p.stats = out.router_stats != nullptr;
-  const int hc = attention_heads_per_chunk(shape_);
-  const int tpi = p.decode_only ? 1 : std::max(1, attn_warps_ * kAttnRowsPerWarp / hc);
+  const int tpi = p.decode_only ? 1 : prefill_item_tokens();
   int32_t* m = reinterpret_cast<int32_t*>(host_meta_.data());
   int32_t *tokens = m, *pos = m + p.T, *slot = m + 2 * p.T, *out_rows = m + 3 * p.T;
   AttnItem* items = reinterpret_cast<AttnItem*>(m + 4 * p.T);
@@ -242,7 +247,6 @@ StepPlan CudaBackend::plan_step(std::span<const SeqBatch> batch, const StepOutpu
       if (s.all_logits || i + 1 == n) out_rows[p.R++] = row;
     }
   }
-  const int chunks = (shape_.n_heads / shape_.n_kv_heads + hc - 1) / hc;
   double max_full = 0, max_sliding = 0;
   for (int i = 0; i < p.items; ++i) {
     const double hi = pos[items[i].first] + items[i].count;  // keys [0, hi) for its last token
@@ -253,9 +257,7 @@ StepPlan CudaBackend::plan_step(std::span<const SeqBatch> batch, const StepOutpu
   // Enough splits to fill the device, but none with fewer than ~256 keys; powers of two keep the
   // number of distinct decode graphs small. The decode kernel's cap depends on the device only, so a
   // sequence's splits (and its result) do not depend on the other sequences of the step.
-  const int cap = p.tokens_per_item == 1 ? decode_split_cap_
-                                         : attention_splits(p.items, shape_.n_kv_heads, chunks,
-                                                            attention_warps(p.tokens_per_item * hc), sm_count_);
+  const int cap = p.tokens_per_item == 1 ? decode_split_cap_ : prefill_split_cap(p.items, p.tokens_per_item);
   p.splits_full = attention_item_splits(static_cast<int>(max_full), cap);
   p.splits_sliding = attention_item_splits(static_cast<int>(max_sliding), cap);
   // (Steps whose o product runs through cuBLAS prefetch nothing, so their graph key does not depend on

@@ -327,11 +327,10 @@ cudaError_t add_rmsnorm_launch(float* h, int n, int dim, const ResidualAdd& add,
   if (ln.clusters && n <= ln.cluster_max_tokens)
     return launch_kernel(add_rmsnorm_cluster_kernel, n * kNormCluster, kNormBlockThreads, 0, ln, h, dim, add, gain, eps,
                          x16, x16_stride, x16_lo, x32);
-  if (n >= kNormWideTokens)
-    return launch_kernel(add_rmsnorm_block_kernel<4>, n, kNormCluster * kNormBlockThreads / 4, 0, ln, h, dim, add, gain,
-                         eps, x16, x16_stride, x16_lo, x32);
-  return launch_kernel(add_rmsnorm_block_kernel<1>, n, kNormCluster * kNormBlockThreads, 0, ln, h, dim, add, gain, eps,
-                       x16, x16_stride, x16_lo, x32);
+  const int vw = n >= kNormWideTokens ? 4 : 1;  // virtual warps per real warp
+  return launch_kernel(vw == 4 ? add_rmsnorm_block_kernel<4> : add_rmsnorm_block_kernel<1>, n,
+                       kNormCluster * kNormBlockThreads / vw, 0, ln, h, dim, add, gain, eps, x16, x16_stride, x16_lo,
+                       x32);
 }
 
 cudaError_t swiglu_parts_launch(const float* parts, int nparts, int64_t part_stride, int64_t rows_p, int inter,

@@ -218,6 +218,38 @@ TEST_F(CudaVsCpu, BatchedDecodeThroughGraphsMatchesCpu) {
   EXPECT_EQ(gpu->slot_length(0), static_cast<int64_t>(prompts[0].size()) + steps);
 }
 
+// Many short prompts continued in one step at depths of several key splits: every item is one or
+// two tokens, so its attention blocks have the fewest warps and the step gets the most splits
+// (the case alloc_scratch's bound on the split partials is sized for), compared with the CPU.
+TEST_F(CudaVsCpu, ShortContinuationsOfDeepSequencesInOneStepMatchCpu) {
+  const int S = 9;
+  auto gpu = make(model_, options("cuda", 1100, S, 300));
+  auto cpu = make(model_, options("cpu", 1100, S, 300));
+  ASSERT_TRUE(gpu && cpu);
+  std::vector<std::vector<int32_t>> ctx, more;
+  for (int s = 0; s < S; ++s) {
+    ctx.push_back(random_tokens(static_cast<size_t>(600 + 53 * s), vocab_, 300 + s));
+    more.push_back(random_tokens(static_cast<size_t>(1 + s % 2), vocab_, 400 + s));
+    feed(*gpu, s, 0, ctx.back(), 300, vocab_);
+    feed(*cpu, s, 0, ctx.back(), 300, vocab_);
+  }
+  SeqBatch batch[S];
+  size_t rows = 0;
+  for (int s = 0; s < S; ++s) {
+    batch[s].slot = s;
+    batch[s].pos = static_cast<int64_t>(ctx[s].size());
+    batch[s].tokens = more[s];
+    batch[s].all_logits = true;
+    rows += more[s].size();
+  }
+  std::vector<float> lg(rows * vocab_), lc(rows * vocab_);
+  StepOutputs og, oc;
+  og.logits = lg.data(), oc.logits = lc.data();
+  ASSERT_TRUE(gpu->forward(batch, og).ok());
+  ASSERT_TRUE(cpu->forward(batch, oc).ok());
+  expect_close(lg, lc, vocab_, 2e-3, 0.01f, "short continuations at depth");
+}
+
 TEST_F(CudaVsCpu, RewindReplaysIdentically) {
   auto gpu = make(model_, options("cuda", 512));
   ASSERT_TRUE(gpu);

@@ -144,6 +144,7 @@ Status CudaBackend::alloc_scratch() {
     attn = std::max(attn, static_cast<size_t>(decode_split_cap_) * std::min<int64_t>(Tm, opts_.max_slots));
   Scratch& s = scratch_;
   s.logit_rows = static_cast<int>(std::min<int64_t>(Tm, 256));
+  s.attn_rows = attn;
   const size_t P = static_cast<size_t>(Tm * K), V = static_cast<size_t>(cfg_.vocab_size);
   const size_t nl = static_cast<size_t>(cfg_.num_hidden_layers);
   for (int pass = 0; pass < 2; ++pass) {
@@ -335,6 +336,12 @@ Status CudaBackend::forward(std::span<const SeqBatch> batch, const StepOutputs& 
   GPTOSS_RETURN_IF_ERROR(backend_validate_batch(*this, cfg_.vocab_size, batch, out));
   GPTOSS_CUDA_TRY(cudaSetDevice(opts_.device), "selecting the CUDA device");
   const StepPlan p = plan_step(batch, out);
+  // alloc_scratch's bound on the split partials, checked where a wrong bound would write past them.
+  const int splits = std::max(p.splits_full, p.splits_sliding);
+  if (splits > 1 && static_cast<size_t>(splits) * p.T > scratch_.attn_rows)
+    return make_error(ErrorCode::kInternal,
+                      "attention split partials: {} splits x {} tokens exceed the {} rows allocated", splits, p.T,
+                      scratch_.attn_rows);
   GPTOSS_CUDA_TRY(cudaMemcpyAsync(scratch_.meta, host_meta_.data(), static_cast<size_t>(8) * p.T * 4,
                                   cudaMemcpyHostToDevice, stream_),
                   "uploading step metadata");

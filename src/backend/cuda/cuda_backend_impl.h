@@ -43,6 +43,7 @@ struct Scratch {
   unsigned long long *stat_counts = nullptr, *stat_tokens = nullptr;  // [L][E], [L]
   double *stat_top1 = nullptr, *stat_entropy = nullptr;               // [L]
   int logit_rows = 0;
+  size_t attn_rows = 0;  // (split, token) rows of attn_o / attn_ml
 };
 
 // What the host decided for one forward() call.

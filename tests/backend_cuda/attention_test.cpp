@@ -91,11 +91,20 @@ TEST(CudaQkvRope, RotatesQAndStoresKvAtRingIndex) {
 // Prefill-sized launches give each block several tokens (qkv_rope_launch): a 517-token launch (the
 // last group partial, gpt-oss shapes, 3 partials) writes the bits of 1-token-per-block launches of
 // the same tokens in chunks of 100, for q and both cache halves.
-TEST(CudaQkvRope, TokenGroupsPerBlockGiveTheSameBits) {
+// Steps of ≥ 512 tokens give each block 8 tokens, smaller steps one: the same bits for every token,
+// every element written (NaN-poisoned outputs), on the gpt-oss shape and on head dims with padding
+// (dp > d), an odd number of heads and MHA.
+struct RopeShape {
+  int hq, hkv, d, dp;
+};
+class CudaQkvRopeShapes : public ::testing::TestWithParam<RopeShape> {};
+
+TEST_P(CudaQkvRopeShapes, TokenGroupsPerBlockGiveTheSameBits) {
+  const RopeShape sh = GetParam();
   Config cfg;
-  cfg.head_dim = 64, cfg.num_attention_heads = 64, cfg.num_key_value_heads = 8;
+  cfg.head_dim = sh.d, cfg.num_attention_heads = sh.hq, cfg.num_key_value_heads = sh.hkv;
   const cpu::RopeTable rope = cpu::rope_table(cfg);
-  const int n = 517, hq = 64, hkv = 8, d = 64, dp = 64, slots = 2, cap = 1024, nparts = 3;
+  const int n = 517, hq = sh.hq, hkv = sh.hkv, d = sh.d, dp = sh.dp, slots = 2, cap = 1024, nparts = 3;
   const int cols = (hq + 2 * hkv) * d;
   std::vector<int32_t> pos(n), slot(n);
   for (int t = 0; t < n; ++t) slot[static_cast<size_t>(t)] = t % slots, pos[static_cast<size_t>(t)] = 700 + t / slots;
@@ -106,7 +115,7 @@ TEST(CudaQkvRope, TokenGroupsPerBlockGiveTheSameBits) {
   auto run = [&](int chunk, std::vector<float>* q, std::vector<float>* k, std::vector<float>* v) {
     DevArray<float> q32(static_cast<size_t>(n) * hq * dp), kc(static_cast<size_t>(slots) * hkv * cap * dp),
         vc(static_cast<size_t>(slots) * hkv * cap * dp);
-    q32.fill_bytes(0), kc.fill_bytes(0), vc.fill_bytes(0);
+    q32.fill_bytes(0xff), kc.fill_bytes(0xff), vc.fill_bytes(0xff);  // NaN: whatever is not written
     cuda::KvLayer kv;
     kv.k = kc.get(), kv.v = vc.get(), kv.cap = cap;
     for (int t0 = 0; t0 < n; t0 += chunk) {
@@ -125,12 +134,21 @@ TEST(CudaQkvRope, TokenGroupsPerBlockGiveTheSameBits) {
   EXPECT_EQ(0, std::memcmp(q1.data(), q8.data(), q1.size() * sizeof(float))) << "q";
   EXPECT_EQ(0, std::memcmp(k1.data(), k8.data(), k1.size() * sizeof(float))) << "k cache";
   EXPECT_EQ(0, std::memcmp(v1.data(), v8.data(), v1.size() * sizeof(float))) << "v cache";
-  size_t written = 0;  // every token wrote its rows: no all-zero q row
-  for (int t = 0; t < n; ++t)
-    written += std::any_of(q8.begin() + static_cast<int64_t>(t) * hq * dp,
-                           q8.begin() + static_cast<int64_t>(t + 1) * hq * dp, [](float x) { return x != 0.0f; });
-  EXPECT_EQ(written, static_cast<size_t>(n));
+  // Every q element of every token was written, the padding past d included (as zeros).
+  for (size_t e = 0; e < q8.size(); ++e) {
+    ASSERT_FALSE(std::isnan(q8[e])) << "q element " << e << " not written";
+    if (static_cast<int>(e % dp) >= d) ASSERT_EQ(q8[e], 0.0f) << "q padding element " << e;
+  }
 }
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaQkvRopeShapes,
+                         ::testing::Values(RopeShape{64, 8, 64, 64}, RopeShape{12, 4, 40, 48}, RopeShape{6, 2, 96, 112},
+                                           RopeShape{5, 5, 16, 16}),
+                         [](const auto& info) {
+                           const RopeShape& r = info.param;
+                           return "q" + std::to_string(r.hq) + "_kv" + std::to_string(r.hkv) + "_d" +
+                                  std::to_string(r.d) + "_dp" + std::to_string(r.dp);
+                         });
 
 struct Seq {
   int slot, pos0, n;

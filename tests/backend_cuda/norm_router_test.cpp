@@ -232,6 +232,24 @@ TEST(CudaArgmax, LowestIndexOnTiesAndNaNNeverWins) {
   EXPECT_EQ(got[3], 0);
 }
 
+// −0 and +0 are equal logits: the lower id wins, as on the CPU (a key that ordered −0 below +0 would
+// take the later +0).
+TEST(CudaArgmax, SignedZerosTieToTheLowerId) {
+  const int64_t vocab = 5000;
+  std::vector<float> logits(static_cast<size_t>(2 * vocab), -3.0f);
+  logits[17] = -0.0f, logits[4000] = 0.0f;              // row 0: −0 first → 17
+  logits[vocab + 8] = 0.0f, logits[vocab + 9] = -0.0f;  // row 1: +0 first → 8
+  DevArray<float> d(logits);
+  DevArray<int32_t> out(2);
+  DevArray<unsigned long long> keys(2);
+  CUDA_ASSERT(cuda::argmax_launch(d.get(), 2, vocab, keys.get(), out.get(), test_launch()));
+  const auto got = out.download();
+  EXPECT_EQ(got[0], 17);
+  EXPECT_EQ(got[1], 8);
+  for (int r = 0; r < 2; ++r)
+    EXPECT_EQ(got[static_cast<size_t>(r)], cpu::argmax(&logits[static_cast<size_t>(r) * vocab], vocab)) << "row " << r;
+}
+
 TEST(CudaArgmax, SmallAndOddRows) {
   for (int64_t vocab : {1, 7, 300, 4097, 100003}) {
     const std::vector<float> logits = random_f32(static_cast<size_t>(3 * vocab), 22 + vocab, 5.0f);

@@ -300,8 +300,8 @@ cudaError_t swiglu_parts_launch(const float* parts, int nparts, int64_t part_str
                                 int64_t bias_expert_stride, float alpha, float limit, uint16_t* a16, int64_t out_stride,
                                 int64_t out_lo, const Launch& ln);
 
-// argmax over each row of logits [rows, vocab] (lowest index on ties, NaN never wins). keys [rows]
-// is a workspace that must be zero before the first launch (it is left zero).
+// argmax over each row of logits [rows, vocab] (lowest index on ties, −0 equal to +0, NaN never
+// wins). keys [rows] is a workspace that must be zero before the first launch (it is left zero).
 cudaError_t argmax_launch(const float* logits, int rows, int64_t vocab, unsigned long long* keys, int32_t* out,
                           const Launch& ln);
 

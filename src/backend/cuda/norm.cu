@@ -7,6 +7,7 @@
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/launch.cuh"
+#include "backend/sampling_math.h"
 
 namespace gptoss::cuda {
 namespace {
@@ -254,14 +255,8 @@ __global__ void swiglu_parts_kernel(const float* parts, int nparts, int64_t part
   }
 }
 
-// Orders (value desc, index asc) as one unsigned 64-bit key: larger key wins. NaN never enters.
-__device__ __forceinline__ unsigned long long argmax_key(float v, int64_t i) {
-  const uint32_t u = __float_as_uint(v);
-  const uint32_t ord = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-  return (static_cast<unsigned long long>(ord) << 32) | (0xffffffffu - static_cast<uint32_t>(i));
-}
-
-// grid (row chunk, row): each block reduces a slice with 16-byte loads and merges by atomicMax.
+// grid (row chunk, row): each block reduces a slice with 16-byte loads and merges by atomicMax over
+// the greedy keys of sampling_math.h (larger logit first, −0 = +0, ties to the lower id: cpu::argmax).
 __global__ void argmax_kernel(const float* logits, int64_t vocab, int64_t per_block, unsigned long long* keys) {
   __shared__ unsigned long long sk[32];
   pdl_wait();
@@ -270,7 +265,7 @@ __global__ void argmax_kernel(const float* logits, int64_t vocab, int64_t per_bl
   unsigned long long best = 0;
   for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
     const float v = row[i];
-    if (!(v != v)) best = max(best, argmax_key(v, i));
+    if (!(v != v)) best = max(best, static_cast<unsigned long long>(sample_greedy_key(v, i)));
   }
   for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -288,7 +283,7 @@ __global__ void argmax_finish_kernel(unsigned long long* keys, int rows, int32_t
   const int r = blockIdx.x * blockDim.x + threadIdx.x;
   if (r >= rows) return;
   const unsigned long long k = keys[r];
-  out[r] = k ? static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(k & 0xffffffffu)) : 0;
+  out[r] = k ? sample_greedy_id(k) : 0;
   keys[r] = 0;  // ready for the next launch
 }
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <mutex>
 #include <set>
@@ -248,6 +249,34 @@ TEST_F(CudaVsCpu, ShortContinuationsOfDeepSequencesInOneStepMatchCpu) {
   ASSERT_TRUE(gpu->forward(batch, og).ok());
   ASSERT_TRUE(cpu->forward(batch, oc).ok());
   expect_close(lg, lc, vocab_, 2e-3, 0.01f, "short continuations at depth");
+}
+
+// With one attention warp per block and 16 q heads per KV head, prefill items hold one token each
+// and run the decode kernel with its split cap: the last 600-token chunk (keys up to 2 400, 16
+// splits) needs split partials for all of its tokens, twice what the prefill bound of 600-token
+// steps gives (alloc_scratch sizes them for this case), against the CPU.
+TEST(CudaOneTokenItems, LongPromptMatchesCpu) {
+  auto cfg = config_preset("tiny");
+  ASSERT_TRUE(cfg.ok());
+  cfg->num_attention_heads = 16, cfg->num_key_value_heads = 1;
+  auto m = Model::random(*cfg, 5);
+  ASSERT_TRUE(m.ok()) << m.status().to_string();
+  const std::shared_ptr<const Model> model = *m;
+  const int64_t vocab = model->config().vocab_size;
+  const char* old = std::getenv("GPTOSS_CUDA_ATTN_WARPS");
+  const std::string saved = old ? old : "";
+  setenv("GPTOSS_CUDA_ATTN_WARPS", "1", 1);
+  auto gpu = make(model, options("cuda", 2500, 2, 600));
+  if (old) {
+    setenv("GPTOSS_CUDA_ATTN_WARPS", saved.c_str(), 1);
+  } else {
+    unsetenv("GPTOSS_CUDA_ATTN_WARPS");
+  }
+  auto cpu = make(model, options("cpu", 2500, 2, 600));
+  ASSERT_TRUE(gpu && cpu);
+  const std::vector<int32_t> prompt = random_tokens(2400, vocab, 77);
+  expect_close(feed(*gpu, 1, 0, prompt, 600, vocab), feed(*cpu, 1, 0, prompt, 600, vocab), vocab, 2e-3, 0.01f,
+               "2400 tokens as one-token items in chunks of 600");
 }
 
 TEST_F(CudaVsCpu, RewindReplaysIdentically) {

@@ -139,9 +139,13 @@ Status CudaBackend::alloc_scratch() {
     if (T <= decode_max_tokens_)
       tiles = std::max(tiles, static_cast<size_t>(moe_max_tiles(P, E, kMoeDecodeTileTokens)));
   }
-  // Decode steps (one token per sequence, at most max_slots of them).
-  if (decode_split_cap_ > 1)
-    attn = std::max(attn, static_cast<size_t>(decode_split_cap_) * std::min<int64_t>(Tm, opts_.max_slots));
+  // Items of one token run the decode kernel with its cap: decode steps (one token per sequence, at
+  // most max_slots of them), and any step when prefill items hold one token (few attention warps for
+  // many q heads per KV head, GPTOSS_CUDA_ATTN_WARPS).
+  if (decode_split_cap_ > 1) {
+    const int64_t rows = prefill_item_tokens() == 1 ? Tm : std::min<int64_t>(Tm, opts_.max_slots);
+    attn = std::max(attn, static_cast<size_t>(decode_split_cap_) * rows);
+  }
   Scratch& s = scratch_;
   s.logit_rows = static_cast<int>(std::min<int64_t>(Tm, 256));
   s.attn_rows = attn;

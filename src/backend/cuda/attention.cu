@@ -670,6 +670,11 @@ int attention_heads_per_chunk(const AttnShape& s) {
   return group < 64 ? group : 64;
 }
 
+int attention_head_chunks(const AttnShape& s) {
+  const int hc = attention_heads_per_chunk(s);
+  return (s.n_heads / s.n_kv_heads + hc - 1) / hc;
+}
+
 cudaError_t qkv_rope_launch(const QkvRopeArgs& a, int n, const AttnShape& s, const KvLayer& kv, const Launch& ln) {
   if (n <= 0) return cudaSuccess;
   if (s.head_dim % 2 != 0 || s.dp < s.head_dim || s.dp % 16 != 0 || kv.cap <= 0) return cudaErrorInvalidValue;
@@ -719,8 +724,7 @@ cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLaye
     return with_head_dim(s.dp, cudaErrorInvalidValue,
                          [&](auto dp) { return attention_decode_launch_dp<dp()>(a, s, kv, n_chunks, hc, ln); });
   }
-  const int hc = attention_heads_per_chunk(s);
-  const int n_chunks = (s.n_heads / s.n_kv_heads + hc - 1) / hc;
+  const int hc = attention_heads_per_chunk(s), n_chunks = attention_head_chunks(s);
   const int rows = a.tokens_per_item * hc;
   if (rows <= 0 || rows > kAttnMaxWarps * kAttnRowsPerWarp) return cudaErrorInvalidValue;
   const int warps = attention_warps(rows);

@@ -224,8 +224,8 @@ int CudaBackend::prefill_item_tokens() const {
 }
 
 int CudaBackend::prefill_split_cap(int items, int tokens) const {
-  const int hc = attention_heads_per_chunk(shape_), chunks = (shape_.n_heads / shape_.n_kv_heads + hc - 1) / hc;
-  return attention_splits(items, shape_.n_kv_heads, chunks, attention_warps(tokens * hc), sm_count_);
+  return attention_splits(items, shape_.n_kv_heads, attention_head_chunks(shape_),
+                          attention_warps(tokens * attention_heads_per_chunk(shape_)), sm_count_);
 }
 
 StepPlan CudaBackend::plan_step(std::span<const SeqBatch> batch, const StepOutputs& out) {

@@ -425,6 +425,8 @@ GPTOSS_HD inline int attention_item_splits(int keys, int cap) {
 // Heads per block-chunk (≤ 64) of the `n_heads / n_kv_heads` query heads per KV head, for items of
 // several tokens.
 int attention_heads_per_chunk(const AttnShape& s);
+// Head chunks per KV head of items of several tokens (blocks per KV head and key split).
+int attention_head_chunks(const AttnShape& s);
 // Items of one token run the decode kernel: blocks per KV head (chunks of ≤ 8 q heads) and the
 // number of its blocks the device holds at once.
 int attention_decode_chunks(const AttnShape& s);

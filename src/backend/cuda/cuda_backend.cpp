@@ -124,11 +124,16 @@ Status CudaBackend::alloc_scratch() {
   const int64_t Tm = opts_.max_batch_tokens, H = cfg_.hidden_size, K = cfg_.num_experts_per_tok;
   const int E = static_cast<int>(cfg_.num_local_experts);
   const LayerDev& L0 = dev_->layers.front();
+  const bool one_token_items = prefill_item_tokens() == 1;
   size_t qkv = 0, attn = 0, proj = 0, mlp1 = 0, y = 0, tiles = 0;
   for (int T = 1; T <= Tm; ++T) {
     const int P = static_cast<int>(T * K);
     qkv = std::max(qkv, static_cast<size_t>(dense_plan(L0.qkv, T).nparts()) * T * L0.qkv.rows);
-    const int splits = prefill_split_cap(1, T);  // the most a step of T tokens can get
+    // The most splits a step of T tokens can get: its items hold one token when it decodes (at most
+    // max_slots sequences) or when prefill items do (prefill_item_tokens), else one item of all T
+    // tokens bounds every split of them (prefill_split_cap).
+    int splits = split_cap(1, one_token_items ? 1 : T);
+    if (T <= opts_.max_slots) splits = std::max(splits, split_cap(T, 1));
     if (splits > 1) attn = std::max(attn, static_cast<size_t>(splits) * T);
     proj = std::max(proj, static_cast<size_t>(dense_plan(L0.o, T).nparts()) * T * H);
     const GemmPlan g1 = gemm_plan_moe(L0.mlp1.rows, L0.mlp1.kblocks, P, E, sm_count_);
@@ -138,13 +143,6 @@ Status CudaBackend::alloc_scratch() {
     tiles = std::max(tiles, static_cast<size_t>(g1.max_tiles));
     if (T <= decode_max_tokens_)
       tiles = std::max(tiles, static_cast<size_t>(moe_max_tiles(P, E, kMoeDecodeTileTokens)));
-  }
-  // Items of one token run the decode kernel with its cap: decode steps (one token per sequence, at
-  // most max_slots of them), and any step when prefill items hold one token (few attention warps for
-  // many q heads per KV head, GPTOSS_CUDA_ATTN_WARPS).
-  if (decode_split_cap_ > 1) {
-    const int64_t rows = prefill_item_tokens() == 1 ? Tm : std::min<int64_t>(Tm, opts_.max_slots);
-    attn = std::max(attn, static_cast<size_t>(decode_split_cap_) * rows);
   }
   Scratch& s = scratch_;
   s.logit_rows = static_cast<int>(std::min<int64_t>(Tm, 256));
@@ -223,6 +221,10 @@ int CudaBackend::prefill_item_tokens() const {
   return std::max(1, attn_warps_ * kAttnRowsPerWarp / attention_heads_per_chunk(shape_));
 }
 
+int CudaBackend::split_cap(int items, int tokens) const {
+  return tokens == 1 ? decode_split_cap_ : prefill_split_cap(items, tokens);
+}
+
 int CudaBackend::prefill_split_cap(int items, int tokens) const {
   return attention_splits(items, shape_.n_kv_heads, attention_head_chunks(shape_),
                           attention_warps(tokens * attention_heads_per_chunk(shape_)), sm_count_);
@@ -262,7 +264,7 @@ StepPlan CudaBackend::plan_step(std::span<const SeqBatch> batch, const StepOutpu
   // Enough splits to fill the device, but none with fewer than ~256 keys; powers of two keep the
   // number of distinct decode graphs small. The decode kernel's cap depends on the device only, so a
   // sequence's splits (and its result) do not depend on the other sequences of the step.
-  const int cap = p.tokens_per_item == 1 ? decode_split_cap_ : prefill_split_cap(p.items, p.tokens_per_item);
+  const int cap = split_cap(p.items, p.tokens_per_item);
   p.splits_full = attention_item_splits(static_cast<int>(max_full), cap);
   p.splits_sliding = attention_item_splits(static_cast<int>(max_sliding), cap);
   // (Steps whose o product runs through cuBLAS prefetch nothing, so their graph key does not depend on

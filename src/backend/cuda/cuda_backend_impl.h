@@ -82,9 +82,12 @@ class CudaBackend final : public Backend {
   StepPlan plan_step(std::span<const SeqBatch> batch, const StepOutputs& out);
   // Tokens per prefill attention item: attn_warps_ warps of kAttnRowsPerWarp (token, head) rows.
   int prefill_item_tokens() const;
-  // Key-split cap of a prefill step whose `items` items hold at most `tokens` tokens each. Items ×
-  // warps per item never falls below the warps of all the step's rows, so (1, T) bounds the cap of
-  // every step of T tokens: alloc_scratch sizes the split partials with it.
+  // Key-split cap of a step whose `items` items hold at most `tokens` tokens each: items of one token
+  // run the decode kernel (decode_split_cap_), others the prefill kernel (prefill_split_cap).
+  int split_cap(int items, int tokens) const;
+  // The prefill kernel's cap. Items × warps per item never falls below the warps of all the step's
+  // rows, so (1, T) bounds the cap of every prefill step of T tokens: alloc_scratch sizes the split
+  // partials with it.
   int prefill_split_cap(int items, int tokens) const;
   Status alloc_scratch();
   // cuda_step.cpp: the kernels of one step up to the final norm, then the lm_head and outputs.

@@ -47,9 +47,9 @@ class Sampler {
   // The next token's SampleRow (backend/sampling.h) for a backend to finish where the logits are:
   // the penalty edits of `history` (kept by the sampler: the row's edits stay valid until its next
   // prepare() or sample()) and, unless greedy, one Rng::next() as its draw (row is left 0 for the
-  // caller). `history` is the sequence so far
-  // (prompt + generated); the repetition penalty looks at all of it (HF rule), presence/frequency
-  // penalties only at history[generated_from:] (OpenAI counts the sampled tokens, not the prompt).
+  // caller). `history` is the sequence so far (prompt + generated); the repetition penalty looks at
+  // all of it (HF rule), presence/frequency penalties only at history[generated_from:] (OpenAI counts
+  // the sampled tokens, not the prompt).
   SampleRow prepare(int64_t vocab, std::span<const int32_t> history, size_t generated_from);
   // The same on the host: prepare() then sample_row() over logits [vocab] (modified in place by the
   // penalties). Rules: penalties → greedy argmax (temperature 0, lowest id on ties) or weights →

@@ -31,6 +31,16 @@ void RouterStats::merge(const RouterStats& o) {
   }
 }
 
+const char* kv_cache_name(KvCacheType t) {
+  return t == KvCacheType::kF16 ? "f16" : "f32";
+}
+
+Result<KvCacheType> parse_kv_cache(const std::string& name) {
+  if (name == "f32") return KvCacheType::kF32;
+  if (name == "f16") return KvCacheType::kF16;
+  return make_error(ErrorCode::kInvalidArgument, "unknown KV cache type '{}' (expected f32 or f16)", name);
+}
+
 Result<std::unique_ptr<Backend>> backend_create(std::shared_ptr<const Model> model, const BackendOptions& opts) {
   if (opts.kind == "cpu") return cpu_backend_create(std::move(model), opts);
   if (opts.kind == "cuda" || opts.kind == "auto") {

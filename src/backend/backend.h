@@ -15,6 +15,15 @@
 
 namespace gptoss {
 
+// Element type of the KV cache. f32 (the default) keeps attention near-exact; f16 halves the cache's
+// memory and the bytes attention reads at depth, at fp16 rounding of every key and value (rel.
+// error ~5e-4, see docs/PERFORMANCE.md "Precision"). The CPU backend rounds the same way but keeps
+// f32 storage (it is the reference for the CUDA kernels).
+enum class KvCacheType { kF32, kF16 };
+const char* kv_cache_name(KvCacheType t);  // "f32" | "f16"
+// Parses "f32" / "f16"; anything else is kInvalidArgument naming the value.
+Result<KvCacheType> parse_kv_cache(const std::string& name);
+
 struct BackendOptions {
   std::string kind = "cpu";    // "cpu", "cuda", or "auto" (cuda when a GPU is usable, else cpu)
   int threads = 0;             // CPU threads (0 = all cores)
@@ -25,6 +34,7 @@ struct BackendOptions {
   // sliding_window + rollback entries, full layers keep max_context entries.
   int64_t rollback = 1024;
   int64_t max_batch_tokens = 2048;  // most tokens in one forward() call (prefill chunk size)
+  KvCacheType kv_cache = KvCacheType::kF32;
 };
 
 // One sequence's share of a forward step.

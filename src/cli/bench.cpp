@@ -35,6 +35,7 @@ struct BenchFlags {
   std::string model_dir, random, backend = "auto";
   int64_t prompt = 512, gen = 128, depth = 0;
   int batch = 1, repeat = 3, threads = 0, device = 0;
+  KvCacheType kv_cache = KvCacheType::kF32;
   uint64_t seed = 1;
   double bandwidth_gbs = 0;  // 0: measure
   bool json = false;
@@ -223,6 +224,7 @@ int parse_bench_flags(int argc, char** argv, BenchFlags& f) {
   app.add_option("--repeat", f.repeat, "measured repeats after one warm-up, default 3")->check(positive_number());
   app.add_option("--threads", f.threads, "CPU threads (0 = all cores)")->check(non_negative_number());
   app.add_option("--device", f.device, "CUDA device ordinal")->check(non_negative_number());
+  add_kv_cache_option(app, f.kv_cache);
   app.add_option("--seed", f.seed, "seed of the random weights, the tokens and the samplers");
   app.add_option("--bandwidth", f.bandwidth_gbs, "memory bandwidth in GB/s for the bound (default: measured)")
       ->check(positive_number());
@@ -286,8 +288,9 @@ Result<Bound> bandwidth_bound(const Model& model, const BenchFlags& f, bool on_g
   int64_t kv_entries = 0;
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
     kv_entries += cfg.is_sliding(l) ? std::min(mid_ctx, cfg.sliding_window) : mid_ctx;
-  // Both backends keep K and V in f32.
-  bd.kv_bytes = static_cast<double>(kv_entries) * static_cast<double>(cfg.kv_dim()) * 2 * sizeof(float);
+  // K and V are f32, or fp16 in a CUDA f16 cache (the CPU backend stores the rounded values as f32).
+  const double elem = on_gpu && f.kv_cache == KvCacheType::kF16 ? 2.0 : 4.0;
+  bd.kv_bytes = static_cast<double>(kv_entries) * static_cast<double>(cfg.kv_dim()) * 2 * elem;
   const double E = static_cast<double>(cfg.num_local_experts), k = static_cast<double>(cfg.num_experts_per_tok);
   const double per_expert = static_cast<double>(pc.expert_bytes) / (E * static_cast<double>(cfg.num_hidden_layers));
   const double layers = static_cast<double>(cfg.num_hidden_layers);
@@ -336,10 +339,10 @@ void print_text(const Model& model, const Backend& b, const BenchFlags& f, const
   std::printf("bandwidth  %s\n", bd.bandwidth_source.c_str());
   if (f.gen > 0) std::printf("fraction   %.1f%% of the bound\n", 100.0 * j["fraction_of_bound"].get<double>());
   const double gib = 1 << 30;
-  std::printf("memory     peak RSS %.2f GiB, device %.2f / %.2f GiB (weights %.2f, KV %.2f)\n",
+  std::printf("memory     peak RSS %.2f GiB, device %.2f / %.2f GiB (weights %.2f, KV %.2f, %s)\n",
               j["peak_rss_bytes"].get<double>() / gib, j["device_memory_used_bytes"].get<double>() / gib,
               j["device_memory_total_bytes"].get<double>() / gib, j["weight_bytes"].get<double>() / gib,
-              j["kv_bytes_reserved"].get<double>() / gib);
+              j["kv_bytes_reserved"].get<double>() / gib, kv_cache_name(f.kv_cache));
 }
 
 int bench_main(int argc, char** argv) {
@@ -359,6 +362,7 @@ int bench_main(int argc, char** argv) {
   opts.device = f.device;
   opts.max_slots = f.batch;
   opts.max_context = context;
+  opts.kv_cache = f.kv_cache;
   opts.rollback = 0;
   opts.max_batch_tokens = std::clamp<int64_t>(std::max(f.prompt, f.depth) * f.batch, 1, 2048);
   auto backend = backend_create(*model, opts);
@@ -388,6 +392,7 @@ int bench_main(int argc, char** argv) {
                   : f.host_sampling   ? "host"
                                       : "backend"}}},
       {"repeat", f.repeat},
+      {"kv_cache", kv_cache_name(f.kv_cache)},
       {"prefill_tok_s", stat_json(m->prefill)},
       {"decode_tok_s", stat_json(m->decode)},
       {"ttft_ms", stat_json(m->ttft)},

@@ -78,6 +78,7 @@ void add_model_flags(CLI::App& app, ModelFlags& f) {
   app.add_option("--backend", f.backend, "cpu | cuda | auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   app.add_option("--threads", f.threads, "CPU threads (0 = all cores)");
   app.add_option("--context", f.context, "context length in tokens (default: min(4096, the model's maximum))");
+  add_kv_cache_option(app, f.kv_cache);
   app.add_flag("--stats", f.stats, "print memory and MoE routing statistics");
   app.add_flag("-v,--verbose", f.verbose, "debug logging with timestamps on stderr (also GPTOSS_LOG=debug)");
 }
@@ -136,6 +137,17 @@ CLI::Validator non_negative_number() {
 }
 CLI::Validator positive_number() {
   return number_at_least(false);
+}
+
+CLI::Option* add_kv_cache_option(CLI::App& app, KvCacheType& type) {
+  return app.add_option_function<std::string>(
+      "--kv-cache",
+      [&type](const std::string& v) {
+        Result<KvCacheType> t = parse_kv_cache(v);
+        if (!t.ok()) throw CLI::ValidationError("--kv-cache", t.status().message());
+        type = *t;
+      },
+      "KV cache element type: f32 (default, near-exact attention) or f16 (half the memory and the KV reads)");
 }
 
 Status check_effort(const std::string& effort) {
@@ -267,6 +279,7 @@ BackendOptions backend_options_from(const ModelFlags& flags, bool rewind_anywher
   o.threads = flags.threads;
   o.max_slots = 1;
   o.max_context = flags.context;
+  o.kv_cache = flags.kv_cache;
   if (rewind_anywhere) o.rollback = flags.context;
   return o;
 }

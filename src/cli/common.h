@@ -59,6 +59,7 @@ struct ModelFlags {
   std::string backend = "auto";
   int threads = 0;      // CPU threads, 0 = all cores
   int64_t context = 0;  // tokens of KV cache per sequence; 0 = min(4096, max_position_embeddings)
+  KvCacheType kv_cache = KvCacheType::kF32;
   bool verbose = false;
   bool stats = false;
 };
@@ -87,6 +88,9 @@ std::optional<int> parse_flags(CLI::App& app, int argc, char** argv, const std::
 // whole double range.
 CLI::Validator non_negative_number();
 CLI::Validator positive_number();
+
+// --kv-cache f32|f16 into `type` (BackendOptions::kv_cache; other values are a usage error).
+CLI::Option* add_kv_cache_option(CLI::App& app, KvCacheType& type);
 
 // Checks values that CLI11 cannot (effort, date, sampling ranges, max_tokens, context, threads),
 // resolves "today" and a missing seed, and applies --verbose. Errors name the flag.

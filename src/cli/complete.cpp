@@ -31,6 +31,7 @@ struct CompleteFlags {
   std::string model_dir, tokenizer, tokens, prompt, stop, backend = "auto";
   int64_t max_tokens = 16, ctx = 0;
   int threads = 0;
+  KvCacheType kv_cache = KvCacheType::kF32;
   bool print_ids = false;
   SamplingParams sampling{.temperature = 0.0f};
 };
@@ -73,6 +74,7 @@ void add_flags(CLI::App& app, CompleteFlags& f) {
   app.add_option("--backend", f.backend, "cpu | cuda | auto")->capture_default_str();
   app.add_option("--threads", f.threads, "CPU threads (0 = all cores)");
   app.add_option("--ctx", f.ctx, "context tokens (default: prompt + max tokens)");
+  add_kv_cache_option(app, f.kv_cache);
   app.add_flag("--print-ids", f.print_ids, "print the generated ids, space separated, on one line");
 }
 
@@ -156,6 +158,7 @@ int complete_main(int argc, char** argv) {
   bo.max_slots = 1;
   const int64_t wanted = static_cast<int64_t>(req.prompt.size()) + f.max_tokens;
   bo.max_context = f.ctx > 0 ? f.ctx : std::min(wanted, cfg.max_position_embeddings);
+  bo.kv_cache = f.kv_cache;
   bo.rollback = 0;
   bo.max_batch_tokens = std::min<int64_t>(bo.max_context, 512);
   auto engine = Engine::create(std::move(model).value(), bo, EngineOptions{.prefill_chunk = bo.max_batch_tokens});

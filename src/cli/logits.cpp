@@ -52,7 +52,7 @@ Result<std::vector<int32_t>> parse_token_list(const std::string& text) {
 
 // Runs the pass in chunks and returns [n, vocab] logits.
 Result<std::vector<float>> compute_logits(std::shared_ptr<const Model> model, const std::vector<int32_t>& ids,
-                                          const std::string& backend_kind, int threads) {
+                                          const std::string& backend_kind, int threads, KvCacheType kv_cache) {
   const Config& cfg = model->config();
   const int64_t n = static_cast<int64_t>(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -68,6 +68,7 @@ Result<std::vector<float>> compute_logits(std::shared_ptr<const Model> model, co
   opts.threads = threads;
   opts.max_slots = 1;
   opts.max_context = n;
+  opts.kv_cache = kv_cache;
   opts.rollback = 0;
   opts.max_batch_tokens = std::min(n, kChunkTokens);
   GPTOSS_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, backend_create(model, opts));
@@ -92,12 +93,14 @@ int logits_main(int argc, char** argv) {
                "gptoss logits"};
   std::string model_dir, tokens_text, out_path, backend_kind = "cpu";
   int threads = 0;
+  KvCacheType kv_cache = KvCacheType::kF32;
   app.add_option("--model", model_dir, "checkpoint folder (HF layout or original/)")->required();
   app.add_option("--tokens", tokens_text, "comma-separated token ids, e.g. 1,2,3")->required();
   app.add_option("--out", out_path, "output .npy file")->required();
   app.add_option("--backend", backend_kind, "cpu (default, the reference), cuda or auto")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   app.add_option("--threads", threads, "CPU threads (0 = all cores)")->check(non_negative_number());
+  add_kv_cache_option(app, kv_cache);
   if (auto rc = parse_flags(app, argc, argv, kName)) return *rc;
 
   auto ids = parse_token_list(tokens_text);
@@ -107,7 +110,7 @@ int logits_main(int argc, char** argv) {
     return report_error(kName, make_error(ErrorCode::kNotFound, "--model: '{}' is not a directory", model_dir));
   auto model = Model::load(model_dir);
   if (!model.ok()) return report_error(kName, model.status());
-  auto logits = compute_logits(*model, *ids, backend_kind, threads);
+  auto logits = compute_logits(*model, *ids, backend_kind, threads, kv_cache);
   if (!logits.ok()) return report_error(kName, logits.status());
   const int64_t n = static_cast<int64_t>(ids->size());
   Status st = npy_write_f32(out_path, logits->data(), {n, (*model)->config().vocab_size});

@@ -29,6 +29,7 @@ struct ServeFlags {
   server::ServerOptions server;
   int max_batch = 8, threads = 0, max_queue = 64;
   int64_t ctx = 4096, prefill_chunk = 256;
+  KvCacheType kv_cache = KvCacheType::kF32;
   double timeout_s = 600;
 };
 
@@ -40,6 +41,7 @@ void add_flags(CLI::App& app, ServeFlags& f) {
   app.add_option("--api-key", f.server.api_key, "require 'Authorization: Bearer KEY' (default $GPTOSS_API_KEY)");
   app.add_option("--max-batch", f.max_batch, "sequences generated at once (KV slots)")->capture_default_str();
   app.add_option("--ctx", f.ctx, "context tokens per sequence")->capture_default_str();
+  add_kv_cache_option(app, f.kv_cache);
   app.add_option("--backend", f.backend, "cpu | cuda | auto")->capture_default_str();
   app.add_option("--threads", f.threads, "CPU threads (0 = all cores)")->capture_default_str();
   app.add_option("--model-name", f.model_name, "model id served (default: the model folder's name)");
@@ -96,6 +98,7 @@ int serve_main(int argc, char** argv) {
   bo.threads = f.threads;
   bo.max_slots = f.max_batch;
   bo.max_context = f.ctx;
+  bo.kv_cache = f.kv_cache;
   bo.max_batch_tokens = f.prefill_chunk + f.max_batch;
   EngineOptions eo{.max_queue = f.max_queue, .prefill_chunk = f.prefill_chunk, .collect_router_stats = true};
   auto engine = Engine::create(std::move(model).value(), bo, eo);

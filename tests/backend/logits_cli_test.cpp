@@ -87,6 +87,25 @@ TEST_F(LogitsCli, WritesGoldenLogitsForPubA) {
   }
 }
 
+// --kv-cache f16 reaches the backend: the logits move (the cache rounds keys and values to fp16)
+// but stay close to the golden, and f32 (the default, spelled out) gives the default's bits.
+TEST_F(LogitsCli, KvCacheFlagSelectsTheCacheType) {
+  const Golden g = load_golden(fixture("pub-a"));
+  const std::string base = "--model " + fixture("pub-a") + " --tokens " + join(g.tokens) + " --threads 2 --out ";
+  const fs::path def = dir_ / "def.npy", f32 = dir_ / "f32.npy", f16 = dir_ / "f16.npy";
+  ASSERT_EQ(run(base + def.string()).exit_code, 0);
+  ASSERT_EQ(run(base + f32.string() + " --kv-cache f32").exit_code, 0);
+  const CmdResult r = run(base + f16.string() + " --kv-cache f16");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::vector<float> ld = npy_read(def.string())->as_f32(), l32 = npy_read(f32.string())->as_f32(),
+                           l16 = npy_read(f16.string())->as_f32();
+  ASSERT_EQ(l16.size(), ld.size());
+  EXPECT_TRUE(std::equal(ld.begin(), ld.end(), l32.begin()));
+  const double moved = rel_l2(l16.data(), ld.data(), static_cast<int64_t>(ld.size()));
+  EXPECT_GT(moved, 0.0);
+  EXPECT_LE(rel_l2(l16.data(), g.logits.data(), static_cast<int64_t>(l16.size())), 2e-2);
+}
+
 TEST_F(LogitsCli, PrefixOfTokensGivesPrefixOfLogits) {
   // Spaces around ids are accepted; the first rows of a longer pass equal a shorter pass.
   const Golden g = load_golden(fixture("pub-a"));
@@ -114,6 +133,7 @@ TEST_F(LogitsCli, BadInputExitsWithClearMessage) {
   expect_failure(model + " --tokens 1", "--out", 2);
   expect_failure(model + " --tokens 1 --backend tpu" + out, "tpu", 2);
   expect_failure(model + " --tokens 1 --threads -1" + out, "must be a number >= 0 (got -1)", 2);
+  expect_failure(model + " --tokens 1 --kv-cache bf16" + out, "unknown KV cache type 'bf16' (expected f32 or f16)", 2);
 #ifndef GPTOSS_HAVE_CUDA
   expect_failure(model + " --tokens 1 --backend cuda" + out, "without CUDA");
 #endif

@@ -217,6 +217,37 @@ TEST(Mxfp4Matmul, DecodesEveryCodeAndNibbleOrder) {
 // ---------------------------------------------------------------------------------------------
 // RMSNorm
 
+// The f16 KV cache's rounding: nearest fp16, ties to even, subnormals, saturation at ±65504
+// instead of infinities, NaN kept.
+TEST(RoundToF16, NearestEvenSaturatingAndNaNKept) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> x = {1.0f,
+                          1.0f + std::ldexp(1.0f, -11),      // halfway 1 … 1 + 2^-10: even → 1
+                          1.0f + 3 * std::ldexp(1.0f, -11),  // halfway 1 + 2^-10 … 1 + 2^-9: even → 1 + 2^-9
+                          -2.5f,
+                          65519.0f,  // below the halfway point to 65536: 65504
+                          70000.0f,
+                          -1e30f,
+                          std::numeric_limits<float>::infinity(),
+                          std::ldexp(1.0f, -26),      // below half the smallest subnormal: 0
+                          3 * std::ldexp(1.0f, -25),  // 1.5 × 2^-24: even → 2^-23
+                          0.1f,
+                          nan};
+  round_to_f16(x.data(), static_cast<int64_t>(x.size()));
+  EXPECT_EQ(x[0], 1.0f);
+  EXPECT_EQ(x[1], 1.0f);
+  EXPECT_EQ(x[2], 1.0f + std::ldexp(1.0f, -9));
+  EXPECT_EQ(x[3], -2.5f);
+  EXPECT_EQ(x[4], 65504.0f);
+  EXPECT_EQ(x[5], 65504.0f);
+  EXPECT_EQ(x[6], -65504.0f);
+  EXPECT_EQ(x[7], 65504.0f);
+  EXPECT_EQ(x[8], 0.0f);
+  EXPECT_EQ(x[9], std::ldexp(1.0f, -23));
+  EXPECT_EQ(x[10], 0.0999755859375f);  // 1638 × 2^-14, the fp16 nearest to 0.1
+  EXPECT_TRUE(std::isnan(x[11]));
+}
+
 TEST(RmsNorm, MatchesFloat64) {
   for (int64_t dim : {1, 7, 64, 2880}) {
     const int64_t n = 3;

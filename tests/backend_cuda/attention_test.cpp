@@ -1,13 +1,15 @@
 // CUDA attention kernels against the CPU reference: qkv bias + YaRN RoPE + KV-cache store, and
 // flash attention with sinks (GQA/MQA/MHA, sliding windows, ring wrap, key splits, padded head
-// dims, prefill items and the decode kernel up to 32k keys); a decode item's output bits do not
-// depend on the other items of its step.
+// dims, prefill items and the decode kernel up to 32k keys), each over an f32 and an fp16 cache; a
+// decode item's output bits do not depend on the other items of its step.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <string>
+#include <tuple>
 
 #include "backend/cpu/ops.h"
 #include "backend/cuda/kernels.h"
@@ -88,6 +90,59 @@ TEST(CudaQkvRope, RotatesQAndStoresKvAtRingIndex) {
   EXPECT_EQ(cuda::qkv_rope_launch(b, n, cuda::AttnShape{hq, hkv, d, dp}, kv, test_launch()), cudaErrorInvalidValue);
 }
 
+// An fp16 cache holds exactly the f32 cache's values rounded to nearest (ties to even), saturated
+// at ±65504 rather than infinite; q is unchanged. Gpt-oss shapes and a padded head dim.
+TEST(CudaQkvRope, F16CacheStoresTheRoundedF32Values) {
+  for (const auto& [hq, hkv, d, dp] : {std::tuple{64, 8, 64, 64}, std::tuple{6, 2, 24, 32}}) {
+    Config cfg;
+    cfg.head_dim = d, cfg.num_attention_heads = hq, cfg.num_key_value_heads = hkv;
+    const cpu::RopeTable rope = cpu::rope_table(cfg);
+    const int n = 9, slots = 2, cap = 64, cols = (hq + 2 * hkv) * d;
+    std::vector<int32_t> pos(n), slot(n);
+    for (int t = 0; t < n; ++t) pos[static_cast<size_t>(t)] = 3 * t + 1, slot[static_cast<size_t>(t)] = t % slots;
+    std::vector<float> bias = random_f32(static_cast<size_t>(cols), 72, 0.5f);
+    bias[static_cast<size_t>((hq + hkv) * d)] = 1e5f, bias[static_cast<size_t>((hq + hkv) * d + 1)] = -7e4f;  // v
+    DevArray<float> pd(random_f32(static_cast<size_t>(n) * cols, 71, 3.0f)), bd(bias), inv(rope.inv_freq);
+    DevArray<int32_t> posd(pos), slotd(slot);
+    const size_t cache = static_cast<size_t>(slots) * hkv * cap * dp;
+    DevArray<float> q32(static_cast<size_t>(n) * hq * dp), q16(q32.size()), k32(cache), v32(cache);
+    DevArray<uint16_t> k16(cache), v16(cache);
+    cuda::QkvRopeArgs a;
+    a.parts = pd.get(), a.nparts = 1, a.part_stride = static_cast<int64_t>(n) * cols, a.stride = cols;
+    a.bias = bd.get(), a.pos = posd.get(), a.slot = slotd.get(), a.inv_freq = inv.get();
+    a.concentration = rope.concentration, a.q32 = q32.get();
+    const cuda::AttnShape shape{hq, hkv, d, dp};
+    cuda::KvLayer kv;
+    kv.k = k32.get(), kv.v = v32.get(), kv.cap = cap;
+    CUDA_ASSERT(cuda::qkv_rope_launch(a, n, shape, kv, test_launch()));
+    a.q32 = q16.get();
+    kv.k = k16.get(), kv.v = v16.get(), kv.f16 = true;
+    CUDA_ASSERT(cuda::qkv_rope_launch(a, n, shape, kv, test_launch()));
+    const auto qa = q32.download(), qb = q16.download(), ka = k32.download(), va = v32.download();
+    const auto kb = k16.download(), vb = v16.download();
+    EXPECT_EQ(0, std::memcmp(qa.data(), qb.data(), qa.size() * sizeof(float))) << "q";
+    auto expect_f16 = [](float x) {
+      std::vector<float> r = {x};
+      cpu::round_to_f16(r.data(), 1);
+      return f32_to_f16(r[0]);
+    };
+    for (int t = 0; t < n; ++t)
+      for (int h = 0; h < hkv; ++h)
+        for (int i = 0; i < dp; ++i) {
+          const size_t at = ((static_cast<size_t>(slot[static_cast<size_t>(t)]) * hkv + h) * cap +
+                             pos[static_cast<size_t>(t)] % cap) *
+                                dp +
+                            i;
+          ASSERT_EQ(kb[at], expect_f16(ka[at])) << "k, token " << t << " head " << h << " dim " << i;
+          ASSERT_EQ(vb[at], expect_f16(va[at])) << "v, token " << t << " head " << h << " dim " << i;
+        }
+    // The saturated values: v dims 0 and 1 of KV head 0 of every token.
+    const size_t at0 = (static_cast<size_t>(slot[0]) * hkv * cap + pos[0] % cap) * dp;
+    EXPECT_EQ(vb[at0], 0x7bffu) << "+65504";
+    EXPECT_EQ(vb[at0 + 1], 0xfbffu) << "-65504";
+  }
+}
+
 // Prefill-sized launches give each block several tokens (qkv_rope_launch): a 517-token launch (the
 // last group partial, gpt-oss shapes, 3 partials) writes the bits of 1-token-per-block launches of
 // the same tokens in chunks of 100, for q and both cache halves.
@@ -162,10 +217,10 @@ struct AttnCase {
 };
 
 // Most key splits of one decode item on this device, as the CUDA backend sizes them.
-int decode_split_cap(const cuda::AttnShape& shape) {
+int decode_split_cap(const cuda::AttnShape& shape, bool kv_f16) {
   int sms = 0, slots = 0;
   if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess ||
-      cuda::attention_decode_slots(shape, sms, &slots) != cudaSuccess)
+      cuda::attention_decode_slots(shape, kv_f16, sms, &slots) != cudaSuccess)
     return 0;
   return std::clamp(slots / (shape.n_kv_heads * cuda::attention_decode_chunks(shape)), 1, 256);
 }
@@ -199,10 +254,26 @@ std::vector<float> run_attention(const cuda::AttnShape& shape, const cuda::KvLay
   return o;
 }
 
-class CudaAttention : public ::testing::TestWithParam<AttnCase> {};
+// A cache of f32 values, or the same values rounded to fp16 (the CPU reference then attends over
+// the rounded values).
+struct TestCache {
+  std::vector<float> values;  // what the reference reads
+  DevArray<float> f32;
+  DevArray<uint16_t> f16;
+  TestCache(std::vector<float> v, bool half)
+      : values(std::move(v)),
+        f32(half ? std::vector<float>{} : values),
+        f16(half ? to_f16(values) : std::vector<uint16_t>{}) {
+    if (half) values = from_f16(to_f16(values));
+  }
+  void* get(bool half) const { return half ? static_cast<void*>(f16.get()) : static_cast<void*>(f32.get()); }
+};
+
+class CudaAttention : public ::testing::TestWithParam<std::tuple<AttnCase, bool>> {};
 
 TEST_P(CudaAttention, MatchesCpuSinkAttention) {
-  const AttnCase& c = GetParam();
+  const AttnCase& c = std::get<0>(GetParam());
+  const bool half = std::get<1>(GetParam());
   const int d = c.head_dim, dp = padded_dim(d), hq = c.n_heads, hkv = c.n_kv_heads;
   int slots = 0, T = 0;
   for (const Seq& s : c.seqs) slots = std::max(slots, s.slot + 1), T += s.n;
@@ -214,7 +285,8 @@ TEST_P(CudaAttention, MatchesCpuSinkAttention) {
     return f;
   };
   const size_t cache_rows = static_cast<size_t>(slots) * hkv * c.cap;
-  const std::vector<float> kf = padded_random(cache_rows, 51, 1.0f), vf = padded_random(cache_rows, 52, 2.0f);
+  const TestCache kc(padded_random(cache_rows, 51, 1.0f), half), vc(padded_random(cache_rows, 52, 2.0f), half);
+  const std::vector<float>&kf = kc.values, &vf = vc.values;
   const std::vector<float> qf = padded_random(static_cast<size_t>(T) * hq, 53, 3.0f);
   const std::vector<float> sinks = random_f32(static_cast<size_t>(hq), 54, 2.0f);
   std::vector<int32_t> pos;
@@ -225,7 +297,7 @@ TEST_P(CudaAttention, MatchesCpuSinkAttention) {
   int max_count = 1, splits = c.splits;
   if (splits == 0) {
     ASSERT_TRUE(c.decode);
-    const int cap = decode_split_cap(shape);
+    const int cap = decode_split_cap(shape, half);
     ASSERT_GT(cap, 0);
     splits = 1;
     for (const Seq& s : c.seqs)
@@ -238,15 +310,15 @@ TEST_P(CudaAttention, MatchesCpuSinkAttention) {
     }
     for (int i = 0; i < s.n; ++i) pos.push_back(s.pos0 + i);
   }
-  DevArray<float> kd(kf), vd(vf), qd(qf), sd(sinks);
+  DevArray<float> qd(qf), sd(sinks);
   cuda::KvLayer kv;
-  kv.k = kd.get(), kv.v = vd.get(), kv.cap = c.cap, kv.window = c.window;
+  kv.k = kc.get(half), kv.v = vc.get(half), kv.cap = c.cap, kv.window = c.window, kv.f16 = half;
   const std::vector<float> o = run_attention(shape, kv, qd, sd, pos, items, max_count, splits);
   if (!c.decode) {
     // With one raw tile stage (what a device with less shared memory per block gets): the same bits.
     cuda::Launch one_stage = test_launch();
-    one_stage.smem_optin = static_cast<int>(cuda::attention_smem_bytes(dp, 2)) - 1;
-    ASSERT_LE(cuda::attention_smem_bytes(dp, 1), static_cast<size_t>(one_stage.smem_optin));
+    one_stage.smem_optin = static_cast<int>(cuda::attention_smem_bytes(dp, half, 2)) - 1;
+    ASSERT_LE(cuda::attention_smem_bytes(dp, half, 1), static_cast<size_t>(one_stage.smem_optin));
     const std::vector<float> o1 = run_attention(shape, kv, qd, sd, pos, items, max_count, splits, one_stage);
     ASSERT_EQ(o1.size(), o.size());
     EXPECT_EQ(0, std::memcmp(o1.data(), o.data(), o.size() * sizeof(float))) << "one raw stage";
@@ -287,78 +359,85 @@ TEST_P(CudaAttention, MatchesCpuSinkAttention) {
         const float* want = &out[static_cast<size_t>(h) * d];
         for (int x = 0; x < d; ++x)
           ASSERT_TRUE(std::isfinite(got[static_cast<size_t>(x)])) << "token " << t << " head " << h << " unwritten";
-        // Split-fp16 products (hi·hi + hi·lo + lo·hi) or f32 FMAs (decode), f32 accumulation:
-        // near-f32 attention.
+        // Split-fp16 products (hi·hi + hi·lo + lo·hi; an fp16 cache has no lo) or f32 FMAs
+        // (decode), f32 accumulation: near-f32 attention over the cached values.
         const double err = rel_l2(got.data(), want, static_cast<size_t>(d));
         worst = std::max(worst, err);
         EXPECT_LE(err, 5e-5) << "token " << t << " (pos " << p << ") head " << h;
       }
     }
   }
-  std::printf("  %s: %d key splits, worst rel L2 %.2e\n", c.name.c_str(), splits, worst);
+  std::printf("  %s (%s cache): %d key splits, worst rel L2 %.2e\n", c.name.c_str(), half ? "f16" : "f32", splits,
+              worst);
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Cases, CudaAttention,
-    ::testing::Values(
-        AttnCase{"gptoss_prefill_sliding", 64, 64, 8, 128, 2176, 1, false, {{0, 0, 300}}},
-        AttnCase{"gptoss_prefill_full_resume", 64, 64, 8, 0, 4096, 1, false, {{1, 250, 77}}},
-        AttnCase{"gptoss_decode_split", 64, 64, 8, 0, 4096, 17, true, {{0, 1000, 1}, {1, 5, 1}, {2, 0, 1}}},
-        AttnCase{"ring_wrap_split", 64, 64, 8, 128, 200, 3, false, {{0, 1000, 20}}},
-        AttnCase{"decode_ring", 64, 64, 8, 128, 1152, 5, true, {{0, 5000, 1}, {3, 127, 1}}},
-        AttnCase{"mixed_prefill_decode", 64, 64, 8, 0, 600, 2, false, {{0, 300, 1}, {1, 0, 90}, {2, 17, 5}}},
-        AttnCase{"hd8_gqa8_window5", 8, 16, 2, 5, 64, 1, false, {{0, 0, 48}}},
-        AttnCase{"hd32_g3_window16", 32, 3, 1, 16, 100, 2, false, {{0, 0, 60}}},
-        AttnCase{"hd16_mha_full", 16, 4, 4, 0, 256, 1, false, {{0, 0, 200}}},
-        AttnCase{"hd128_g8", 128, 8, 1, 0, 512, 4, false, {{0, 10, 100}}},
-        AttnCase{"hd24_padded", 24, 6, 3, 0, 128, 1, false, {{0, 0, 70}}},
-        AttnCase{"mqa_64heads", 64, 64, 1, 0, 256, 2, false, {{0, 3, 9}}},
-        AttnCase{"mqa_128heads_chunks", 64, 128, 1, 32, 256, 1, false, {{0, 0, 40}}},
-        // Decode kernel: gpt-oss shapes at 1 … 32768 keys (full and window 128 in a ring), several
-        // sequences at different depths per step, with the backend's split rule; then awkward shapes.
-        AttnCase{"gptoss_decode_full_32k", 64, 64, 8, 0, 32768, 0, true, {{0, 32767, 1}, {1, 1000, 1}}},
-        AttnCase{"gptoss_decode_full_depths",
-                 64,
-                 64,
-                 8,
-                 0,
-                 4097,
-                 0,
-                 true,
-                 {{0, 0, 1}, {1, 126, 1}, {2, 127, 1}, {3, 128, 1}, {4, 999, 1}, {5, 4096, 1}}},
-        AttnCase{"gptoss_decode_sliding_depths",
-                 64,
-                 64,
-                 8,
-                 128,
-                 192,
-                 0,
-                 true,
-                 {{0, 0, 1}, {1, 126, 1}, {2, 127, 1}, {3, 128, 1}, {4, 999, 1}, {5, 4096, 1}, {6, 32767, 1}}},
-        AttnCase{"decode_split_cap5", 64, 8, 2, 0, 6000, 5, true, {{0, 4999, 1}, {1, 600, 1}, {2, 2, 1}}},
-        AttnCase{"decode_gqa4_hd32", 32, 16, 4, 0, 3000, 0, true, {{0, 2999, 1}, {1, 40, 1}}},
-        AttnCase{"decode_mha_hd16_window16", 16, 4, 4, 16, 40, 0, true, {{0, 100, 1}, {1, 3, 1}}},
-        AttnCase{"decode_hd8_g3", 8, 6, 2, 0, 700, 3, true, {{0, 699, 1}, {1, 1, 1}}},
-        AttnCase{"decode_hd24_padded", 24, 6, 3, 0, 600, 4, true, {{0, 550, 1}}},
-        AttnCase{"decode_hd128_g12", 128, 24, 2, 0, 1500, 0, true, {{0, 1400, 1}, {1, 7, 1}}},
-        AttnCase{"decode_mqa_64heads", 64, 64, 1, 0, 2100, 0, true, {{0, 2050, 1}}}),
-    [](const auto& info) { return info.param.name; });
+    ::testing::Combine(
+        ::testing::Values(
+            AttnCase{"gptoss_prefill_sliding", 64, 64, 8, 128, 2176, 1, false, {{0, 0, 300}}},
+            AttnCase{"gptoss_prefill_full_resume", 64, 64, 8, 0, 4096, 1, false, {{1, 250, 77}}},
+            AttnCase{"gptoss_decode_split", 64, 64, 8, 0, 4096, 17, true, {{0, 1000, 1}, {1, 5, 1}, {2, 0, 1}}},
+            AttnCase{"ring_wrap_split", 64, 64, 8, 128, 200, 3, false, {{0, 1000, 20}}},
+            AttnCase{"decode_ring", 64, 64, 8, 128, 1152, 5, true, {{0, 5000, 1}, {3, 127, 1}}},
+            AttnCase{"mixed_prefill_decode", 64, 64, 8, 0, 600, 2, false, {{0, 300, 1}, {1, 0, 90}, {2, 17, 5}}},
+            AttnCase{"hd8_gqa8_window5", 8, 16, 2, 5, 64, 1, false, {{0, 0, 48}}},
+            AttnCase{"hd32_g3_window16", 32, 3, 1, 16, 100, 2, false, {{0, 0, 60}}},
+            AttnCase{"hd16_mha_full", 16, 4, 4, 0, 256, 1, false, {{0, 0, 200}}},
+            AttnCase{"hd128_g8", 128, 8, 1, 0, 512, 4, false, {{0, 10, 100}}},
+            AttnCase{"hd24_padded", 24, 6, 3, 0, 128, 1, false, {{0, 0, 70}}},
+            AttnCase{"mqa_64heads", 64, 64, 1, 0, 256, 2, false, {{0, 3, 9}}},
+            AttnCase{"mqa_128heads_chunks", 64, 128, 1, 32, 256, 1, false, {{0, 0, 40}}},
+            // Decode kernel: gpt-oss shapes at 1 … 32768 keys (full and window 128 in a ring), several
+            // sequences at different depths per step, with the backend's split rule; then awkward shapes.
+            AttnCase{"gptoss_decode_full_32k", 64, 64, 8, 0, 32768, 0, true, {{0, 32767, 1}, {1, 1000, 1}}},
+            AttnCase{"gptoss_decode_full_depths",
+                     64,
+                     64,
+                     8,
+                     0,
+                     4097,
+                     0,
+                     true,
+                     {{0, 0, 1}, {1, 126, 1}, {2, 127, 1}, {3, 128, 1}, {4, 999, 1}, {5, 4096, 1}}},
+            AttnCase{"gptoss_decode_sliding_depths",
+                     64,
+                     64,
+                     8,
+                     128,
+                     192,
+                     0,
+                     true,
+                     {{0, 0, 1}, {1, 126, 1}, {2, 127, 1}, {3, 128, 1}, {4, 999, 1}, {5, 4096, 1}, {6, 32767, 1}}},
+            AttnCase{"decode_split_cap5", 64, 8, 2, 0, 6000, 5, true, {{0, 4999, 1}, {1, 600, 1}, {2, 2, 1}}},
+            AttnCase{"decode_gqa4_hd32", 32, 16, 4, 0, 3000, 0, true, {{0, 2999, 1}, {1, 40, 1}}},
+            AttnCase{"decode_mha_hd16_window16", 16, 4, 4, 16, 40, 0, true, {{0, 100, 1}, {1, 3, 1}}},
+            AttnCase{"decode_hd8_g3", 8, 6, 2, 0, 700, 3, true, {{0, 699, 1}, {1, 1, 1}}},
+            AttnCase{"decode_hd24_padded", 24, 6, 3, 0, 600, 4, true, {{0, 550, 1}}},
+            AttnCase{"decode_hd128_g12", 128, 24, 2, 0, 1500, 0, true, {{0, 1400, 1}, {1, 7, 1}}},
+            AttnCase{"decode_mqa_64heads", 64, 64, 1, 0, 2100, 0, true, {{0, 2050, 1}}}),
+        ::testing::Bool()),
+    [](const auto& info) { return std::get<0>(info.param).name + (std::get<1>(info.param) ? "_f16" : "_f32"); });
 
 // A decode item's output (both fp16 halves) is bit-identical whether it runs alone or in a step
-// with longer sequences that need key splits (and the merge kernel) while it needs none.
-TEST(CudaAttentionDecode, ItemResultIndependentOfTheStep) {
+// with longer sequences that need key splits (and the merge kernel) while it needs none, over an
+// f32 and an fp16 cache.
+class CudaAttentionDecode : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CudaAttentionDecode, ItemResultIndependentOfTheStep) {
+  const bool half = GetParam();
   const int hq = 64, hkv = 8, d = 64, cap = 8192;
   const cuda::AttnShape shape{hq, hkv, d, d};
-  const int split_cap = decode_split_cap(shape);
+  const int split_cap = decode_split_cap(shape, half);
   ASSERT_GT(split_cap, 0);
   const std::vector<int> p = {8000, 3, 700, 255, 127};
   const int n = static_cast<int>(p.size());
   const size_t rows = static_cast<size_t>(n) * hkv * cap;
-  DevArray<float> kd(random_f32(rows * d, 61, 1.0f)), vd(random_f32(rows * d, 62, 2.0f));
+  const TestCache kc(random_f32(rows * d, 61, 1.0f), half), vc(random_f32(rows * d, 62, 2.0f), half);
   DevArray<float> qd(random_f32(static_cast<size_t>(n) * hq * d, 63, 3.0f)), sd(random_f32(hq, 64, 2.0f));
   for (int window : {0, 128}) {
     cuda::KvLayer kv;
-    kv.k = kd.get(), kv.v = vd.get(), kv.cap = cap, kv.window = window;
+    kv.k = kc.get(half), kv.v = vc.get(half), kv.cap = cap, kv.window = window, kv.f16 = half;
     std::vector<cuda::AttnItem> items;
     int splits = 1;
     for (int i = 0; i < n; ++i) {
@@ -383,6 +462,9 @@ TEST(CudaAttentionDecode, ItemResultIndependentOfTheStep) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Caches, CudaAttentionDecode, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "f16" : "f32"; });
 
 }  // namespace
 }  // namespace gptoss::testing

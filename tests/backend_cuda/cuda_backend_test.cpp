@@ -75,6 +75,33 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& ref, 
   }
 }
 
+// Comparisons with an fp16 KV cache. The keys and values of two runs (CPU and GPU, or two chunkings)
+// differ by ~1e-6 before rounding, so a few land on the other side of an fp16 rounding boundary;
+// in a random model such a flip can move a router near-tie at one position and change a few rows
+// by O(0.1) (measured on the CPU by perturbing its keys and values by 1e-6 relative before the
+// rounding: 2 of pub-b's 320 rows moved by > 1e-2, the others by ≤ 9e-4; an f32 cache moved by
+// 3e-6). So: at most max(2, 2 %) rows beyond row_tol, and in every other row the argmax agrees
+// wherever the reference's top-2 margin exceeds `margin`.
+void expect_close_f16(const std::vector<float>& got, const std::vector<float>& ref, int64_t vocab, double row_tol,
+                      float margin, const std::string& what) {
+  ASSERT_EQ(got.size(), ref.size());
+  const size_t rows = ref.size() / static_cast<size_t>(vocab);
+  size_t off = 0;
+  double worst = 0;
+  for (size_t r = 0; r < rows; ++r) {
+    const float* g = &got[r * vocab];
+    const float* w = &ref[r * vocab];
+    const double e = rel_l2(g, w, static_cast<size_t>(vocab));
+    worst = std::max(worst, e);
+    if (e > row_tol) {
+      ++off;
+      continue;
+    }
+    if (top2_margin(w, vocab) > margin) EXPECT_EQ(cpu::argmax(g, vocab), cpu::argmax(w, vocab)) << what << " row " << r;
+  }
+  EXPECT_LE(off, std::max<size_t>(2, rows / 50)) << what << ": rows beyond " << row_tol << " (worst " << worst << ")";
+}
+
 class CudaGolden : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -150,6 +177,34 @@ TEST_P(CudaGolden, ChunkedAndBatchedPrefillAgreeWithOnePass) {
   expect_close(first, one, vocab_, 1e-4, 0.01f, "batched with another sequence");
 }
 
+// An fp16 KV cache (--kv-cache f16): within the golden bounds, close to the CPU backend with the
+// same cache type (both round the same keys and values), in half the cache memory.
+TEST_P(CudaGolden, F16KvCacheMatchesGoldensAndCpu) {
+  const int64_t n = static_cast<int64_t>(tokens_.size());
+  BackendOptions o = options("cuda", n);
+  o.kv_cache = KvCacheType::kF16;
+  auto b = make(model_, o);
+  BackendOptions oc = o;
+  oc.kind = "cpu";
+  auto cpu = make(model_, oc);
+  auto b32 = make(model_, options("cuda", n));
+  ASSERT_TRUE(b && cpu && b32);
+  EXPECT_EQ(2 * b->memory_stats().kv_bytes_reserved, b32->memory_stats().kv_bytes_reserved);
+  const std::vector<float> got = feed(*b, 0, 0, tokens_, tokens_.size(), vocab_);
+  const double err = rel_l2(got.data(), logits_.data(), got.size());
+  std::printf("[ precision ] %s, f16 KV cache: rel_l2 %.3g to the golden\n",
+              std::filesystem::path(GetParam()).filename().c_str(), err);
+  EXPECT_LE(err, kGoldenRelL2);
+  expect_close_f16(got, logits_, vocab_, 1e-2, kGoldenMargin, "f16 cache against the golden");
+  expect_close_f16(got, feed(*cpu, 0, 0, tokens_, tokens_.size(), vocab_), vocab_, 2e-3, 0.01f,
+                   "f16 cache against the CPU's");
+  // Prefill in chunks and decode (chunks of 1) read the cache through both attention kernels.
+  b->slot_reset(0);
+  expect_close_f16(feed(*b, 0, 0, tokens_, 7, vocab_), got, vocab_, 2e-3, 0.01f, "f16 cache, chunks of 7");
+  b->slot_reset(0);
+  expect_close_f16(feed(*b, 0, 0, tokens_, 1, vocab_), got, vocab_, 2e-3, 0.01f, "f16 cache, one token a step");
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaGolden, ::testing::ValuesIn(golden_fixture_dirs()),
                          [](const auto& info) { return fixture_test_name(info.param); });
 
@@ -217,6 +272,42 @@ TEST_F(CudaVsCpu, BatchedDecodeThroughGraphsMatchesCpu) {
     for (int s = 0; s < S; ++s) EXPECT_EQ(ag[s], cpu::argmax(&lg[s * vocab_], vocab_)) << "argmax output vs logits";
   }
   EXPECT_EQ(gpu->slot_length(0), static_cast<int64_t>(prompts[0].size()) + steps);
+}
+
+// The fp16 cache through ring-wrapped sliding layers, chunked prefill and batched decode steps
+// (graphs), against the CPU backend with the same cache type.
+TEST_F(CudaVsCpu, F16KvCacheLongPromptAndBatchedDecodeMatchCpu) {
+  const int S = 3;
+  BackendOptions og = options("cuda", 1200, S, 300), oc = options("cpu", 1200, S, 300);
+  og.kv_cache = oc.kv_cache = KvCacheType::kF16;
+  auto gpu = make(model_, og);
+  auto cpu = make(model_, oc);
+  ASSERT_TRUE(gpu && cpu);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int s = 0; s < S; ++s) {
+    prompts.push_back(random_tokens(static_cast<size_t>(1100 - 350 * s), vocab_, 500 + s));
+    expect_close_f16(feed(*gpu, s, 0, prompts.back(), 300, vocab_), feed(*cpu, s, 0, prompts.back(), 300, vocab_),
+                     vocab_, 2e-3, 0.01f, "prompt " + std::to_string(s));
+  }
+  std::vector<int32_t> next(S);
+  std::vector<float> all_g, all_c;  // the decode steps' rows, compared together
+  for (int step = 0; step < 6; ++step) {
+    SeqBatch batch[S];
+    for (int s = 0; s < S; ++s) {
+      next[s] = static_cast<int32_t>((step * 17 + s * 5) % vocab_);
+      batch[s].slot = s;
+      batch[s].pos = static_cast<int64_t>(prompts[s].size()) + step;
+      batch[s].tokens = std::span<const int32_t>(&next[s], 1);
+    }
+    std::vector<float> lg(S * vocab_), lc(S * vocab_);
+    StepOutputs g, c;
+    g.logits = lg.data(), c.logits = lc.data();
+    ASSERT_TRUE(gpu->forward(batch, g).ok());
+    ASSERT_TRUE(cpu->forward(batch, c).ok());
+    all_g.insert(all_g.end(), lg.begin(), lg.end());
+    all_c.insert(all_c.end(), lc.begin(), lc.end());
+  }
+  expect_close_f16(all_g, all_c, vocab_, 2e-3, 0.01f, "f16 cache, 6 decode steps of 3 sequences");
 }
 
 // Many short prompts continued in one step at depths of several key splits: every item is one or

@@ -34,6 +34,7 @@ TEST(BenchCli, JsonHasEveryFieldWithConsistentValues) {
                           "depth",
                           "batch",
                           "repeat",
+                          "kv_cache",
                           "prefill_tok_s",
                           "decode_tok_s",
                           "ttft_ms",
@@ -54,6 +55,7 @@ TEST(BenchCli, JsonHasEveryFieldWithConsistentValues) {
     EXPECT_TRUE(j.contains(key)) << key;
   EXPECT_EQ(j["backend"], "cpu");
   EXPECT_EQ(j["batch"], 3);
+  EXPECT_EQ(j["kv_cache"], "f32");
   for (const char* stat : {"prefill_tok_s", "decode_tok_s", "ttft_ms", "ms_per_step"}) {
     const auto& s = j[stat];
     EXPECT_GT(s["min"].get<double>(), 0) << stat;
@@ -115,6 +117,20 @@ TEST(BenchCli, SampledDecodeOnTheBackendOrTheHost) {
       << r.out;
 }
 
+// --kv-cache f16 on the CPU backend: reported, and the bound still counts 4 bytes a value (the CPU
+// keeps the rounded values in f32), so the KV bytes per token equal the f32 run's.
+TEST(BenchCli, KvCacheTypeIsReported) {
+  const std::vector<std::string> args = {"--depth", "40", "--prompt-tokens", "4", "--gen-tokens", "4", "--repeat", "1"};
+  const nlohmann::json f32 = run_bench_json(args);
+  std::vector<std::string> a16 = args;
+  a16.insert(a16.end(), {"--kv-cache", "f16"});
+  const nlohmann::json f16 = run_bench_json(a16);
+  EXPECT_EQ(f16["kv_cache"], "f16");
+  EXPECT_GT(f16["bytes_per_token_kv"].get<double>(), 0);
+  EXPECT_EQ(f16["bytes_per_token_kv"].get<double>(), f32["bytes_per_token_kv"].get<double>());
+  EXPECT_EQ(f16["kv_bytes_reserved"].get<double>(), f32["kv_bytes_reserved"].get<double>());
+}
+
 TEST(BenchCli, BadFlagsFailWithAMessage) {
   const std::string model = std::string(GPTOSS_FIXTURES) + "/pub-a";
   const std::vector<std::vector<std::string>> cases = {
@@ -128,6 +144,7 @@ TEST(BenchCli, BadFlagsFailWithAMessage) {
       {"bench", "--random", "tiny", "--depth", "200000"},     // beyond max_position_embeddings
       {"bench", "--random", "tiny", "--temperature", "-1"},   // bad sampling parameters
       {"bench", "--random", "tiny", "--top-p", "0"},
+      {"bench", "--random", "tiny", "--kv-cache", "int8"},  // unknown KV cache type
   };
   for (const auto& args : cases) {
     const ProcResult r = run_gptoss(args);

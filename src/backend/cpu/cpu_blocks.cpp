@@ -22,6 +22,12 @@ void CpuBackend::attention_block(int64_t layer, int64_t T) {
     rope_rotate(s.q.data() + r * qd, cfg_.num_attention_heads, hd, cs, cs + hd / 2);
     rope_rotate(s.k.data() + r * kvd, cfg_.num_key_value_heads, hd, cs, cs + hd / 2);
   }
+  // An f16 cache: this step's keys and values are rounded before anything reads them, so the new
+  // rows attend exactly as they will once cached.
+  if (opts_.kv_cache == KvCacheType::kF16) {
+    round_to_f16(s.k.data(), T * kvd);
+    round_to_f16(s.v.data(), T * kvd);
+  }
   attend_rows(layer, T);
   // Written only after every row has attended: a chunk longer than a sliding ring would
   // otherwise overwrite keys its own earlier tokens still need.

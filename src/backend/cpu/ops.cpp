@@ -135,6 +135,14 @@ void router_topk_softmax(const float* logits, int64_t n_experts, int64_t k, int3
   for (int64_t s = 0; s < k; ++s) weight[s] /= sum;
 }
 
+void round_to_f16(float* x, int64_t n) {
+  constexpr float kMax = 65504.0f;  // the largest finite fp16
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i] < -kMax ? -kMax : x[i] > kMax ? kMax : x[i];  // NaN stays NaN
+    x[i] = f16_to_f32(f32_to_f16(v));
+  }
+}
+
 void swiglu_clamp(const float* gate_up, int64_t inter, float alpha, float limit, float* out) {
   for (int64_t j = 0; j < inter; ++j) {
     const float g = std::min(gate_up[2 * j], limit);  // upper clamp only

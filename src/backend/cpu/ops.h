@@ -49,6 +49,10 @@ void rope_rotate(float* x, int64_t n_heads, int64_t head_dim, const float* cos, 
 // rope_cos_sin + rope_rotate at one position, in place.
 void rope_apply(float* x, int64_t n_heads, const RopeTable& rope, int64_t pos);
 
+// Each x[i] rounded to the nearest fp16 value (ties to even), saturating at ±65504 (the f16 KV
+// cache: CUDA stores these values, the CPU reference attends over them).
+void round_to_f16(float* x, int64_t n);
+
 // Attention of one query token (all heads) against keys/values at positions
 // [first, last] (inclusive) of one sequence, with per-head sink logits.
 //   q    [n_heads, head_dim] (post-RoPE)

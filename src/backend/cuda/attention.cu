@@ -60,11 +60,21 @@ __device__ __forceinline__ void qkv_rope_element(const QkvRopeArgs& a, const Att
   };
 
   const int64_t cache_row = static_cast<int64_t>(p % kv.cap);
-  auto head_ptr = [&](int head) {  // q heads, then k heads, then v heads
-    if (head < s.n_heads) return a.q32 + (static_cast<int64_t>(t) * s.n_heads + head) * s.dp;
+  auto store = [&](int head, int i, float x) {  // element i of a q head, then k heads, then v heads
+    if (head < s.n_heads) {
+      a.q32[(static_cast<int64_t>(t) * s.n_heads + head) * s.dp + i] = x;
+      return;
+    }
     const bool is_k = head < s.n_heads + s.n_kv_heads;
     const int kvh = is_k ? head - s.n_heads : head - s.n_heads - s.n_kv_heads;
-    return (is_k ? kv.k : kv.v) + ((static_cast<int64_t>(a.slot[t]) * s.n_kv_heads + kvh) * kv.cap + cache_row) * s.dp;
+    const int64_t at = ((static_cast<int64_t>(a.slot[t]) * s.n_kv_heads + kvh) * kv.cap + cache_row) * s.dp + i;
+    void* base = is_k ? kv.k : kv.v;
+    if (kv.f16) {
+      constexpr float kMax = 65504.0f;  // saturate: the largest finite fp16 (NaN stays NaN)
+      static_cast<__half*>(base)[at] = __float2half_rn(x < -kMax ? -kMax : x > kMax ? kMax : x);
+    } else {
+      static_cast<float*>(base)[at] = x;
+    }
   };
   if (idx < n_rot) {
     const int head = idx / half, i = idx - head * half;
@@ -72,16 +82,15 @@ __device__ __forceinline__ void qkv_rope_element(const QkvRopeArgs& a, const Att
     const float c = cosf(angle) * a.concentration, sn = sinf(angle) * a.concentration;
     const int col = head * d;  // k heads follow the q heads in the fused projection
     const float x0 = value(col + i), x1 = value(col + i + half);
-    float* dst = head_ptr(head);
-    dst[i] = x0 * c - x1 * sn;
-    dst[i + half] = x1 * c + x0 * sn;
+    store(head, i, x0 * c - x1 * sn);
+    store(head, i + half, x1 * c + x0 * sn);
   } else if (idx < n_rot + n_v) {
     const int j = idx - n_rot, kvh = j / d, i = j - kvh * d;
-    head_ptr(s.n_heads + s.n_kv_heads + kvh)[i] = value(s.n_heads * d + s.n_kv_heads * d + j);
+    store(s.n_heads + s.n_kv_heads + kvh, i, value(s.n_heads * d + s.n_kv_heads * d + j));
   } else {
     // Zero padding keeps the padded dot products exact.
     const int j = idx - n_rot - n_v, head = j / pad;
-    head_ptr(head)[d + j - head * pad] = 0.0f;
+    store(head, d + j - head * pad, 0.0f);
   }
 }
 
@@ -101,20 +110,31 @@ __global__ void qkv_rope_kernel(const QkvRopeArgs a, const AttnShape s, const Kv
 // ---------------------------------------------------------------------------------------------
 // Per key tile, the f32 K and V rows land in shared memory by cp.async (one or two raw stages) and are split
 // into fp16 hi/lo tiles; scores are Qh·Kh + Qh·Kl + Ql·Kh and outputs Ph·Vh + Ph·Vl + Pl·Vh (the
-// dropped lo·lo terms are ~2^-22 relative), i.e. near-f32 attention on tensor cores.
+// dropped lo·lo terms are ~2^-22 relative), i.e. near-f32 attention on tensor cores. An f16 cache
+// needs no split: its rows land straight in the fp16 tiles (one or two stages) and the products
+// are Qh·K + Ql·K and Ph·V + Pl·V.
 // fp16 tile row strides (halfs): K rows are read as 8-byte pieces (stride ≡ 32 bytes mod 128
 // spreads a half-warp over all banks), V rows by ldmatrix (stride ≡ 16 bytes mod 128).
-template <int DP>
+template <int DP, bool F16>
 struct AttnLayout {
   static constexpr int kK = DP + (((32 - DP * 2) % 128 + 128) % 128) / 2;
   static constexpr int kV = DP + (((16 - DP * 2) % 128 + 128) % 128) / 2;
-  static constexpr int kRawFloats = 2 * kAttnKeyTile * DP;  // one stage: K then V
-  static constexpr int kKh = 0, kKl = kAttnKeyTile * kK, kVh = 2 * kAttnKeyTile * kK,
-                       kVl = 2 * kAttnKeyTile * kK + kAttnKeyTile * kV;  // offsets in the fp16 area
-  static constexpr int kHalfs = 2 * kAttnKeyTile * (kK + kV);
-  // With RS raw stages (2: tile i+1 lands while tile i is split; 1: it lands while tile i is
-  // multiplied, for devices with less shared memory: at DP = 64, 102 KB with 2 stages, 70 KB with 1).
-  static constexpr size_t smem_bytes(int rs) { return rs * kRawFloats * sizeof(float) + kHalfs * sizeof(uint16_t); }
+  // One fp16 K + V tile (hi halves, or the cache's values).
+  static constexpr int kTileHalfs = kAttnKeyTile * (kK + kV);
+  static constexpr int kRawFloats = F16 ? 0 : 2 * kAttnKeyTile * DP;  // one f32 stage: K then V
+  // With RS stages (2: tile i+1 lands while tile i is split or multiplied; 1: for devices with less
+  // shared memory). f32: RS raw stages, then Kh, Kl, Vh, Vl (at DP = 64, 102 KB with 2 stages, 70 KB
+  // with 1); f16: RS stages of K, V (39 / 19.5 KB).
+  static constexpr size_t smem_bytes(int rs) {
+    return F16 ? rs * kTileHalfs * sizeof(uint16_t)
+               : rs * kRawFloats * sizeof(float) + 2 * kTileHalfs * sizeof(uint16_t);
+  }
+};
+
+// The fp16 tiles attn_tile reads: K and V (hi halves or an f16 cache's values) and, for an f32
+// cache, their lo halves.
+struct KvTiles {
+  const uint16_t *kh, *kl, *vh, *vl;
 };
 
 struct RowInfo {
@@ -131,38 +151,53 @@ __device__ __forceinline__ void split2(float a, float b, uint32_t& hi, uint32_t&
   lo = *reinterpret_cast<const uint32_t*>(&l);
 }
 
-template <int DP>
-__device__ __forceinline__ void attn_issue_tile(const float* kbase, const float* vbase, int64_t cap, int kt, int ke,
-                                                float* raw) {
-  constexpr int kPieces = DP / 4;  // 16-byte pieces per row
+// Copies keys kt … kt + kAttnKeyTile − 1 (zeros past ke) of one head's K and V rows: f32 rows into
+// a raw stage [K tile][V tile], fp16 rows straight into the padded K and V tiles at `dst`.
+template <int DP, bool F16>
+__device__ __forceinline__ void attn_issue_tile(const void* kbase, const void* vbase, int64_t cap, int kt, int ke,
+                                                void* dst) {
+  using L = AttnLayout<DP, F16>;
+  constexpr int kElem = F16 ? 8 : 4;  // elements per 16-byte piece
+  constexpr int kPieces = DP / kElem;
   for (int i = threadIdx.x; i < kAttnKeyTile * kPieces; i += blockDim.x) {
     const int key = i / kPieces, c = i - key * kPieces;
     const int j = kt + key;
     const bool valid = j <= ke;
-    const int64_t off = valid ? (j % cap) * DP + c * 4 : 0;
-    cp_async16(raw + key * DP + c * 4, kbase + off, valid);
-    cp_async16(raw + kAttnKeyTile * DP + key * DP + c * 4, vbase + off, valid);
+    const int64_t off = valid ? ((j % cap) * DP + c * kElem) * (F16 ? 2 : 4) : 0;  // bytes
+    const char* ks = static_cast<const char*>(kbase) + off;
+    const char* vs = static_cast<const char*>(vbase) + off;
+    if constexpr (F16) {
+      uint16_t* t = static_cast<uint16_t*>(dst);
+      cp_async16(t + key * L::kK + c * 8, ks, valid);
+      cp_async16(t + kAttnKeyTile * L::kK + key * L::kV + c * 8, vs, valid);
+    } else {
+      float* raw = static_cast<float*>(dst);
+      cp_async16(raw + key * DP + c * 4, ks, valid);
+      cp_async16(raw + kAttnKeyTile * DP + key * DP + c * 4, vs, valid);
+    }
   }
   cp_async_commit();
 }
 
 // Splits one landed f32 tile into the fp16 hi/lo K and V tiles.
 template <int DP>
-__device__ __forceinline__ void attn_split_tile(const float* raw, uint16_t* f16) {
-  using L = AttnLayout<DP>;
+__device__ __forceinline__ void attn_split_tile(const float* raw, const KvTiles& f) {
+  using L = AttnLayout<DP, false>;
+  uint16_t *kh = const_cast<uint16_t*>(f.kh), *kl = const_cast<uint16_t*>(f.kl);
+  uint16_t *vh = const_cast<uint16_t*>(f.vh), *vl = const_cast<uint16_t*>(f.vl);
   for (int i = threadIdx.x; i < kAttnKeyTile * DP / 4; i += blockDim.x) {
     const int key = i / (DP / 4), d = (i - key * (DP / 4)) * 4;
     const float4 k = *reinterpret_cast<const float4*>(raw + key * DP + d);
     const float4 v = *reinterpret_cast<const float4*>(raw + kAttnKeyTile * DP + key * DP + d);
-    uint2 kh, kl, vh, vl;
-    split2(k.x, k.y, kh.x, kl.x);
-    split2(k.z, k.w, kh.y, kl.y);
-    split2(v.x, v.y, vh.x, vl.x);
-    split2(v.z, v.w, vh.y, vl.y);
-    *reinterpret_cast<uint2*>(f16 + L::kKh + key * L::kK + d) = kh;
-    *reinterpret_cast<uint2*>(f16 + L::kKl + key * L::kK + d) = kl;
-    *reinterpret_cast<uint2*>(f16 + L::kVh + key * L::kV + d) = vh;
-    *reinterpret_cast<uint2*>(f16 + L::kVl + key * L::kV + d) = vl;
+    uint2 khv, klv, vhv, vlv;
+    split2(k.x, k.y, khv.x, klv.x);
+    split2(k.z, k.w, khv.y, klv.y);
+    split2(v.x, v.y, vhv.x, vlv.x);
+    split2(v.z, v.w, vhv.y, vlv.y);
+    *reinterpret_cast<uint2*>(kh + key * L::kK + d) = khv;
+    *reinterpret_cast<uint2*>(kl + key * L::kK + d) = klv;
+    *reinterpret_cast<uint2*>(vh + key * L::kV + d) = vhv;
+    *reinterpret_cast<uint2*>(vl + key * L::kV + d) = vlv;
   }
 }
 
@@ -173,12 +208,12 @@ struct QFrag {
 };
 
 // Scores of one 64-key tile for the warp's 16 rows, masked, folded into the running softmax
-// state, and accumulated into acc (P·V).
-template <int DP>
-__device__ __forceinline__ void attn_tile(const QFrag<DP>& q, const uint16_t* f16, int kt, int ks, int ke,
+// state, and accumulated into acc (P·V). LO: the K and V tiles have lo halves (an f32 cache).
+template <int DP, bool LO>
+__device__ __forceinline__ void attn_tile(const QFrag<DP>& q, const KvTiles& f, int kt, int ks, int ke,
                                           const RowInfo (&ri)[2], float scale_log2, float (&m)[2], float (&l)[2],
                                           float (&acc)[DP / 8][4], int lane) {
-  using L = AttnLayout<DP>;
+  using L = AttnLayout<DP, !LO>;
   const int g = lane >> 2, t = lane & 3;
   float sc[8][4];
 #pragma unroll
@@ -187,10 +222,11 @@ __device__ __forceinline__ void attn_tile(const QFrag<DP>& q, const uint16_t* f1
 #pragma unroll
     for (int s = 0; s < DP / 16; ++s) {
       const int at = (ns * 8 + g) * L::kK + s * 16 + t * 4;
-      const uint2 kh = *reinterpret_cast<const uint2*>(f16 + L::kKh + at);
-      const uint2 kl = *reinterpret_cast<const uint2*>(f16 + L::kKl + at);
+      const uint2 kh = *reinterpret_cast<const uint2*>(f.kh + at);
+      uint2 kl;
+      if constexpr (LO) kl = *reinterpret_cast<const uint2*>(f.kl + at);
       mma_f16(sc[ns], q.hi[s][0], q.hi[s][1], q.hi[s][2], q.hi[s][3], kh.x, kh.y);
-      mma_f16(sc[ns], q.hi[s][0], q.hi[s][1], q.hi[s][2], q.hi[s][3], kl.x, kl.y);
+      if constexpr (LO) mma_f16(sc[ns], q.hi[s][0], q.hi[s][1], q.hi[s][2], q.hi[s][3], kl.x, kl.y);
       mma_f16(sc[ns], q.lo[s][0], q.lo[s][1], q.lo[s][2], q.lo[s][3], kh.x, kh.y);
     }
   }
@@ -235,10 +271,10 @@ __device__ __forceinline__ void attn_tile(const QFrag<DP>& q, const uint16_t* f1
     for (int nd = 0; nd < DP / 8; ++nd) {
       const int at = (kk * 16 + (lane & 15)) * L::kV + nd * 8;
       uint32_t bh0, bh1, bl0, bl1;
-      ldmatrix_x2_trans(bh0, bh1, f16 + L::kVh + at);
-      ldmatrix_x2_trans(bl0, bl1, f16 + L::kVl + at);
+      ldmatrix_x2_trans(bh0, bh1, f.vh + at);
+      if constexpr (LO) ldmatrix_x2_trans(bl0, bl1, f.vl + at);
       mma_f16(acc[nd], ah[0], ah[1], ah[2], ah[3], bh0, bh1);
-      mma_f16(acc[nd], ah[0], ah[1], ah[2], ah[3], bl0, bl1);
+      if constexpr (LO) mma_f16(acc[nd], ah[0], ah[1], ah[2], ah[3], bl0, bl1);
       mma_f16(acc[nd], al[0], al[1], al[2], al[3], bh0, bh1);
     }
   }
@@ -279,15 +315,16 @@ __device__ __forceinline__ void attn_epilogue(const AttnArgs& a, const AttnShape
 }
 
 // grid: (item, kv head × head chunk, key split); block: 1..kAttnMaxWarps warps of 16 (token, head)
-// rows; RS stages of raw f32 tiles (the same arithmetic either way). Every warp's rows share the
-// staged tiles, so the more rows a block holds, the fewer copies and splits per row.
-template <int DP, int RS>
+// rows; RS stages of tiles as loaded (the same arithmetic either way); F16: an fp16 cache. Every
+// warp's rows share the staged tiles, so the more rows a block holds, the fewer copies and splits
+// per row.
+template <int DP, int RS, bool F16>
 __global__ void __launch_bounds__(kAttnMaxWarps * 32, DP <= 64 ? 2 : 1)
     attention_kernel(const AttnArgs a, const AttnShape s, const KvLayer kv, int n_chunks, int hc) {
-  using L = AttnLayout<DP>;
+  using L = AttnLayout<DP, F16>;
   extern __shared__ uint4 attn_smem[];
-  float* raw = reinterpret_cast<float*>(attn_smem);                       // RS stages of f32 K, V
-  uint16_t* f16 = reinterpret_cast<uint16_t*>(raw + RS * L::kRawFloats);  // Kh, Kl, Vh, Vl
+  float* raw = reinterpret_cast<float*>(attn_smem);                       // f32: RS stages of K, V
+  uint16_t* f16 = reinterpret_cast<uint16_t*>(raw + RS * L::kRawFloats);  // f32: Kh, Kl, Vh, Vl; f16: RS × (K, V)
   pdl_wait();
   const AttnItem item = a.items[blockIdx.x];
   const int chunk = blockIdx.y % n_chunks, kvh = blockIdx.y / n_chunks;
@@ -328,51 +365,80 @@ __global__ void __launch_bounds__(kAttnMaxWarps * 32, DP <= 64 ? 2 : 1)
 #pragma unroll
   for (int nd = 0; nd < DP / 8; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  const int64_t head_off = (static_cast<int64_t>(item.slot) * s.n_kv_heads + kvh) * kv.cap * DP;
-  const float* kbase = kv.k + head_off;
-  const float* vbase = kv.v + head_off;
+  const int64_t head_off = (static_cast<int64_t>(item.slot) * s.n_kv_heads + kvh) * kv.cap * DP * (F16 ? 2 : 4);
+  const void* kbase = static_cast<const char*>(kv.k) + head_off;
+  const void* vbase = static_cast<const char*>(kv.v) + head_off;
   const float scale_log2 = a.scale * kLog2e;
   const int n_tiles = ks <= ke ? (ke - ks) / kAttnKeyTile + 1 : 0;
-  if (n_tiles > 0) attn_issue_tile<DP>(kbase, vbase, kv.cap, ks, ke, raw);
-  for (int it = 0; it < n_tiles; ++it) {
-    if (RS == 2 && it + 1 < n_tiles) {
-      attn_issue_tile<DP>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke, raw + ((it + 1) & 1) * L::kRawFloats);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
+  if constexpr (F16) {
+    // Stage i % RS holds tile i.
+    auto tiles = [&](int it) {
+      const uint16_t* st = f16 + (RS == 2 ? (it & 1) : 0) * L::kTileHalfs;
+      return KvTiles{st, nullptr, st + kAttnKeyTile * L::kK, nullptr};
+    };
+    if (n_tiles > 0) attn_issue_tile<DP, true>(kbase, vbase, kv.cap, ks, ke, f16);
+    for (int it = 0; it < n_tiles; ++it) {
+      if (RS == 2 && it + 1 < n_tiles) {
+        attn_issue_tile<DP, true>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke,
+                                  f16 + ((it + 1) & 1) * L::kTileHalfs);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+      attn_tile<DP, false>(q, tiles(it), ks + it * kAttnKeyTile, ks, ke, ri, scale_log2, m, l, acc, lane);
+      __syncthreads();
+      // One stage: the next tile lands after this one is consumed.
+      if (RS == 1 && it + 1 < n_tiles)
+        attn_issue_tile<DP, true>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke, f16);
     }
-    __syncthreads();
-    attn_split_tile<DP>(raw + (RS == 2 ? (it & 1) : 0) * L::kRawFloats, f16);
-    __syncthreads();
-    // One stage: the raw tile is consumed, the next one lands while this one is multiplied.
-    if (RS == 1 && it + 1 < n_tiles) attn_issue_tile<DP>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke, raw);
-    attn_tile<DP>(q, f16, ks + it * kAttnKeyTile, ks, ke, ri, scale_log2, m, l, acc, lane);
-    __syncthreads();
+  } else {
+    const KvTiles tiles{f16, f16 + kAttnKeyTile * L::kK, f16 + 2 * kAttnKeyTile * L::kK,
+                        f16 + 2 * kAttnKeyTile * L::kK + kAttnKeyTile * L::kV};
+    if (n_tiles > 0) attn_issue_tile<DP, false>(kbase, vbase, kv.cap, ks, ke, raw);
+    for (int it = 0; it < n_tiles; ++it) {
+      if (RS == 2 && it + 1 < n_tiles) {
+        attn_issue_tile<DP, false>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke,
+                                   raw + ((it + 1) & 1) * L::kRawFloats);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+      attn_split_tile<DP>(raw + (RS == 2 ? (it & 1) : 0) * L::kRawFloats, tiles);
+      __syncthreads();
+      // One stage: the raw tile is consumed, the next one lands while this one is multiplied.
+      if (RS == 1 && it + 1 < n_tiles)
+        attn_issue_tile<DP, false>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke, raw);
+      attn_tile<DP, true>(q, tiles, ks + it * kAttnKeyTile, ks, ke, ri, scale_log2, m, l, acc, lane);
+      __syncthreads();
+    }
   }
   attn_epilogue<DP>(a, s, ri, m, l, acc, t);
 }
 
-template <int DP, int RS>
+template <int DP, int RS, bool F16>
 cudaError_t attention_launch_rs(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, dim3 grid, int warps,
                                 int n_chunks, int hc, const Launch& ln) {
-  const size_t smem = AttnLayout<DP>::smem_bytes(RS);
+  const size_t smem = AttnLayout<DP, F16>::smem_bytes(RS);
   if (smem > 48 * 1024) {
     // Opt in once per instantiation (first launches are eager, never inside a graph capture).
     static const cudaError_t opt_in = cudaFuncSetAttribute(
-        attention_kernel<DP, RS>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        attention_kernel<DP, RS, F16>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (opt_in != cudaSuccess) return opt_in;
   }
-  return launch_kernel(attention_kernel<DP, RS>, grid, warps * 32, smem, ln, a, s, kv, n_chunks, hc);
+  return launch_kernel(attention_kernel<DP, RS, F16>, grid, warps * 32, smem, ln, a, s, kv, n_chunks, hc);
 }
 
-// Two raw stages where the device allows the shared memory, else one.
-template <int DP>
+// Two stages where the device allows the shared memory, else one.
+template <int DP, bool F16>
 cudaError_t attention_launch_dp(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, dim3 grid, int warps,
                                 int n_chunks, int hc, const Launch& ln) {
-  if (AttnLayout<DP>::smem_bytes(2) <= static_cast<size_t>(ln.smem_optin))
-    return attention_launch_rs<DP, 2>(a, s, kv, grid, warps, n_chunks, hc, ln);
-  if (AttnLayout<DP>::smem_bytes(1) > static_cast<size_t>(ln.smem_optin)) return cudaErrorInvalidConfiguration;
-  return attention_launch_rs<DP, 1>(a, s, kv, grid, warps, n_chunks, hc, ln);
+  using L = AttnLayout<DP, F16>;
+  if (L::smem_bytes(2) <= static_cast<size_t>(ln.smem_optin))
+    return attention_launch_rs<DP, 2, F16>(a, s, kv, grid, warps, n_chunks, hc, ln);
+  if (L::smem_bytes(1) > static_cast<size_t>(ln.smem_optin)) return cudaErrorInvalidConfiguration;
+  return attention_launch_rs<DP, 1, F16>(a, s, kv, grid, warps, n_chunks, hc, ln);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -389,18 +455,32 @@ cudaError_t attention_launch_dp(const AttnArgs& a, const AttnShape& s, const KvL
 // warps are merged in a fixed order. An item uses attention_item_splits(its keys, a.splits) key
 // splits (grid z past that writes empty partials), and a one-split result equals what the merge
 // kernel computes from it, so an item's output never depends on the other items of the step.
+// An f16 cache: a lane loads its 4 values as 8 bytes and converts them (the arithmetic stays f32;
+// the same 8 warp steps per iteration: 16, for the f32 kernel's bytes in flight, measured 1-2 %
+// slower at every depth), held to the f32 kernel's three blocks per SM (ptxas then takes the same
+// 168 registers; unbounded it takes 137, also three blocks, not measured).
 constexpr int kDecHeads = 8;  // q heads per block
 constexpr int kDecWarps = 4;
-constexpr int kDecSteps = 8;  // warp steps per iteration (K and V float4s in flight per lane)
 
-template <int DP>
+template <int DP, bool F16>
 struct DecLayout {
-  static constexpr int kLanes = DP / 4;                                     // lanes per key row
-  static constexpr int kKeys = 32 / kLanes;                                 // keys per warp step
+  static constexpr int kSteps = 8;           // warp steps per iteration (K and V rows in flight per lane)
+  static constexpr int kLanes = DP / 4;      // lanes per key row
+  static constexpr int kKeys = 32 / kLanes;  // keys per warp step
   static constexpr int kNf = kLanes >= kDecHeads ? 1 : kDecHeads / kLanes;  // scores per lane
   static constexpr int kDup = kLanes > kDecHeads ? kLanes / kDecHeads : 1;  // lanes with equal scores
-  static constexpr int kIterKeys = kDecWarps * kDecSteps * kKeys;
+  static constexpr int kIterKeys = kDecWarps * kSteps * kKeys;
+  using Raw = std::conditional_t<F16, uint2, float4>;  // a lane's 4 values of a K or V row, as loaded
 };
+
+__device__ __forceinline__ float4 dec_values(const float4& r) {
+  return r;
+}
+__device__ __forceinline__ float4 dec_values(const uint2& r) {
+  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&r.x));
+  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&r.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
 
 // Sums v[0..N) over the lanes g ^ MASK, g ^ MASK/2, …, 1 of a key row: while more than one value is
 // left each exchange halves them (the lane with the MASK bit set keeps the upper half), then whole
@@ -425,10 +505,12 @@ __device__ __forceinline__ void dec_reduce_scatter(float (&v)[kDecHeads], int g)
 }
 
 // grid: (item, kv head × head chunk, key split); block: kDecWarps warps.
-template <int DP>
-__global__ void __launch_bounds__(kDecWarps * 32)
+template <int DP, bool F16>
+__global__ void __launch_bounds__(kDecWarps * 32, F16 ? 3 : 0)
     attention_decode_kernel(const AttnArgs a, const AttnShape s, const KvLayer kv, int n_chunks, int hc) {
-  using D = DecLayout<DP>;
+  using D = DecLayout<DP, F16>;
+  using Raw = typename D::Raw;
+  constexpr int kDecSteps = D::kSteps;
   __shared__ float sp[kDecWarps][kDecSteps][D::kKeys][kDecHeads];  // probabilities per (step, key, head)
   __shared__ float scorr[kDecWarps][kDecHeads];                    // rescale factors of the iteration
   __shared__ float sm[kDecWarps][kDecHeads], sl[kDecWarps][kDecHeads];
@@ -462,19 +544,19 @@ __global__ void __launch_bounds__(kDecWarps * 32)
       q[h] = *reinterpret_cast<const float4*>(a.q32 + (static_cast<int64_t>(item.first) * s.n_heads + head0 + h) * DP +
                                               4 * g);
   }
+  using Elem = std::conditional_t<F16, __half, float>;
   const int64_t head_off = (static_cast<int64_t>(item.slot) * s.n_kv_heads + kvh) * kv.cap * DP + 4 * g;
-  const float* kbase = kv.k + head_off;
-  const float* vbase = kv.v + head_off;
+  const Elem* kbase = static_cast<const Elem*>(kv.k) + head_off;
+  const Elem* vbase = static_cast<const Elem*>(kv.v) + head_off;
   const int row0 = static_cast<int>(lo % kv.cap);  // cache row of key offset 0 (a window never exceeds cap)
   auto key_of = [&](int it, int u) { return ks + it * D::kIterKeys + (u * kDecWarps + warp) * D::kKeys + kg; };
-  auto load = [&](const float* base, int it, float4(&r)[kDecSteps]) {
+  auto load = [&](const Elem* base, int it, Raw(&r)[kDecSteps]) {
 #pragma unroll
     for (int u = 0; u < kDecSteps; ++u) {
       const int j = key_of(it, u);
       int row = row0 + j;
       if (row >= kv.cap) row -= static_cast<int>(kv.cap);
-      r[u] = j < ke ? *reinterpret_cast<const float4*>(base + static_cast<int64_t>(row) * DP)
-                    : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      r[u] = j < ke ? *reinterpret_cast<const Raw*>(base + static_cast<int64_t>(row) * DP) : Raw{};
     }
   };
 
@@ -485,17 +567,17 @@ __global__ void __launch_bounds__(kDecWarps * 32)
   float4 acc[kDecHeads];
 #pragma unroll
   for (int h = 0; h < kDecHeads; ++h) acc[h] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  float4 kr[kDecSteps], vr[kDecSteps];
+  Raw kr[kDecSteps], vr[kDecSteps];
   const int n_iter = ks < ke ? (ke - ks + D::kIterKeys - 1) / D::kIterKeys : 0;
   if (n_iter > 0) load(kbase, 0, kr), load(vbase, 0, vr);
   for (int it = 0; it < n_iter; ++it) {
     float sc[kDecSteps][D::kNf];
 #pragma unroll
     for (int u = 0; u < kDecSteps; ++u) {
+      const float4 k4 = dec_values(kr[u]);
       float v[kDecHeads];
 #pragma unroll
-      for (int h = 0; h < kDecHeads; ++h)
-        v[h] = q[h].x * kr[u].x + q[h].y * kr[u].y + q[h].z * kr[u].z + q[h].w * kr[u].w;
+      for (int h = 0; h < kDecHeads; ++h) v[h] = q[h].x * k4.x + q[h].y * k4.y + q[h].z * k4.z + q[h].w * k4.w;
       dec_reduce_scatter<kDecHeads, D::kLanes / 2>(v, g);
       const bool valid = key_of(it, u) < ke;
 #pragma unroll
@@ -546,12 +628,13 @@ __global__ void __launch_bounds__(kDecWarps * 32)
       const float4 p0 = *reinterpret_cast<const float4*>(&sp[warp][u][kg][0]);
       const float4 p1 = *reinterpret_cast<const float4*>(&sp[warp][u][kg][4]);
       const float p[kDecHeads] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
+      const float4 v4 = dec_values(vr[u]);
 #pragma unroll
       for (int h = 0; h < kDecHeads; ++h) {
-        acc[h].x += p[h] * vr[u].x;
-        acc[h].y += p[h] * vr[u].y;
-        acc[h].z += p[h] * vr[u].z;
-        acc[h].w += p[h] * vr[u].w;
+        acc[h].x += p[h] * v4.x;
+        acc[h].y += p[h] * v4.y;
+        acc[h].z += p[h] * v4.z;
+        acc[h].w += p[h] * v4.w;
       }
     }
     if (it + 1 < n_iter) load(vbase, it + 1, vr);
@@ -623,7 +706,9 @@ template <int DP>
 cudaError_t attention_decode_launch_dp(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, int n_chunks, int hc,
                                        const Launch& ln) {
   const dim3 grid(a.n_items, s.n_kv_heads * n_chunks, a.splits);
-  return launch_kernel(attention_decode_kernel<DP>, grid, dim3(kDecWarps * 32), 0, ln, a, s, kv, n_chunks, hc);
+  if (kv.f16)
+    return launch_kernel(attention_decode_kernel<DP, true>, grid, dim3(kDecWarps * 32), 0, ln, a, s, kv, n_chunks, hc);
+  return launch_kernel(attention_decode_kernel<DP, false>, grid, dim3(kDecWarps * 32), 0, ln, a, s, kv, n_chunks, hc);
 }
 
 __global__ void attention_combine_kernel(const AttnArgs a, const AttnShape s) {
@@ -706,10 +791,13 @@ int attention_decode_chunks(const AttnShape& s) {
   return (s.n_heads / s.n_kv_heads + kDecHeads - 1) / kDecHeads;
 }
 
-cudaError_t attention_decode_slots(const AttnShape& s, int sm_count, int* slots) {
+cudaError_t attention_decode_slots(const AttnShape& s, bool kv_f16, int sm_count, int* slots) {
   int per_sm = 0;
   const cudaError_t e = with_head_dim(s.dp, cudaErrorInvalidValue, [&](auto dp) {
-    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attention_decode_kernel<dp()>, kDecWarps * 32, 0);
+    return kv_f16 ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attention_decode_kernel<dp(), true>,
+                                                                  kDecWarps * 32, 0)
+                  : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attention_decode_kernel<dp(), false>,
+                                                                  kDecWarps * 32, 0);
   });
   *slots = per_sm * sm_count;
   return e;
@@ -729,12 +817,16 @@ cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLaye
   if (rows <= 0 || rows > kAttnMaxWarps * kAttnRowsPerWarp) return cudaErrorInvalidValue;
   const int warps = attention_warps(rows);
   const dim3 grid(a.n_items, s.n_kv_heads * n_chunks, a.splits);
-  return with_head_dim(s.dp, cudaErrorInvalidValue,
-                       [&](auto dp) { return attention_launch_dp<dp()>(a, s, kv, grid, warps, n_chunks, hc, ln); });
+  return with_head_dim(s.dp, cudaErrorInvalidValue, [&](auto dp) {
+    return kv.f16 ? attention_launch_dp<dp(), true>(a, s, kv, grid, warps, n_chunks, hc, ln)
+                  : attention_launch_dp<dp(), false>(a, s, kv, grid, warps, n_chunks, hc, ln);
+  });
 }
 
-size_t attention_smem_bytes(int dp, int raw_stages) {
-  return with_head_dim(dp, size_t{0}, [&](auto d) { return AttnLayout<d()>::smem_bytes(raw_stages); });
+size_t attention_smem_bytes(int dp, bool kv_f16, int raw_stages) {
+  return with_head_dim(dp, size_t{0}, [&](auto d) {
+    return kv_f16 ? AttnLayout<d(), true>::smem_bytes(raw_stages) : AttnLayout<d(), false>::smem_bytes(raw_stages);
+  });
 }
 
 cudaError_t attention_combine_launch(const AttnArgs& a, const AttnShape& s, const Launch& ln) {

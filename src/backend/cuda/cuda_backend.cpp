@@ -109,13 +109,15 @@ Status CudaBackend::init() {
   uint8_t* p = kv_mem_.data();
   for (KvLayer& kv : kv_) {
     const size_t half = static_cast<size_t>(opts_.max_slots) * kv.cap * kv_entry_bytes() / 2;  // keys, then values
-    kv.k = reinterpret_cast<float*>(p);
-    kv.v = reinterpret_cast<float*>(p + half);
+    kv.k = p;
+    kv.v = p + half;
+    kv.f16 = opts_.kv_cache == KvCacheType::kF16;
     p += 2 * half;
   }
   // Decode attention: enough key splits of one sequence to fill the device with decode blocks.
   int slots = 0;
-  GPTOSS_CUDA_TRY(attention_decode_slots(shape_, sm_count_, &slots), "sizing the decode attention");
+  GPTOSS_CUDA_TRY(attention_decode_slots(shape_, opts_.kv_cache == KvCacheType::kF16, sm_count_, &slots),
+                  "sizing the decode attention");
   decode_split_cap_ = std::clamp(slots / (shape_.n_kv_heads * attention_decode_chunks(shape_)), 1, 256);
   return alloc_scratch();
 }
@@ -440,10 +442,11 @@ Result<std::unique_ptr<Backend>> cuda_backend_create(std::shared_ptr<const Model
                       prop.name, prop.major, prop.minor);
   }
   const int dp = cuda::head_dim_padded(static_cast<int>(c.head_dim));
-  if (cuda::attention_smem_bytes(dp, 1) > static_cast<size_t>(target.smem_optin))
+  const size_t attn_smem = cuda::attention_smem_bytes(dp, opts.kv_cache == KvCacheType::kF16, 1);
+  if (attn_smem > static_cast<size_t>(target.smem_optin))
     return make_error(ErrorCode::kUnavailable,
                       "cuda backend: head_dim {} needs {} bytes of shared memory per block, GPU '{}' allows {}",
-                      c.head_dim, cuda::attention_smem_bytes(dp, 1), prop.name, target.smem_optin);
+                      c.head_dim, attn_smem, prop.name, target.smem_optin);
   BackendOptions o = opts;
   o.kind = "cuda";
   auto backend = std::make_unique<cuda::CudaBackend>(std::move(model), o, prop.multiProcessorCount, prop.name, target);

@@ -360,14 +360,15 @@ cudaError_t moe_group_launch(const int32_t* idx, int n, int top_k, int experts, 
                              const Launch& ln);
 
 // ---------------------------------------------------------------------------------------------
-// Attention. KV cache of one layer: K and V each [slots][kv_heads][cap][dp] f32, position p of a
-// slot at index p % cap (cap = max_context on full layers: no wrap). dp = head_dim rounded up to
-// 16, 32, 64 or 128 (zero padding).
+// Attention. KV cache of one layer: K and V each [slots][kv_heads][cap][dp] f32 (or fp16 with
+// f16 set), position p of a slot at index p % cap (cap = max_context on full layers: no wrap).
+// dp = head_dim rounded up to 16, 32, 64 or 128 (zero padding).
 struct KvLayer {
-  float* k = nullptr;
-  float* v = nullptr;
+  void* k = nullptr;
+  void* v = nullptr;
   int64_t cap = 0;
-  int window = 0;  // 0: full attention; else keys j with p − window < j ≤ p
+  int window = 0;    // 0: full attention; else keys j with p − window < j ≤ p
+  bool f16 = false;  // fp16 elements (values rounded to nearest, saturated at ±65504), else f32
 };
 
 struct AttnShape {
@@ -375,8 +376,8 @@ struct AttnShape {
 };
 
 // Sums the qkv partials, adds the bias, applies YaRN RoPE (cos/sin of pos·inv_freq in f32, times
-// the concentration) to q and k, writes q32 [n][n_heads][dp] and k, v into the cache of each token's
-// slot at its position (all f32).
+// the concentration) to q and k, writes q32 [n][n_heads][dp] (f32) and k, v into the cache of each
+// token's slot at its position (f32, or rounded to fp16 in an f16 cache).
 struct QkvRopeArgs {
   const float* parts = nullptr;
   int nparts = 1;
@@ -428,14 +429,15 @@ int attention_heads_per_chunk(const AttnShape& s);
 // Head chunks per KV head of items of several tokens (blocks per KV head and key split).
 int attention_head_chunks(const AttnShape& s);
 // Items of one token run the decode kernel: blocks per KV head (chunks of ≤ 8 q heads) and the
-// number of its blocks the device holds at once.
+// number of its blocks the device holds at once (for an f16 cache when kv_f16).
 int attention_decode_chunks(const AttnShape& s);
-cudaError_t attention_decode_slots(const AttnShape& s, int sm_count, int* slots);
+cudaError_t attention_decode_slots(const AttnShape& s, bool kv_f16, int sm_count, int* slots);
 cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, const Launch& ln);
 // Dynamic shared memory per block of the kernel for items of several tokens with `raw_stages` (2 or
-// 1) stages of f32 K/V tiles: attention_launch takes 2 stages where Launch::smem_optin allows it,
-// else 1 (the same bits), else fails with cudaErrorInvalidConfiguration.
-size_t attention_smem_bytes(int dp, int raw_stages);
+// 1) stages of K/V tiles as loaded (f32, or fp16 with kv_f16): attention_launch takes 2 stages
+// where Launch::smem_optin allows it, else 1 (the same bits), else fails with
+// cudaErrorInvalidConfiguration.
+size_t attention_smem_bytes(int dp, bool kv_f16, int raw_stages);
 // Merges split partials (with the sinks) into o16.
 cudaError_t attention_combine_launch(const AttnArgs& a, const AttnShape& s, const Launch& ln);
 

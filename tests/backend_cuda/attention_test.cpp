@@ -359,8 +359,8 @@ TEST_P(CudaAttention, MatchesCpuSinkAttention) {
         const float* want = &out[static_cast<size_t>(h) * d];
         for (int x = 0; x < d; ++x)
           ASSERT_TRUE(std::isfinite(got[static_cast<size_t>(x)])) << "token " << t << " head " << h << " unwritten";
-        // Split-fp16 products (hi·hi + hi·lo + lo·hi; an fp16 cache has no lo) or f32 FMAs
-        // (decode), f32 accumulation: near-f32 attention over the cached values.
+        // Split-fp16 products (prefill hi·hi + hi·lo + lo·hi, decode all four; an fp16 cache has
+        // no lo), f32 accumulation: near-f32 attention over the cached values.
         const double err = rel_l2(got.data(), want, static_cast<size_t>(d));
         worst = std::max(worst, err);
         EXPECT_LE(err, 5e-5) << "token " << t << " (pos " << p << ") head " << h;

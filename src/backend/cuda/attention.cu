@@ -1,7 +1,7 @@
 // Attention on the device: qkv bias + YaRN RoPE + KV-cache store; a flash-style kernel with sinks
 // and sliding windows on tensor cores for items of several query tokens (prefill); a flash-decoding
-// kernel in f32 for one query token per item (decode); both optionally split over the keys, and the
-// merge of key-split partials.
+// kernel on tensor cores, its operands straight from the cache in registers, for one query token per
+// item (decode); both optionally split over the keys, and the merge of key-split partials.
 #include <cmath>
 
 #include <type_traits>
@@ -442,79 +442,75 @@ cudaError_t attention_launch_dp(const AttnArgs& a, const AttnShape& s, const KvL
 }
 
 // ---------------------------------------------------------------------------------------------
-// Decode attention (one query token per item), flash-decoding in f32 on CUDA cores. A block holds
-// the ≤ kDecHeads q heads of one chunk of a KV head's group, so each f32 K/V row is read once for
-// all of them. A row of DP floats is spread over DP/4 lanes (one 16-byte load each); a warp step
-// covers 32/(DP/4) consecutive keys and a block iteration kDecWarps × kDecSteps steps, every lane
-// holding kDecSteps K and V float4s in flight (the next iteration's K is loaded as soon as the
-// scores are done, its V once P·V is). Per step a lane's kDecHeads partial dot products are
-// reduce-scattered over its key's lanes (halving exchanges), leaving it the full score of one head
-// (two for DP = 16). Each warp keeps its own running max and sum; the probabilities and rescale
-// factors reach every lane of a key through warp-private shared memory, and each lane accumulates
-// kDecHeads × 4 output dims in registers. At the end the warp's key lanes and then the block's
-// warps are merged in a fixed order. An item uses attention_item_splits(its keys, a.splits) key
-// splits (grid z past that writes empty partials), and a one-split result equals what the merge
-// kernel computes from it, so an item's output never depends on the other items of the step.
-// An f16 cache: a lane loads its 4 values as 8 bytes and converts them (the arithmetic stays f32;
-// the same 8 warp steps per iteration: 16, for the f32 kernel's bytes in flight, measured 1-2 %
-// slower at every depth), held to the f32 kernel's three blocks per SM (ptxas then takes the same
-// 168 registers; unbounded it takes 137, also three blocks, not measured).
-constexpr int kDecHeads = 8;  // q heads per block
+// Decode attention (one query token per item), flash-decoding on tensor cores. A block holds the
+// ≤ kDecHeads q heads of one chunk of a KV head's group, so each K/V row is read once for all of
+// them. Each warp's m16n8k16 products take the heads as A rows (rows 0-7 the fp16 hi halves of q
+// or of the probabilities, rows 8-15 their lo halves, so one product gives both and the row pairs
+// are added) and 8-key tiles as B, straight from the cache's rows in registers (no shared memory):
+// lane (g, t) of a score product holds key g's dims [t·DP/4, (t+1)·DP/4) (k positions 2t, 2t+1,
+// 2t+8, 2t+9 of k-step s are dims t·DP/4 + 4s + 0..3, and q's A fragment uses the same map), and
+// of a P·V product four keys' dims [g·DP/8, (g+1)·DP/8) (output column n of dim tile nd is dim
+// n·DP/8 + nd). An f32 cache is split into fp16 hi/lo B fragments (two products each, all four
+// terms kept); an f16 cache is the B fragment itself. A warp takes kTiles 8-key tiles per iteration
+// (its K and V about 64 registers: the next iteration's K is loaded once the scores are done, its
+// V once P·V is), the block's warps interleaved over the keys, each with its own running max and
+// sum per head; at the end the warps are merged in a fixed order. An item uses
+// attention_item_splits(its keys, a.splits) key splits (grid z past that writes empty partials),
+// and a one-split result equals what the merge kernel computes from it, so an item's output never
+// depends on the other items of the step.
+constexpr int kDecHeads = 8;  // q heads per block (the A rows of one half)
 constexpr int kDecWarps = 4;
 
 template <int DP, bool F16>
 struct DecLayout {
-  static constexpr int kSteps = 8;           // warp steps per iteration (K and V rows in flight per lane)
-  static constexpr int kLanes = DP / 4;      // lanes per key row
-  static constexpr int kKeys = 32 / kLanes;  // keys per warp step
-  static constexpr int kNf = kLanes >= kDecHeads ? 1 : kDecHeads / kLanes;  // scores per lane
-  static constexpr int kDup = kLanes > kDecHeads ? kLanes / kDecHeads : 1;  // lanes with equal scores
-  static constexpr int kIterKeys = kDecWarps * kSteps * kKeys;
-  using Raw = std::conditional_t<F16, uint2, float4>;  // a lane's 4 values of a K or V row, as loaded
+  using Elem = std::conditional_t<F16, __half, float>;
+  static constexpr int kKEl = DP / 4;  // K elements of a lane per 8-key tile
+  static constexpr int kVEl = DP / 8;  // V elements of a lane per key
+  static constexpr int kKWords = kKEl * static_cast<int>(sizeof(Elem)) / 4;
+  static constexpr int kVWords = kVEl * static_cast<int>(sizeof(Elem)) / 4;
+  // 8-key tiles per warp iteration, even (a P·V step takes two): K and V ≈ 64 registers.
+  static constexpr int kTiles = 512 / (DP * static_cast<int>(sizeof(Elem))) > 2
+                                    ? 512 / (DP * static_cast<int>(sizeof(Elem)))
+                                    : 2;
+  static constexpr int kIterKeys = 8 * kTiles;  // keys of one warp iteration
 };
 
-__device__ __forceinline__ float4 dec_values(const float4& r) {
-  return r;
-}
-__device__ __forceinline__ float4 dec_values(const uint2& r) {
-  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&r.x));
-  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&r.y));
-  return make_float4(a.x, a.y, b.x, b.y);
+// `W` 32-bit words from p (aligned to their size up to 16 bytes), zeros when !valid.
+template <int W>
+__device__ __forceinline__ void dec_load(uint32_t (&w)[W], const void* p, bool valid) {
+  if constexpr (W % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < W / 4; ++i) {
+      const uint4 v = valid ? static_cast<const uint4*>(p)[i] : make_uint4(0, 0, 0, 0);
+      w[4 * i] = v.x, w[4 * i + 1] = v.y, w[4 * i + 2] = v.z, w[4 * i + 3] = v.w;
+    }
+  } else if constexpr (W == 2) {
+    const uint2 v = valid ? *static_cast<const uint2*>(p) : make_uint2(0, 0);
+    w[0] = v.x, w[1] = v.y;
+  } else {
+    static_assert(W == 1, "pieces of 4, 8 or a multiple of 16 bytes");
+    w[0] = valid ? *static_cast<const uint32_t*>(p) : 0u;
+  }
 }
 
-// Sums v[0..N) over the lanes g ^ MASK, g ^ MASK/2, …, 1 of a key row: while more than one value is
-// left each exchange halves them (the lane with the MASK bit set keeps the upper half), then whole
-// sums are exchanged. Lanes that end with the same heads hold bit-identical sums.
-template <int N, int MASK>
-__device__ __forceinline__ void dec_reduce_scatter(float (&v)[kDecHeads], int g) {
-  if constexpr (MASK >= 1) {
-    if constexpr (N > 1) {
-      const bool upper = (g & MASK) != 0;
-#pragma unroll
-      for (int i = 0; i < N / 2; ++i) {
-        const float send = upper ? v[i] : v[i + N / 2];
-        const float keep = upper ? v[i + N / 2] : v[i];
-        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, MASK);
-      }
-      dec_reduce_scatter<N / 2, MASK / 2>(v, g);
-    } else {
-      v[0] += __shfl_xor_sync(0xffffffffu, v[0], MASK);
-      dec_reduce_scatter<1, MASK / 2>(v, g);
-    }
-  }
+// fp16 hi/lo B fragment words of the element pairs (x0, x1), (y0, y1) of an f32 cache.
+__device__ __forceinline__ void dec_split(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+  const __half2 h = __floats2half2_rn(x0, x1);
+  const float2 f = __half22float2(h);
+  const __half2 l = __floats2half2_rn(x0 - f.x, x1 - f.y);
+  hi = *reinterpret_cast<const uint32_t*>(&h);
+  lo = *reinterpret_cast<const uint32_t*>(&l);
 }
 
 // grid: (item, kv head × head chunk, key split); block: kDecWarps warps.
 template <int DP, bool F16>
-__global__ void __launch_bounds__(kDecWarps * 32, F16 ? 3 : 0)
+__global__ void __launch_bounds__(kDecWarps * 32)
     attention_decode_kernel(const AttnArgs a, const AttnShape s, const KvLayer kv, int n_chunks, int hc) {
   using D = DecLayout<DP, F16>;
-  using Raw = typename D::Raw;
-  constexpr int kDecSteps = D::kSteps;
-  __shared__ float sp[kDecWarps][kDecSteps][D::kKeys][kDecHeads];  // probabilities per (step, key, head)
-  __shared__ float scorr[kDecWarps][kDecHeads];                    // rescale factors of the iteration
+  using Elem = typename D::Elem;
+  constexpr int kTiles = D::kTiles, kKEl = D::kKEl, kVEl = D::kVEl;
   __shared__ float sm[kDecWarps][kDecHeads], sl[kDecWarps][kDecHeads];
-  __shared__ float4 sacc[kDecWarps][kDecHeads][DP / 4];
+  __shared__ __align__(16) float sacc[kDecWarps][kDecHeads][DP];
   pdl_wait();  // q, the step's items and the new K/V rows come from earlier kernels and copies
   const AttnItem item = a.items[blockIdx.x];
   const int chunk = blockIdx.y % n_chunks, kvh = blockIdx.y / n_chunks;
@@ -528,139 +524,141 @@ __global__ void __launch_bounds__(kDecWarps * 32, F16 ? 3 : 0)
   const int ks = static_cast<int>(blockIdx.z) * per_split;  // key offsets from lo: [ks, ke)
   const int ke = min(n_keys, ks + per_split);
 
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int kg = lane / D::kLanes, g = lane % D::kLanes;  // key of the step, float4 of the row
-  int hbase = 0;                                          // first head of this lane's scores after the reduce-scatter
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  // q's A fragments: row g = head head0 + g (hi), row g + 8 its lo half; zero past the chunk.
+  uint32_t qa[DP / 16][4];
+  {
+    float q[kKEl];
 #pragma unroll
-  for (int mask = D::kLanes / 2, n = kDecHeads; mask >= 1 && n > 1; mask /= 2, n /= 2)
-    if (g & mask) hbase += n / 2;
-  const bool writer = g % D::kDup == 0;  // one of the lanes holding equal scores
-
-  float4 q[kDecHeads];
-#pragma unroll
-  for (int h = 0; h < kDecHeads; ++h) {
-    q[h] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (h < heads)
-      q[h] = *reinterpret_cast<const float4*>(a.q32 + (static_cast<int64_t>(item.first) * s.n_heads + head0 + h) * DP +
-                                              4 * g);
-  }
-  using Elem = std::conditional_t<F16, __half, float>;
-  const int64_t head_off = (static_cast<int64_t>(item.slot) * s.n_kv_heads + kvh) * kv.cap * DP + 4 * g;
-  const Elem* kbase = static_cast<const Elem*>(kv.k) + head_off;
-  const Elem* vbase = static_cast<const Elem*>(kv.v) + head_off;
-  const int row0 = static_cast<int>(lo % kv.cap);  // cache row of key offset 0 (a window never exceeds cap)
-  auto key_of = [&](int it, int u) { return ks + it * D::kIterKeys + (u * kDecWarps + warp) * D::kKeys + kg; };
-  auto load = [&](const Elem* base, int it, Raw(&r)[kDecSteps]) {
-#pragma unroll
-    for (int u = 0; u < kDecSteps; ++u) {
-      const int j = key_of(it, u);
-      int row = row0 + j;
-      if (row >= kv.cap) row -= static_cast<int>(kv.cap);
-      r[u] = j < ke ? *reinterpret_cast<const Raw*>(base + static_cast<int64_t>(row) * DP) : Raw{};
+    for (int i = 0; i < kKEl; i += 4) {
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (g < heads)
+        v = *reinterpret_cast<const float4*>(a.q32 + (static_cast<int64_t>(item.first) * s.n_heads + head0 + g) * DP +
+                                             t * kKEl + i);
+      q[i] = v.x, q[i + 1] = v.y, q[i + 2] = v.z, q[i + 3] = v.w;
     }
+#pragma unroll
+    for (int st = 0; st < DP / 16; ++st) {
+      dec_split(q[4 * st], q[4 * st + 1], qa[st][0], qa[st][1]);
+      dec_split(q[4 * st + 2], q[4 * st + 3], qa[st][2], qa[st][3]);
+    }
+  }
+  const int64_t head_off = (static_cast<int64_t>(item.slot) * s.n_kv_heads + kvh) * kv.cap * DP;
+  const Elem* kbase = static_cast<const Elem*>(kv.k) + head_off + t * kKEl;
+  const Elem* vbase = static_cast<const Elem*>(kv.v) + head_off + g * kVEl;
+  const int row0 = static_cast<int>(lo % kv.cap);  // cache row of key offset 0 (a window never exceeds cap)
+  auto row_of = [&](int j) {
+    int row = row0 + j;
+    if (row >= kv.cap) row -= static_cast<int>(kv.cap);
+    return static_cast<int64_t>(row) * DP;
+  };
+  // First key of the warp's iteration `it`.
+  auto key0 = [&](int it) { return ks + (it * kDecWarps + warp) * D::kIterKeys; };
+  // K: key 8·T + g of the iteration, this lane's dims; V: keys 16·i + 8·h + 2t + e (P·V step i,
+  // half h, e = 0, 1), this lane's dims.
+  uint32_t kw[kTiles][D::kKWords], vw[kTiles / 2][4][D::kVWords];
+  auto load_k = [&](int it) {
+#pragma unroll
+    for (int T = 0; T < kTiles; ++T) {
+      const int j = key0(it) + 8 * T + g;
+      dec_load(kw[T], kbase + (j < ke ? row_of(j) : 0), j < ke);
+    }
+  };
+  auto load_v = [&](int it) {
+#pragma unroll
+    for (int i = 0; i < kTiles / 2; ++i)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int j = key0(it) + 16 * i + 8 * (c >> 1) + 2 * t + (c & 1);
+        dec_load(vw[i][c], vbase + (j < ke ? row_of(j) : 0), j < ke);
+      }
   };
 
   const float scale_log2 = a.scale * kLog2e;
-  float m[D::kNf], l[D::kNf];
+  float m = -INFINITY, l = 0.0f;  // head g: running max (log2 units) and this lane's share of the sum
+  float acc[DP / 8][4];           // dim tile nd: head g (rows g, g + 8), dims 2t·DP/8 + nd, (2t + 1)·DP/8 + nd
 #pragma unroll
-  for (int i = 0; i < D::kNf; ++i) m[i] = -INFINITY, l[i] = 0.0f;
-  float4 acc[kDecHeads];
-#pragma unroll
-  for (int h = 0; h < kDecHeads; ++h) acc[h] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  Raw kr[kDecSteps], vr[kDecSteps];
-  const int n_iter = ks < ke ? (ke - ks + D::kIterKeys - 1) / D::kIterKeys : 0;
-  if (n_iter > 0) load(kbase, 0, kr), load(vbase, 0, vr);
+  for (int nd = 0; nd < DP / 8; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
+  const int n_iter = ks < ke ? (ke - ks + kDecWarps * D::kIterKeys - 1) / (kDecWarps * D::kIterKeys) : 0;
+  if (key0(0) < ke) load_k(0), load_v(0);
   for (int it = 0; it < n_iter; ++it) {
-    float sc[kDecSteps][D::kNf];
+    if (key0(it) >= ke) break;  // this warp's share ended (the others' iterations go on)
+    float sc[kTiles][2];        // head g, keys 8·T + 2t, 2t + 1
 #pragma unroll
-    for (int u = 0; u < kDecSteps; ++u) {
-      const float4 k4 = dec_values(kr[u]);
-      float v[kDecHeads];
+    for (int T = 0; T < kTiles; ++T) {
+      float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-      for (int h = 0; h < kDecHeads; ++h) v[h] = q[h].x * k4.x + q[h].y * k4.y + q[h].z * k4.z + q[h].w * k4.w;
-      dec_reduce_scatter<kDecHeads, D::kLanes / 2>(v, g);
-      const bool valid = key_of(it, u) < ke;
-#pragma unroll
-      for (int i = 0; i < D::kNf; ++i) sc[u][i] = valid ? v[i] * scale_log2 : -INFINITY;
+      for (int st = 0; st < DP / 16; ++st) {
+        if constexpr (F16) {
+          mma_f16(c, qa[st][0], qa[st][1], qa[st][2], qa[st][3], kw[T][2 * st], kw[T][2 * st + 1]);
+        } else {
+          const float* f = reinterpret_cast<const float*>(kw[T]) + 4 * st;
+          uint32_t h0, l0, h1, l1;
+          dec_split(f[0], f[1], h0, l0);
+          dec_split(f[2], f[3], h1, l1);
+          mma_f16(c, qa[st][0], qa[st][1], qa[st][2], qa[st][3], h0, h1);
+          mma_f16(c, qa[st][0], qa[st][1], qa[st][2], qa[st][3], l0, l1);
+        }
+      }
+      const int j = key0(it) + 8 * T + 2 * t;
+      sc[T][0] = j < ke ? (c[0] + c[2]) * scale_log2 : -INFINITY;
+      sc[T][1] = j + 1 < ke ? (c[1] + c[3]) * scale_log2 : -INFINITY;
     }
-    if (it + 1 < n_iter) load(kbase, it + 1, kr);
+    if (it + 1 < n_iter && key0(it + 1) < ke) load_k(it + 1);
 
-    // Online softmax over the warp's keys of this iteration (equal m in every key group).
-    float corr[D::kNf];
+    float mx = sc[0][0];
 #pragma unroll
-    for (int i = 0; i < D::kNf; ++i) {
-      float mx = sc[0][i];
+    for (int T = 0; T < kTiles; ++T) mx = fmaxf(mx, fmaxf(sc[T][0], sc[T][1]));
+    mx = quad_max(mx);
+    const float m_new = fmaxf(m, mx);
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+    const float corr = exp2f(m - m_use);
+    m = m_new;
+    float ps = 0.0f;
 #pragma unroll
-      for (int u = 1; u < kDecSteps; ++u) mx = fmaxf(mx, sc[u][i]);
-#pragma unroll
-      for (int o = D::kLanes; o < 32; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      const float m_new = fmaxf(m[i], mx);
-      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-      corr[i] = exp2f(m[i] - m_use);
-      m[i] = m_new;
-      float ps = 0.0f;
-#pragma unroll
-      for (int u = 0; u < kDecSteps; ++u) {
-        sc[u][i] = exp2f(sc[u][i] - m_use);
-        ps += sc[u][i];
-      }
-      l[i] = l[i] * corr[i] + ps;
+    for (int T = 0; T < kTiles; ++T) {
+      sc[T][0] = exp2f(sc[T][0] - m_use), sc[T][1] = exp2f(sc[T][1] - m_use);
+      ps += sc[T][0] + sc[T][1];
     }
-    __syncwarp();  // the previous iteration's reads of sp / scorr are done
-    if (writer) {
+    l = l * corr + ps;
 #pragma unroll
-      for (int i = 0; i < D::kNf; ++i) {
+    for (int nd = 0; nd < DP / 8; ++nd) acc[nd][0] *= corr, acc[nd][1] *= corr, acc[nd][2] *= corr, acc[nd][3] *= corr;
 #pragma unroll
-        for (int u = 0; u < kDecSteps; ++u) sp[warp][u][kg][hbase + i] = sc[u][i];
-        if (kg == 0) scorr[warp][hbase + i] = corr[i];
-      }
-    }
-    __syncwarp();
-    {
-      const float4 c0 = *reinterpret_cast<const float4*>(&scorr[warp][0]);
-      const float4 c1 = *reinterpret_cast<const float4*>(&scorr[warp][4]);
-      const float c[kDecHeads] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+    for (int i = 0; i < kTiles / 2; ++i) {
+      uint32_t pa[4];  // rows g (hi) and g + 8 (lo) of P; k 0-7 tile 2i, 8-15 tile 2i + 1
+      dec_split(sc[2 * i][0], sc[2 * i][1], pa[0], pa[1]);
+      dec_split(sc[2 * i + 1][0], sc[2 * i + 1][1], pa[2], pa[3]);
 #pragma unroll
-      for (int h = 0; h < kDecHeads; ++h) acc[h].x *= c[h], acc[h].y *= c[h], acc[h].z *= c[h], acc[h].w *= c[h];
-    }
-#pragma unroll
-    for (int u = 0; u < kDecSteps; ++u) {
-      const float4 p0 = *reinterpret_cast<const float4*>(&sp[warp][u][kg][0]);
-      const float4 p1 = *reinterpret_cast<const float4*>(&sp[warp][u][kg][4]);
-      const float p[kDecHeads] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
-      const float4 v4 = dec_values(vr[u]);
-#pragma unroll
-      for (int h = 0; h < kDecHeads; ++h) {
-        acc[h].x += p[h] * v4.x;
-        acc[h].y += p[h] * v4.y;
-        acc[h].z += p[h] * v4.z;
-        acc[h].w += p[h] * v4.w;
+      for (int nd = 0; nd < DP / 8; ++nd) {
+        if constexpr (F16) {
+          const uint32_t sel = nd & 1 ? 0x7632u : 0x5410u;
+          const uint32_t b0 = __byte_perm(vw[i][0][nd >> 1], vw[i][1][nd >> 1], sel);
+          const uint32_t b1 = __byte_perm(vw[i][2][nd >> 1], vw[i][3][nd >> 1], sel);
+          mma_f16(acc[nd], pa[0], pa[1], pa[2], pa[3], b0, b1);
+        } else {
+          const float* v0 = reinterpret_cast<const float*>(vw[i][0]);
+          const float* v1 = reinterpret_cast<const float*>(vw[i][1]);
+          const float* v2 = reinterpret_cast<const float*>(vw[i][2]);
+          const float* v3 = reinterpret_cast<const float*>(vw[i][3]);
+          uint32_t h0, l0, h1, l1;
+          dec_split(v0[nd], v1[nd], h0, l0);
+          dec_split(v2[nd], v3[nd], h1, l1);
+          mma_f16(acc[nd], pa[0], pa[1], pa[2], pa[3], h0, h1);
+          mma_f16(acc[nd], pa[0], pa[1], pa[2], pa[3], l0, l1);
+        }
       }
     }
-    if (it + 1 < n_iter) load(vbase, it + 1, vr);
+    if (it + 1 < n_iter && key0(it + 1) < ke) load_v(it + 1);
   }
 
-  // Merge the warp's key groups (same running max), then the warps in order.
+  // The warp's sum per head (its quad), then the warps in order.
+  l = quad_sum(l);
 #pragma unroll
-  for (int o = D::kLanes; o < 32; o <<= 1) {
-#pragma unroll
-    for (int i = 0; i < D::kNf; ++i) l[i] += __shfl_xor_sync(0xffffffffu, l[i], o);
-#pragma unroll
-    for (int h = 0; h < kDecHeads; ++h) {
-      acc[h].x += __shfl_xor_sync(0xffffffffu, acc[h].x, o);
-      acc[h].y += __shfl_xor_sync(0xffffffffu, acc[h].y, o);
-      acc[h].z += __shfl_xor_sync(0xffffffffu, acc[h].z, o);
-      acc[h].w += __shfl_xor_sync(0xffffffffu, acc[h].w, o);
-    }
+  for (int nd = 0; nd < DP / 8; ++nd) {
+    sacc[warp][g][2 * t * (DP / 8) + nd] = acc[nd][0] + acc[nd][2];
+    sacc[warp][g][(2 * t + 1) * (DP / 8) + nd] = acc[nd][1] + acc[nd][3];
   }
-  if (kg == 0) {
-#pragma unroll
-    for (int h = 0; h < kDecHeads; ++h) sacc[warp][h][g] = acc[h];
-    if (writer) {
-#pragma unroll
-      for (int i = 0; i < D::kNf; ++i) sm[warp][hbase + i] = m[i], sl[warp][hbase + i] = l[i];
-    }
-  }
+  if (t == 0) sm[warp][g] = m, sl[warp][g] = l;
   __syncthreads();
   for (int idx = threadIdx.x; idx < heads * (DP / 4); idx += blockDim.x) {
     const int h = idx / (DP / 4), c = idx - h * (DP / 4);
@@ -673,7 +671,7 @@ __global__ void __launch_bounds__(kDecWarps * 32, F16 ? 3 : 0)
 #pragma unroll
     for (int w = 0; w < kDecWarps; ++w) {
       const float f = exp2f(sm[w][h] - m_use);
-      const float4 x = sacc[w][h][c];
+      const float4 x = *reinterpret_cast<const float4*>(&sacc[w][h][4 * c]);
       lsum += sl[w][h] * f;
       o.x += x.x * f, o.y += x.y * f, o.z += x.z * f, o.w += x.w * f;
     }

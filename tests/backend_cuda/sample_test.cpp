@@ -2,7 +2,8 @@
 // tokens and the penalty-edited logits, on awkward vocabulary sizes (1, 7, 1000, 4097, 201088),
 // flat, peaked, tied, masked (NaN, ±inf, ±0) and offset rows, every rule with its edge values
 // (top_k = 1, = the candidates, above the vocabulary; top_p tiny; min_p), penalty edits, and rows
-// sampled out of a larger block of logits.
+// sampled out of a larger block of logits; the row passes on 1, 5 and 64 chunks per row (empty
+// chunks included).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -82,8 +83,9 @@ Batch make_batch(int64_t vocab, int n_rows, int every, uint64_t seed) {
   return b;
 }
 
-// Runs the kernel on b and checks every token and every edited logit against sample_row().
-void expect_matches_reference(const Batch& b, const std::string& what) {
+// Runs the kernels on b with `chunks` chunks per row and checks every token and every edited logit
+// against sample_row().
+void expect_matches_reference(const Batch& b, const std::string& what, int chunks) {
   const int n = static_cast<int>(b.rows.size());
   const Status valid = validate_sample_rows(b.rows, static_cast<int64_t>(b.logits.size()) / b.vocab, b.vocab);
   ASSERT_TRUE(valid.ok()) << valid.to_string();
@@ -98,7 +100,10 @@ void expect_matches_reference(const Batch& b, const std::string& what) {
   DevArray<PenaltyEdit> dedits(edits);
   DevArray<int32_t> out(static_cast<size_t>(n));
   out.fill_bytes(0xff);  // −1: every row must be written
-  CUDA_ASSERT(cuda::sample_launch(logits.get(), b.vocab, drows.get(), n, dedits.get(), out.get(), test_launch()));
+  DevArray<unsigned long long> parts(cuda::sample_part_words(n, chunks));
+  parts.fill_bytes(0x5a);  // no initial value is needed
+  CUDA_ASSERT(cuda::sample_launch(logits.get(), b.vocab, drows.get(), n, dedits.get(), out.get(),
+                                  cuda::SampleSplit{parts.get(), chunks}, test_launch()));
   const std::vector<int32_t> got = out.download();
   const std::vector<float> edited = logits.download();
   CUDA_ASSERT(cudaGetLastError());
@@ -108,8 +113,8 @@ void expect_matches_reference(const Batch& b, const std::string& what) {
     float* row = &host[static_cast<size_t>(r.row) * b.vocab];
     const int32_t want = sample_row(row, b.vocab, r);
     EXPECT_EQ(got[static_cast<size_t>(i)], want)
-        << what << " row " << r.row << ": T " << r.temperature << " top_k " << r.top_k << " top_p " << r.top_p
-        << " min_p " << r.min_p << " edits " << r.edits.size();
+        << what << " (" << chunks << " chunks) row " << r.row << ": T " << r.temperature << " top_k " << r.top_k
+        << " top_p " << r.top_p << " min_p " << r.min_p << " edits " << r.edits.size();
   }
   // Edited rows equal bit for bit (a NaN may carry another payload on the device); the other rows
   // are untouched.
@@ -117,7 +122,7 @@ void expect_matches_reference(const Batch& b, const std::string& what) {
   for (size_t i = 0; i < host.size(); ++i)
     if (!(std::isnan(host[i]) && std::isnan(edited[i])) && std::memcmp(&host[i], &edited[i], sizeof(float)) != 0)
       ++differ;
-  EXPECT_EQ(differ, 0u) << what << ": edited logits";
+  EXPECT_EQ(differ, 0u) << what << " (" << chunks << " chunks): edited logits";
 }
 
 class CudaSample : public ::testing::TestWithParam<int64_t> {};
@@ -125,8 +130,21 @@ class CudaSample : public ::testing::TestWithParam<int64_t> {};
 TEST_P(CudaSample, MatchesReferenceBitForBit) {
   const int64_t vocab = GetParam();
   const int n_rows = vocab > 100000 ? 24 : 70;
-  for (uint64_t seed : {1u, 2u}) expect_matches_reference(make_batch(vocab, n_rows, 1, seed), "every row");
-  expect_matches_reference(make_batch(vocab, n_rows, 3, 5), "every third row");
+  for (int chunks : {1, 5, cuda::kSampleMaxChunks}) {
+    for (uint64_t seed : {1u, 2u}) expect_matches_reference(make_batch(vocab, n_rows, 1, seed), "every row", chunks);
+    expect_matches_reference(make_batch(vocab, n_rows, 3, 5), "every third row", chunks);
+  }
+  // One row at T = 1 without truncation (batch-1 chat decoding), with penalty edits, on the chunks
+  // the backend gives it, for many draws: the drawn position lands in every chunk.
+  const Batch base = make_batch(vocab, 4, 1, 7);
+  uint64_t s = 11;
+  for (int draw = 0; draw < 16; ++draw) {
+    Batch one = base;
+    SampleRow r = base.rows[1];  // an odd row: it has penalty edits
+    r.temperature = 1.0f, r.top_k = 0, r.top_p = 1.0f, r.min_p = 0.0f, r.random = next_u64(s);
+    one.rows = {r};
+    expect_matches_reference(one, "one row, draw " + std::to_string(draw), cuda::sample_chunks(1, 132));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Vocab, CudaSample, ::testing::Values(1, 7, 1000, 4097, 201088),
@@ -157,7 +175,7 @@ TEST(CudaSampleRows, DegenerateRowsAndManyDraws) {
                         .random = draw == 1   ? 0
                                   : draw == 2 ? ~uint64_t{0}
                                               : next_u64(s)});
-    expect_matches_reference(d, "degenerate rows, draw " + std::to_string(draw));
+    expect_matches_reference(d, "degenerate rows, draw " + std::to_string(draw), 1 + draw % 3);
   }
 }
 

@@ -176,6 +176,7 @@ Status CudaBackend::alloc_scratch() {
     s.logits = c.take<float>(static_cast<size_t>(s.logit_rows) * V);
     s.argmax = c.take<int32_t>(s.logit_rows);
     s.argmax_keys = c.take<unsigned long long>(s.logit_rows);
+    s.sample_parts = c.take<unsigned long long>(sample_part_words(s.logit_rows, kSampleMaxChunks));
     s.meta = c.take<int32_t>(8 * Tm);
     s.stat_counts = c.take<unsigned long long>(nl * E);
     s.stat_tokens = c.take<unsigned long long>(nl);

@@ -33,13 +33,14 @@ struct Scratch {
   float* router_logits = nullptr;           // [T][E]
   unsigned int* router_counters = nullptr;  // [T] (zero between launches)
   int32_t *sorted_token = nullptr, *sorted_pair = nullptr, *tiles = nullptr, *n_tiles = nullptr;
-  float* mlp1 = nullptr;                      // split-mode gate/up partials [nseg][P][2I]
-  uint16_t* a16 = nullptr;                    // SwiGLU output, fp16 pairs [P][hi: ip | lo: ip]
-  float* y = nullptr;                         // expert outputs [nparts][P][H]
-  float* logits = nullptr;                    // [logit_rows][V]
-  int32_t* argmax = nullptr;                  // [logit_rows]
-  unsigned long long* argmax_keys = nullptr;  // [logit_rows] (zero between launches)
-  int32_t* meta = nullptr;                    // per step: tokens, pos, slot, out_rows [T] each, then items (int4) [T]
+  float* mlp1 = nullptr;                       // split-mode gate/up partials [nseg][P][2I]
+  uint16_t* a16 = nullptr;                     // SwiGLU output, fp16 pairs [P][hi: ip | lo: ip]
+  float* y = nullptr;                          // expert outputs [nparts][P][H]
+  float* logits = nullptr;                     // [logit_rows][V]
+  int32_t* argmax = nullptr;                   // [logit_rows]
+  unsigned long long* argmax_keys = nullptr;   // [logit_rows] (zero between launches)
+  unsigned long long* sample_parts = nullptr;  // the sampling passes' per-chunk results (SampleSplit)
+  int32_t* meta = nullptr;                     // per step: tokens, pos, slot, out_rows [T] each, then items (int4) [T]
   unsigned long long *stat_counts = nullptr, *stat_tokens = nullptr;  // [L][E], [L]
   double *stat_top1 = nullptr, *stat_entropy = nullptr;               // [L]
   int logit_rows = 0;

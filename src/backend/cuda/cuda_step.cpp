@@ -313,7 +313,8 @@ Status CudaBackend::enqueue_outputs(const StepPlan& p, const StepOutputs& out) {
     if (j1 > j0)
       GPTOSS_LAUNCH(
           "sampling", static_cast<double>(j1 - j0) * V * 4,
-          sample_launch(s.logits, V, sample_rows + j0, static_cast<int>(j1 - j0), sample_edits, sampled + j0, launch_));
+          sample_launch(s.logits, V, sample_rows + j0, static_cast<int>(j1 - j0), sample_edits, sampled + j0,
+                        SampleSplit{s.sample_parts, sample_chunks(static_cast<int>(j1 - j0), sm_count_)}, launch_));
     j0 = j1;
   }
   if (!out.sample.empty())

@@ -306,8 +306,8 @@ cudaError_t argmax_launch(const float* logits, int rows, int64_t vocab, unsigned
                           const Launch& ln);
 
 // ---------------------------------------------------------------------------------------------
-// Sampling (backend/sampling.h's rules 1–7, bit for bit): one block per sampled row. Each row's
-// penalty edits are applied to its logits in place, then its token is written to out[i].
+// Sampling (backend/sampling.h's rules 1–7, bit for bit). Each row's penalty edits are applied to
+// its logits in place, then its token is written to out[i].
 struct SampleRowDev {
   int32_t row = 0;  // logits row of the launch
   int32_t top_k = 0;
@@ -315,9 +315,22 @@ struct SampleRowDev {
   uint64_t random = 0;
   int32_t edit_begin = 0, edit_count = 0;  // the row's edits in the launch's edit array
 };
+// The passes over a whole row (penalty edits, greedy token, weight sums) run on `chunks` blocks per
+// row, their results in `parts` (sample_part_words(n, chunks) u64, no initial value needed); the
+// rest (top-k / top-p selects, the draw) on one block per row.
+inline constexpr int kSampleMaxChunks = 64;
+struct SampleSplit {
+  unsigned long long* parts = nullptr;
+  int chunks = 1;  // 1 … kSampleMaxChunks
+};
+inline size_t sample_part_words(int n, int chunks) {
+  return 3 * static_cast<size_t>(n) * static_cast<size_t>(chunks);
+}
+// Chunks per row for n rows on sm_count SMs: two blocks per SM in all, at most kSampleMaxChunks.
+int sample_chunks(int n, int sm_count);
 // logits [rows][vocab] (vocab in [1, 2^31)); rows [n], edits (distinct tokens per row), out [n].
 cudaError_t sample_launch(float* logits, int64_t vocab, const SampleRowDev* rows, int n, const PenaltyEdit* edits,
-                          int32_t* out, const Launch& ln);
+                          int32_t* out, const SampleSplit& split, const Launch& ln);
 
 // ---------------------------------------------------------------------------------------------
 // Router: logits = W x + b (f32 math over bf16 weights), top-k (ties → lower index), softmax over

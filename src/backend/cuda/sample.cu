@@ -1,9 +1,15 @@
-// Token sampling on the device, one block per sampled row, bit for bit the rules of
-// backend/sampling.h with the arithmetic of sampling_math.h: the penalty edits in place, the row's
-// greedy token and maximum, exact integer sums of the weights (order-free, so deterministic), the
-// top-k and top-p boundaries by a radix select over the order keys (ties resolved in id order), and
-// the draw as a walk over the kept tokens in id order. Only the token id leaves the block.
+// Token sampling on the device, bit for bit the rules of backend/sampling.h with the arithmetic of
+// sampling_math.h: the penalty edits in place, the row's greedy token and maximum, exact integer
+// sums of the weights (order-free, so deterministic), the top-k and top-p boundaries by a radix
+// select over the order keys (ties resolved in id order), and the draw as a walk over the kept
+// tokens in id order. Three launches: the edits and each chunk's greedy key, then each chunk's
+// weight sum (both on `chunks` blocks per row, so a batch-1 row spreads over the device), then one
+// block per row for the selects and the draw, which locates the chunk holding the drawn position
+// from the chunk sums and walks only that chunk (without top-k / top-p / min-p). Only the token id
+// leaves the device.
 #include <cuda_runtime.h>
+
+#include <algorithm>
 
 #include "backend/cuda/device_util.cuh"
 #include "backend/cuda/kernels.h"
@@ -180,30 +186,91 @@ __device__ Boundary select(const float* row, int64_t vocab, Filter f, const Samp
   return Boundary{f.prefix, locate(row, 0, vocab, f, m, target - above - 1, sh)};
 }
 
+// Ids [lo, hi) of chunk c of `chunks` over a row of `vocab` (chunks of whole warps' worth of ids;
+// trailing chunks may be empty).
+__device__ __forceinline__ void chunk_range(int64_t vocab, int chunks, int c, int64_t* lo, int64_t* hi) {
+  const int64_t len = ((vocab + chunks - 1) / chunks + 31) / 32 * 32;
+  *lo = c * len < vocab ? c * len : vocab;
+  *hi = *lo + len < vocab ? *lo + len : vocab;
+}
+
+// The parts of row i: greedy keys, weights, counts, each [n][chunks].
+struct Parts {
+  unsigned long long *best, *weight, *count;
+  __device__ Parts(const SampleSplit& sp, int n, int i) {
+    best = sp.parts + static_cast<int64_t>(i) * sp.chunks;
+    weight = best + static_cast<int64_t>(n) * sp.chunks;
+    count = weight + static_cast<int64_t>(n) * sp.chunks;
+  }
+};
+
+// The row's greedy key from the chunks' (every thread).
+__device__ __forceinline__ unsigned long long row_best(const Parts& pt, int chunks) {
+  unsigned long long best = 0;
+  for (int c = 0; c < chunks; ++c) best = max(best, pt.best[c]);
+  return best;
+}
+
+// Pass 1, grid (chunks, n): the row's penalty edits that fall in the chunk, then the chunk's largest
+// (key, −id), NaN excluded (0 when none).
 __global__ void __launch_bounds__(kSampleThreads)
-    sample_kernel(float* logits, int64_t vocab, const SampleRowDev* rows, const PenaltyEdit* edits, int32_t* out) {
-  __shared__ SampleShared sh;
+    sample_best_kernel(float* logits, int64_t vocab, const SampleRowDev* rows, const PenaltyEdit* edits,
+                       SampleSplit sp) {
+  __shared__ unsigned long long warp_best[kSampleWarps];
   pdl_wait();
-  const SampleRowDev rq = rows[blockIdx.x];
+  const SampleRowDev rq = rows[blockIdx.y];
   float* row = logits + static_cast<int64_t>(rq.row) * vocab;
+  int64_t lo, hi;
+  chunk_range(vocab, sp.chunks, blockIdx.x, &lo, &hi);
   for (int e = threadIdx.x; e < rq.edit_count; e += kSampleThreads) {
     const PenaltyEdit pe = edits[rq.edit_begin + e];
-    row[pe.token] = apply_penalty_edit(row[pe.token], pe, rq.repetition_penalty);
+    if (pe.token >= lo && pe.token < hi) row[pe.token] = apply_penalty_edit(row[pe.token], pe, rq.repetition_penalty);
   }
-  if (threadIdx.x == 0) sh.found = 0;
   __syncthreads();
-
-  // The greedy token: the largest (key, −id), NaN excluded; 0 when every logit is NaN.
   unsigned long long best = 0;
-  for (int64_t i = threadIdx.x; i < vocab; i += kSampleThreads) {
+  for (int64_t i = lo + threadIdx.x; i < hi; i += kSampleThreads) {
     const float v = row[i];
     if (!(v != v)) best = max(best, static_cast<unsigned long long>(sample_greedy_key(v, i)));
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
-  if ((threadIdx.x & 31) == 0) sh.warp_best[threadIdx.x >> 5] = best;
+  if ((threadIdx.x & 31) == 0) warp_best[threadIdx.x >> 5] = best;
   __syncthreads();
-  for (int w = 0; w < kSampleWarps; ++w) best = max(best, sh.warp_best[w]);
+  if (threadIdx.x == 0) {
+    for (int w = 0; w < kSampleWarps; ++w) best = max(best, warp_best[w]);
+    Parts(sp, gridDim.y, blockIdx.y).best[blockIdx.x] = best;
+  }
+}
+
+// Pass 2, grid (chunks, n): the count and weight of the chunk's tokens with q > 0 (rows that sample).
+__global__ void __launch_bounds__(kSampleThreads)
+    sample_sum_kernel(const float* logits, int64_t vocab, const SampleRowDev* rows, SampleSplit sp) {
+  __shared__ SampleShared sh;
+  pdl_wait();
+  const SampleRowDev rq = rows[blockIdx.y];
+  const Parts pt(sp, gridDim.y, blockIdx.y);
+  const unsigned long long best = row_best(pt, sp.chunks);
+  if (best == 0 || rq.temperature == 0.0f) return;
+  const SampleRowMath m = sample_row_math(sample_key_value(static_cast<uint32_t>(best >> 32)), rq.temperature, vocab);
+  int64_t lo, hi;
+  chunk_range(vocab, sp.chunks, blockIdx.x, &lo, &hi);
+  const Sums s = range_sum(logits + static_cast<int64_t>(rq.row) * vocab, lo, hi, Filter{}, m, sh);
+  if (threadIdx.x == 0) pt.weight[blockIdx.x] = s.weight, pt.count[blockIdx.x] = s.count;
+}
+
+// Pass 3, one block per row: the rules after the sums, and the draw.
+__global__ void __launch_bounds__(kSampleThreads)
+    sample_kernel(float* logits, int64_t vocab, const SampleRowDev* rows, SampleSplit sp, int32_t* out) {
+  __shared__ SampleShared sh;
+  pdl_wait();
+  const SampleRowDev rq = rows[blockIdx.x];
+  const float* row = logits + static_cast<int64_t>(rq.row) * vocab;
+  const Parts pt(sp, gridDim.x, blockIdx.x);
+  if (threadIdx.x == 0) sh.found = 0;
+  __syncthreads();
+
+  // The greedy token: the largest (key, −id), NaN excluded; 0 when every logit is NaN.
+  const unsigned long long best = row_best(pt, sp.chunks);
   const int32_t greedy = best ? sample_greedy_id(best) : 0;
   if (best == 0 || rq.temperature == 0.0f) {
     if (threadIdx.x == 0) out[blockIdx.x] = greedy;
@@ -212,20 +279,23 @@ __global__ void __launch_bounds__(kSampleThreads)
 
   const SampleRowMath m = sample_row_math(sample_key_value(static_cast<uint32_t>(best >> 32)), rq.temperature, vocab);
   Filter f;  // every token with q > 0
-  const Sums all = range_sum(row, 0, vocab, f, m, sh);
+  Sums all{0, 0};
+  for (int c = 0; c < sp.chunks; ++c) all.count += pt.count[c], all.weight += pt.weight[c];
   if (all.weight == 0) {
     if (threadIdx.x == 0) out[blockIdx.x] = greedy;
     return;
   }
   unsigned long long mass = all.weight;
-  bool narrowed = false;  // the filter changed since the last range_sum over it
+  bool row_parts = false;  // sh holds the part sums of a range_sum over the whole row under f
   if (rq.top_k > 0 && static_cast<unsigned long long>(rq.top_k) < all.count) {
     Filter by_count = f;
     by_count.count = true;
     f.k = select(row, vocab, by_count, m, static_cast<unsigned long long>(rq.top_k), sh);
     f.has_k = true;
     mass = range_sum(row, 0, vocab, f, m, sh).weight;  // also the part sums locate() needs, unless narrowed below
+    row_parts = true;
   }
+  bool narrowed = false;  // the filter changed since the last range_sum over it
   if (rq.top_p < 1.0f) {
     const uint64_t target = sample_top_p_target(rq.top_p, mass);
     if (target <= mass) {
@@ -238,18 +308,40 @@ __global__ void __launch_bounds__(kSampleThreads)
     f.min_w = static_cast<double>(rq.min_p);
     narrowed = true;
   }
-  if (narrowed) mass = range_sum(row, 0, vocab, f, m, sh).weight;
-  const int32_t id = locate(row, 0, vocab, f, m, sample_draw_position(mass, rq.random), sh);
+  if (narrowed) mass = range_sum(row, 0, vocab, f, m, sh).weight, row_parts = true;
+  unsigned long long pos = sample_draw_position(mass, rq.random);
+  int32_t id;
+  if (row_parts) {
+    id = locate(row, 0, vocab, f, m, pos, sh);
+  } else {
+    // Every token with q > 0 (f as in pass 2): the chunk holding pos, then the walk inside it.
+    int c = 0;
+    while (c < sp.chunks - 1 && pos >= pt.weight[c]) pos -= pt.weight[c++];
+    int64_t lo, hi;
+    chunk_range(vocab, sp.chunks, c, &lo, &hi);
+    range_sum(row, lo, hi, f, m, sh);
+    id = locate(row, lo, hi, f, m, pos, sh);
+  }
   if (threadIdx.x == 0) out[blockIdx.x] = id;
 }
 
 }  // namespace
 
+int sample_chunks(int n, int sm_count) {
+  return n <= 0 ? 1 : std::clamp(2 * sm_count / n, 1, kSampleMaxChunks);
+}
+
 cudaError_t sample_launch(float* logits, int64_t vocab, const SampleRowDev* rows, int n, const PenaltyEdit* edits,
-                          int32_t* out, const Launch& ln) {
+                          int32_t* out, const SampleSplit& split, const Launch& ln) {
   if (n <= 0) return cudaSuccess;
-  if (vocab < 1 || vocab >= (int64_t{1} << 31)) return cudaErrorInvalidValue;
-  return launch_kernel(sample_kernel, n, kSampleThreads, 0, ln, logits, vocab, rows, edits, out);
+  if (vocab < 1 || vocab >= (int64_t{1} << 31) || split.parts == nullptr || split.chunks < 1 ||
+      split.chunks > kSampleMaxChunks || n > 65535)
+    return cudaErrorInvalidValue;
+  const dim3 grid(split.chunks, n);
+  cudaError_t e = launch_kernel(sample_best_kernel, grid, kSampleThreads, 0, ln, logits, vocab, rows, edits, split);
+  if (e == cudaSuccess) e = launch_kernel(sample_sum_kernel, grid, kSampleThreads, 0, ln, logits, vocab, rows, split);
+  if (e == cudaSuccess) e = launch_kernel(sample_kernel, n, kSampleThreads, 0, ln, logits, vocab, rows, split, out);
+  return e;
 }
 
 }  // namespace gptoss::cuda

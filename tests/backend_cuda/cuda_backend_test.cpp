@@ -226,6 +226,24 @@ class CudaVsCpu : public ::testing::Test {
     model_ = *m;
     vocab_ = model_->config().vocab_size;
   }
+  // One decode step of every sequence s (slot s, after prompts[s] and `step` earlier steps, token
+  // (31·step + 7·s) % vocab) on both backends: their logits [S][vocab] and argmax outputs.
+  void decode_step(Backend& gpu, Backend& cpu, const std::vector<std::vector<int32_t>>& prompts, int step,
+                   std::vector<float>* lg, std::vector<float>* lc, std::vector<int32_t>* ag) {
+    const size_t S = prompts.size();
+    std::vector<int32_t> next(S), ac(S);
+    std::vector<SeqBatch> batch(S);
+    for (size_t s = 0; s < S; ++s) {
+      next[s] = static_cast<int32_t>((step * 31 + static_cast<int>(s) * 7) % vocab_);
+      batch[s].slot = static_cast<int>(s);
+      batch[s].pos = static_cast<int64_t>(prompts[s].size()) + step;
+      batch[s].tokens = std::span<const int32_t>(&next[s], 1);
+    }
+    lg->assign(S * vocab_, 0.0f), lc->assign(S * vocab_, 0.0f), ag->assign(S, -1);
+    StepOutputs og{lg->data(), ag->data(), nullptr}, oc{lc->data(), ac.data(), nullptr};
+    ASSERT_TRUE(gpu.forward(batch, og).ok());
+    ASSERT_TRUE(cpu.forward(batch, oc).ok());
+  }
   std::shared_ptr<const Model> model_;
   int64_t vocab_ = 0;
 };
@@ -254,20 +272,10 @@ TEST_F(CudaVsCpu, BatchedDecodeThroughGraphsMatchesCpu) {
     feed(*gpu, s, 0, prompts.back(), 64, vocab_);
     feed(*cpu, s, 0, prompts.back(), 64, vocab_);
   }
-  std::vector<int32_t> next(S);
   for (int step = 0; step < steps; ++step) {
-    SeqBatch batch[S];
-    for (int s = 0; s < S; ++s) {
-      next[s] = static_cast<int32_t>((step * 31 + s * 7) % vocab_);
-      batch[s].slot = s;
-      batch[s].pos = static_cast<int64_t>(prompts[s].size()) + step;
-      batch[s].tokens = std::span<const int32_t>(&next[s], 1);
-    }
-    std::vector<float> lg(S * vocab_), lc(S * vocab_);
-    std::vector<int32_t> ag(S), ac(S);
-    StepOutputs og{lg.data(), ag.data(), nullptr}, oc{lc.data(), ac.data(), nullptr};
-    ASSERT_TRUE(gpu->forward(batch, og).ok());
-    ASSERT_TRUE(cpu->forward(batch, oc).ok());
+    std::vector<float> lg, lc;
+    std::vector<int32_t> ag;
+    ASSERT_NO_FATAL_FAILURE(decode_step(*gpu, *cpu, prompts, step, &lg, &lc, &ag));
     expect_close(lg, lc, vocab_, 2e-3, 0.01f, "decode step " + std::to_string(step));
     for (int s = 0; s < S; ++s) EXPECT_EQ(ag[s], cpu::argmax(&lg[s * vocab_], vocab_)) << "argmax output vs logits";
   }
@@ -289,21 +297,11 @@ TEST_F(CudaVsCpu, F16KvCacheLongPromptAndBatchedDecodeMatchCpu) {
     expect_close_f16(feed(*gpu, s, 0, prompts.back(), 300, vocab_), feed(*cpu, s, 0, prompts.back(), 300, vocab_),
                      vocab_, 2e-3, 0.01f, "prompt " + std::to_string(s));
   }
-  std::vector<int32_t> next(S);
   std::vector<float> all_g, all_c;  // the decode steps' rows, compared together
   for (int step = 0; step < 6; ++step) {
-    SeqBatch batch[S];
-    for (int s = 0; s < S; ++s) {
-      next[s] = static_cast<int32_t>((step * 17 + s * 5) % vocab_);
-      batch[s].slot = s;
-      batch[s].pos = static_cast<int64_t>(prompts[s].size()) + step;
-      batch[s].tokens = std::span<const int32_t>(&next[s], 1);
-    }
-    std::vector<float> lg(S * vocab_), lc(S * vocab_);
-    StepOutputs g, c;
-    g.logits = lg.data(), c.logits = lc.data();
-    ASSERT_TRUE(gpu->forward(batch, g).ok());
-    ASSERT_TRUE(cpu->forward(batch, c).ok());
+    std::vector<float> lg, lc;
+    std::vector<int32_t> ag;
+    ASSERT_NO_FATAL_FAILURE(decode_step(*gpu, *cpu, prompts, step, &lg, &lc, &ag));
     all_g.insert(all_g.end(), lg.begin(), lg.end());
     all_c.insert(all_c.end(), lc.begin(), lc.end());
   }

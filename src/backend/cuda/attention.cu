@@ -370,49 +370,39 @@ __global__ void __launch_bounds__(kAttnMaxWarps * 32, DP <= 64 ? 2 : 1)
   const void* vbase = static_cast<const char*>(kv.v) + head_off;
   const float scale_log2 = a.scale * kLog2e;
   const int n_tiles = ks <= ke ? (ke - ks) / kAttnKeyTile + 1 : 0;
-  if constexpr (F16) {
-    // Stage i % RS holds tile i.
-    auto tiles = [&](int it) {
-      const uint16_t* st = f16 + (RS == 2 ? (it & 1) : 0) * L::kTileHalfs;
-      return KvTiles{st, nullptr, st + kAttnKeyTile * L::kK, nullptr};
-    };
-    if (n_tiles > 0) attn_issue_tile<DP, true>(kbase, vbase, kv.cap, ks, ke, f16);
-    for (int it = 0; it < n_tiles; ++it) {
-      if (RS == 2 && it + 1 < n_tiles) {
-        attn_issue_tile<DP, true>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke,
-                                  f16 + ((it + 1) & 1) * L::kTileHalfs);
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
-      __syncthreads();
-      attn_tile<DP, false>(q, tiles(it), ks + it * kAttnKeyTile, ks, ke, ri, scale_log2, m, l, acc, lane);
-      __syncthreads();
-      // One stage: the next tile lands after this one is consumed.
-      if (RS == 1 && it + 1 < n_tiles)
-        attn_issue_tile<DP, true>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke, f16);
+  // Stage i % RS holds tile i as it lands: f32 rows (split into the hi/lo tiles before use) or the
+  // f16 tiles themselves.
+  auto stage = [&](int it) -> void* {
+    const int st = RS == 2 ? (it & 1) : 0;
+    if constexpr (F16) return f16 + st * L::kTileHalfs;
+    return raw + st * L::kRawFloats;
+  };
+  if (n_tiles > 0) attn_issue_tile<DP, F16>(kbase, vbase, kv.cap, ks, ke, stage(0));
+  for (int it = 0; it < n_tiles; ++it) {
+    const bool next = it + 1 < n_tiles;
+    if (RS == 2 && next) {
+      attn_issue_tile<DP, F16>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke, stage(it + 1));
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
     }
-  } else {
-    const KvTiles tiles{f16, f16 + kAttnKeyTile * L::kK, f16 + 2 * kAttnKeyTile * L::kK,
-                        f16 + 2 * kAttnKeyTile * L::kK + kAttnKeyTile * L::kV};
-    if (n_tiles > 0) attn_issue_tile<DP, false>(kbase, vbase, kv.cap, ks, ke, raw);
-    for (int it = 0; it < n_tiles; ++it) {
-      if (RS == 2 && it + 1 < n_tiles) {
-        attn_issue_tile<DP, false>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke,
-                                   raw + ((it + 1) & 1) * L::kRawFloats);
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
-      __syncthreads();
-      attn_split_tile<DP>(raw + (RS == 2 ? (it & 1) : 0) * L::kRawFloats, tiles);
+    __syncthreads();
+    KvTiles tiles;
+    if constexpr (F16) {
+      const uint16_t* st = static_cast<const uint16_t*>(stage(it));
+      tiles = KvTiles{st, nullptr, st + kAttnKeyTile * L::kK, nullptr};
+    } else {
+      tiles = KvTiles{f16, f16 + kAttnKeyTile * L::kK, f16 + 2 * kAttnKeyTile * L::kK,
+                      f16 + 2 * kAttnKeyTile * L::kK + kAttnKeyTile * L::kV};
+      attn_split_tile<DP>(static_cast<const float*>(stage(it)), tiles);
       __syncthreads();
       // One stage: the raw tile is consumed, the next one lands while this one is multiplied.
-      if (RS == 1 && it + 1 < n_tiles)
-        attn_issue_tile<DP, false>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke, raw);
-      attn_tile<DP, true>(q, tiles, ks + it * kAttnKeyTile, ks, ke, ri, scale_log2, m, l, acc, lane);
-      __syncthreads();
+      if (RS == 1 && next) attn_issue_tile<DP, F16>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke, raw);
     }
+    attn_tile<DP, !F16>(q, tiles, ks + it * kAttnKeyTile, ks, ke, ri, scale_log2, m, l, acc, lane);
+    __syncthreads();
+    // One f16 stage: the next tile lands after this one is consumed.
+    if (F16 && RS == 1 && next) attn_issue_tile<DP, F16>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke, f16);
   }
   attn_epilogue<DP>(a, s, ri, m, l, acc, t);
 }
@@ -493,15 +483,6 @@ __device__ __forceinline__ void dec_load(uint32_t (&w)[W], const void* p, bool v
   }
 }
 
-// fp16 hi/lo B fragment words of the element pairs (x0, x1), (y0, y1) of an f32 cache.
-__device__ __forceinline__ void dec_split(float x0, float x1, uint32_t& hi, uint32_t& lo) {
-  const __half2 h = __floats2half2_rn(x0, x1);
-  const float2 f = __half22float2(h);
-  const __half2 l = __floats2half2_rn(x0 - f.x, x1 - f.y);
-  hi = *reinterpret_cast<const uint32_t*>(&h);
-  lo = *reinterpret_cast<const uint32_t*>(&l);
-}
-
 // grid: (item, kv head × head chunk, key split); block: kDecWarps warps.
 template <int DP, bool F16>
 __global__ void __launch_bounds__(kDecWarps * 32)
@@ -539,8 +520,8 @@ __global__ void __launch_bounds__(kDecWarps * 32)
     }
 #pragma unroll
     for (int st = 0; st < DP / 16; ++st) {
-      dec_split(q[4 * st], q[4 * st + 1], qa[st][0], qa[st][1]);
-      dec_split(q[4 * st + 2], q[4 * st + 3], qa[st][2], qa[st][3]);
+      split2(q[4 * st], q[4 * st + 1], qa[st][0], qa[st][1]);
+      split2(q[4 * st + 2], q[4 * st + 3], qa[st][2], qa[st][3]);
     }
   }
   const int64_t head_off = (static_cast<int64_t>(item.slot) * s.n_kv_heads + kvh) * kv.cap * DP;
@@ -594,8 +575,8 @@ __global__ void __launch_bounds__(kDecWarps * 32)
         } else {
           const float* f = reinterpret_cast<const float*>(kw[T]) + 4 * st;
           uint32_t h0, l0, h1, l1;
-          dec_split(f[0], f[1], h0, l0);
-          dec_split(f[2], f[3], h1, l1);
+          split2(f[0], f[1], h0, l0);
+          split2(f[2], f[3], h1, l1);
           mma_f16(c, qa[st][0], qa[st][1], qa[st][2], qa[st][3], h0, h1);
           mma_f16(c, qa[st][0], qa[st][1], qa[st][2], qa[st][3], l0, l1);
         }
@@ -626,8 +607,8 @@ __global__ void __launch_bounds__(kDecWarps * 32)
 #pragma unroll
     for (int i = 0; i < kTiles / 2; ++i) {
       uint32_t pa[4];  // rows g (hi) and g + 8 (lo) of P; k 0-7 tile 2i, 8-15 tile 2i + 1
-      dec_split(sc[2 * i][0], sc[2 * i][1], pa[0], pa[1]);
-      dec_split(sc[2 * i + 1][0], sc[2 * i + 1][1], pa[2], pa[3]);
+      split2(sc[2 * i][0], sc[2 * i][1], pa[0], pa[1]);
+      split2(sc[2 * i + 1][0], sc[2 * i + 1][1], pa[2], pa[3]);
 #pragma unroll
       for (int nd = 0; nd < DP / 8; ++nd) {
         if constexpr (F16) {
@@ -641,8 +622,8 @@ __global__ void __launch_bounds__(kDecWarps * 32)
           const float* v2 = reinterpret_cast<const float*>(vw[i][2]);
           const float* v3 = reinterpret_cast<const float*>(vw[i][3]);
           uint32_t h0, l0, h1, l1;
-          dec_split(v0[nd], v1[nd], h0, l0);
-          dec_split(v2[nd], v3[nd], h1, l1);
+          split2(v0[nd], v1[nd], h0, l0);
+          split2(v2[nd], v3[nd], h1, l1);
           mma_f16(acc[nd], pa[0], pa[1], pa[2], pa[3], h0, h1);
           mma_f16(acc[nd], pa[0], pa[1], pa[2], pa[3], l0, l1);
         }

@@ -164,7 +164,9 @@ bool ChatSession::command(const std::string& line) {
 
 void ChatSession::print_stats(FILE* f) {
   const EngineStats stats = m_.engine->stats();
-  std::fputs(format_memory_stats(*m_.model, stats, m_.engine->backend_name()).c_str(), f);
+  std::fputs(
+      format_memory_stats(*m_.model, stats, m_.engine->backend_name(), m_.engine->backend_options().kv_cache).c_str(),
+      f);
   std::fputs(format_router_stats(stats.router).c_str(), f);
   std::fflush(f);
 }

@@ -256,8 +256,9 @@ LayerRouting summarize_layer(const RouterStats& stats, int64_t layer);
 size_t peak_rss_bytes();
 size_t current_rss_bytes();
 
-// Memory report: weights by kind, KV cache in use / reserved, scratch, RSS, device memory.
-std::string format_memory_stats(const Model& model, const EngineStats& stats, const std::string& backend);
+// Memory report: weights by kind, KV cache in use / reserved (and its type), scratch, RSS, device memory.
+std::string format_memory_stats(const Model& model, const EngineStats& stats, const std::string& backend,
+                                KvCacheType kv_cache);
 // Per-layer MoE routing report; "no tokens routed yet" when empty.
 std::string format_router_stats(const RouterStats& stats);
 

@@ -53,7 +53,8 @@ size_t current_rss_bytes() {
   return static_cast<size_t>(resident) * static_cast<size_t>(sysconf(_SC_PAGESIZE));
 }
 
-std::string format_memory_stats(const Model& model, const EngineStats& stats, const std::string& backend) {
+std::string format_memory_stats(const Model& model, const EngineStats& stats, const std::string& backend,
+                                KvCacheType kv_cache) {
   const Model::ParamCounts pc = model.param_counts();
   const MemoryStats& m = stats.memory;
   std::string s = "memory\n";
@@ -61,8 +62,9 @@ std::string format_memory_stats(const Model& model, const EngineStats& stats, co
                    format_bytes(pc.weight_bytes), format_bytes(pc.expert_bytes), format_bytes(pc.attention_bytes),
                    format_bytes(pc.embedding_bytes), format_bytes(pc.lm_head_bytes), format_bytes(pc.other_bytes));
   s += fmt::format("  backend   {} of weights resident ({})\n", format_bytes(m.weight_bytes), backend);
-  s += fmt::format("  KV cache  {} in use of {} reserved ({} of {} tokens)\n", format_bytes(m.kv_bytes_used),
-                   format_bytes(m.kv_bytes_reserved), stats.kv_tokens_used, stats.kv_tokens_capacity);
+  s += fmt::format("  KV cache  {} in use of {} reserved ({} of {} tokens, {})\n", format_bytes(m.kv_bytes_used),
+                   format_bytes(m.kv_bytes_reserved), stats.kv_tokens_used, stats.kv_tokens_capacity,
+                   kv_cache_name(kv_cache));
   s += fmt::format("  scratch   {}\n", format_bytes(m.scratch_bytes));
   s += fmt::format("  RSS       peak {}, now {}\n", format_bytes(peak_rss_bytes()), format_bytes(current_rss_bytes()));
   if (m.device_total > 0) {

@@ -67,7 +67,9 @@ int run_main(int argc, char** argv) {
   std::fprintf(stderr, "%s\n", format_turn_summary(*turn).c_str());
   if (mflags.stats) {
     const EngineStats stats = engine.stats();
-    std::fputs(format_memory_stats(*loaded->model, stats, engine.backend_name()).c_str(), stderr);
+    std::fputs(
+        format_memory_stats(*loaded->model, stats, engine.backend_name(), engine.backend_options().kv_cache).c_str(),
+        stderr);
     std::fputs(format_router_stats(stats.router).c_str(), stderr);
   }
   if (turn->interrupted) return kExitInterrupted;

@@ -137,6 +137,15 @@ TEST(CliRun, StatsExpertCountsSumToTokensTimesTopK) {
   for (const char* needle : {"weights", "KV cache", "scratch", "RSS", "device"}) {
     EXPECT_NE(r.err.find(needle), std::string::npos) << needle;
   }
+  EXPECT_NE(r.err.find(" tokens, f32)"), std::string::npos) << r.err;  // the default cache type
+}
+
+// --kv-cache f16 reaches the backend and the report; the text still comes out.
+TEST(CliRun, KvCacheFlagIsUsedAndReported) {
+  const ProcResult r = run_gptoss(
+      with(base_args("Say something short."), {"--max-tokens", "6", "--seed", "3", "--stats", "--kv-cache", "f16"}));
+  ASSERT_TRUE(r.exited && r.exit_code == 0) << r.err;
+  EXPECT_NE(r.err.find(" tokens, f16)"), std::string::npos) << r.err;
 }
 
 TEST(CliRun, TerminalShowsProgressAndCtrlCStopsCleanly) {
@@ -187,9 +196,10 @@ TEST(CliRun, HelpListsTheOptions) {
   const ProcResult r = run_gptoss({"run", "--help"});
   EXPECT_TRUE(r.exited);
   EXPECT_EQ(r.exit_code, 0);
-  for (const char* flag : {"--model", "--tokenizer", "--prompt", "--system", "--reasoning-effort", "--max-tokens",
-                           "--temperature", "--top-p", "--top-k", "--min-p", "--repeat-penalty", "--seed", "--backend",
-                           "--threads", "--show-reasoning", "--stats", "--verbose", "--date", "--context"}) {
+  for (const char* flag : {"--model",          "--tokenizer",   "--prompt",  "--system",  "--reasoning-effort",
+                           "--max-tokens",     "--temperature", "--top-p",   "--top-k",   "--min-p",
+                           "--repeat-penalty", "--seed",        "--backend", "--threads", "--show-reasoning",
+                           "--stats",          "--verbose",     "--date",    "--context", "--kv-cache"}) {
     EXPECT_NE(r.out.find(flag), std::string::npos) << flag;
   }
 }
@@ -228,6 +238,7 @@ TEST(CliRun, BadInputFailsWithAClearMessage) {
   expect_clean_failure(run_gptoss(with(base_args("hi"), {"--max-tokens", "0"})), "--max-tokens");
   expect_clean_failure(run_gptoss(with(base_args("hi"), {"--date", "2025-02-30"})), "--date");
   expect_clean_failure(run_gptoss(with(base_args("hi"), {"--backend", "tpu"})), "--backend");
+  expect_clean_failure(run_gptoss(with(base_args("hi"), {"--kv-cache", "q8"})), "unknown KV cache type 'q8'");
   expect_clean_failure(run_gptoss(with(base_args("hi"), {"--no-such-flag"})), "no-such-flag");
   expect_clean_failure(run_gptoss(with(base_args("hi"), {"--tokenizer", "/nonexistent/tokenizer.json"})),
                        "no tokenizer");

@@ -25,6 +25,12 @@ int padded_dim(int d) {
   return 0;
 }
 
+// Value i of cache row `row` (dp values a row) of an f32 cache: its hi plus its lo plane.
+float plane_value(const std::vector<uint16_t>& c, size_t row, int dp, int i) {
+  const size_t at = row * 2 * static_cast<size_t>(dp) + static_cast<size_t>(i);
+  return f16_to_f32(c[at]) + f16_to_f32(c[at + static_cast<size_t>(dp)]);
+}
+
 TEST(CudaQkvRope, RotatesQAndStoresKvAtRingIndex) {
   Config cfg;
   cfg.head_dim = 64, cfg.num_attention_heads = 8, cfg.num_key_value_heads = 2;
@@ -36,8 +42,8 @@ TEST(CudaQkvRope, RotatesQAndStoresKvAtRingIndex) {
   const std::vector<float> bias = random_f32(static_cast<size_t>(cols), 42, 0.5f);
   DevArray<float> pd(parts), bd(bias), inv(rope.inv_freq);
   DevArray<int32_t> posd(pos), slotd(slot);
-  DevArray<float> q32(static_cast<size_t>(n) * hq * dp), kc(static_cast<size_t>(slots) * hkv * cap * dp),
-      vc(static_cast<size_t>(slots) * hkv * cap * dp);
+  DevArray<float> q32(static_cast<size_t>(n) * hq * dp);
+  DevArray<uint16_t> kc(static_cast<size_t>(slots) * hkv * cap * 2 * dp), vc(kc.size());  // hi and lo planes
   cuda::QkvRopeArgs a;
   a.parts = pd.get(), a.nparts = nparts, a.part_stride = static_cast<int64_t>(n) * cols, a.stride = cols;
   a.bias = bd.get(), a.pos = posd.get(), a.slot = slotd.get(), a.inv_freq = inv.get();
@@ -45,7 +51,8 @@ TEST(CudaQkvRope, RotatesQAndStoresKvAtRingIndex) {
   cuda::KvLayer kv;
   kv.k = kc.get(), kv.v = vc.get(), kv.cap = cap;
   CUDA_ASSERT(cuda::qkv_rope_launch(a, n, cuda::AttnShape{hq, hkv, d, dp}, kv, test_launch()));
-  const auto q = q32.download(), k = kc.download(), v = vc.download();
+  const auto q = q32.download();
+  const auto k = kc.download(), v = vc.download();
   for (int t = 0; t < n; ++t) {
     std::vector<float> row(static_cast<size_t>(cols));
     for (int c = 0; c < cols; ++c)
@@ -61,8 +68,8 @@ TEST(CudaQkvRope, RotatesQAndStoresKvAtRingIndex) {
           got = q[(static_cast<size_t>(t) * hq + h) * dp + i];
         } else {
           const int kvh = h < hq + hkv ? h - hq : h - hq - hkv;
-          const size_t at = ((static_cast<size_t>(slot[static_cast<size_t>(t)]) * hkv + kvh) * cap + idx) * dp + i;
-          got = h < hq + hkv ? k[at] : v[at];
+          const size_t row = (static_cast<size_t>(slot[static_cast<size_t>(t)]) * hkv + kvh) * cap + idx;
+          got = plane_value(h < hq + hkv ? k : v, row, dp, i);
         }
         ASSERT_NEAR(got, want, 1e-5 * std::fabs(want) + 1e-5) << "token " << t << " head " << h << " dim " << i;
       }
@@ -70,28 +77,31 @@ TEST(CudaQkvRope, RotatesQAndStoresKvAtRingIndex) {
 
   // An L2 prefetch riding on the launch (a span at an odd address and length, as the bulk prefetch
   // rounds it inward) changes no bit; a negative span is refused.
-  DevArray<float> q2(q.size()), k2(k.size()), v2(v.size());
+  DevArray<float> q2(q.size());
+  DevArray<uint16_t> k2(k.size()), v2(v.size());
   cuda::QkvRopeArgs b = a;
   b.q32 = q2.get();
   b.prefetch = cuda::L2Span{reinterpret_cast<const char*>(pd.get()) + 3, static_cast<int64_t>(parts.size()) * 4 - 5};
   kv.k = k2.get(), kv.v = v2.get();
   CUDA_ASSERT(cuda::qkv_rope_launch(b, n, cuda::AttnShape{hq, hkv, d, dp}, kv, test_launch()));
-  const auto q2h = q2.download(), k2h = k2.download(), v2h = v2.download();
+  const auto q2h = q2.download();
+  const auto k2h = k2.download(), v2h = v2.download();
   EXPECT_EQ(0, std::memcmp(q2h.data(), q.data(), q.size() * sizeof(float))) << "q";
   for (int t = 0; t < n; ++t)  // the cache rows this step wrote
     for (int kvh = 0; kvh < hkv; ++kvh) {
       const size_t at = ((static_cast<size_t>(slot[static_cast<size_t>(t)]) * hkv + kvh) * cap +
                          static_cast<size_t>(pos[static_cast<size_t>(t)] % cap)) *
-                        dp;
-      ASSERT_EQ(0, std::memcmp(&k2h[at], &k[at], dp * sizeof(float))) << "k, token " << t << " head " << kvh;
-      ASSERT_EQ(0, std::memcmp(&v2h[at], &v[at], dp * sizeof(float))) << "v, token " << t << " head " << kvh;
+                        2 * dp;
+      ASSERT_EQ(0, std::memcmp(&k2h[at], &k[at], 2 * dp * sizeof(uint16_t))) << "k, token " << t << " head " << kvh;
+      ASSERT_EQ(0, std::memcmp(&v2h[at], &v[at], 2 * dp * sizeof(uint16_t))) << "v, token " << t << " head " << kvh;
     }
   b.prefetch.bytes = -16;
   EXPECT_EQ(cuda::qkv_rope_launch(b, n, cuda::AttnShape{hq, hkv, d, dp}, kv, test_launch()), cudaErrorInvalidValue);
 }
 
-// An fp16 cache holds exactly the f32 cache's values rounded to nearest (ties to even), saturated
-// at ±65504 rather than infinite; q is unchanged. Gpt-oss shapes and a padded head dim.
+// An fp16 cache holds exactly the f32 cache's hi plane (the values rounded to nearest, ties to
+// even), saturated at ±65504 where that plane is infinite; q is unchanged. Gpt-oss shapes and a
+// padded head dim.
 TEST(CudaQkvRope, F16CacheStoresTheRoundedF32Values) {
   for (const auto& [hq, hkv, d, dp] : {std::tuple{64, 8, 64, 64}, std::tuple{6, 2, 24, 32}}) {
     Config cfg;
@@ -105,8 +115,8 @@ TEST(CudaQkvRope, F16CacheStoresTheRoundedF32Values) {
     DevArray<float> pd(random_f32(static_cast<size_t>(n) * cols, 71, 3.0f)), bd(bias), inv(rope.inv_freq);
     DevArray<int32_t> posd(pos), slotd(slot);
     const size_t cache = static_cast<size_t>(slots) * hkv * cap * dp;
-    DevArray<float> q32(static_cast<size_t>(n) * hq * dp), q16(q32.size()), k32(cache), v32(cache);
-    DevArray<uint16_t> k16(cache), v16(cache);
+    DevArray<float> q32(static_cast<size_t>(n) * hq * dp), q16(q32.size());
+    DevArray<uint16_t> k32(2 * cache), v32(2 * cache), k16(cache), v16(cache);  // hi/lo planes; one plane
     cuda::QkvRopeArgs a;
     a.parts = pd.get(), a.nparts = 1, a.part_stride = static_cast<int64_t>(n) * cols, a.stride = cols;
     a.bias = bd.get(), a.pos = posd.get(), a.slot = slotd.get(), a.inv_freq = inv.get();
@@ -118,23 +128,22 @@ TEST(CudaQkvRope, F16CacheStoresTheRoundedF32Values) {
     a.q32 = q16.get();
     kv.k = k16.get(), kv.v = v16.get(), kv.f16 = true;
     CUDA_ASSERT(cuda::qkv_rope_launch(a, n, shape, kv, test_launch()));
-    const auto qa = q32.download(), qb = q16.download(), ka = k32.download(), va = v32.download();
+    const auto qa = q32.download(), qb = q16.download();
+    const auto ka = k32.download(), va = v32.download();
     const auto kb = k16.download(), vb = v16.download();
     EXPECT_EQ(0, std::memcmp(qa.data(), qb.data(), qa.size() * sizeof(float))) << "q";
-    auto expect_f16 = [](float x) {
-      std::vector<float> r = {x};
-      cpu::round_to_f16(r.data(), 1);
-      return f32_to_f16(r[0]);
+    auto expect_f16 = [](uint16_t hi) -> uint16_t {
+      if ((hi & 0x7fffu) != 0x7c00u) return hi;  // finite
+      return hi & 0x8000u ? 0xfbffu : 0x7bffu;   // ±inf → ±65504
     };
     for (int t = 0; t < n; ++t)
       for (int h = 0; h < hkv; ++h)
         for (int i = 0; i < dp; ++i) {
-          const size_t at = ((static_cast<size_t>(slot[static_cast<size_t>(t)]) * hkv + h) * cap +
-                             pos[static_cast<size_t>(t)] % cap) *
-                                dp +
-                            i;
-          ASSERT_EQ(kb[at], expect_f16(ka[at])) << "k, token " << t << " head " << h << " dim " << i;
-          ASSERT_EQ(vb[at], expect_f16(va[at])) << "v, token " << t << " head " << h << " dim " << i;
+          const size_t row =
+              (static_cast<size_t>(slot[static_cast<size_t>(t)]) * hkv + h) * cap + pos[static_cast<size_t>(t)] % cap;
+          const size_t at = row * dp + i, hi = row * 2 * dp + i;
+          ASSERT_EQ(kb[at], expect_f16(ka[hi])) << "k, token " << t << " head " << h << " dim " << i;
+          ASSERT_EQ(vb[at], expect_f16(va[hi])) << "v, token " << t << " head " << h << " dim " << i;
         }
     // The saturated values: v dims 0 and 1 of KV head 0 of every token.
     const size_t at0 = (static_cast<size_t>(slot[0]) * hkv * cap + pos[0] % cap) * dp;
@@ -167,9 +176,9 @@ TEST_P(CudaQkvRopeShapes, TokenGroupsPerBlockGiveTheSameBits) {
   DevArray<float> pd(parts), bd(random_f32(static_cast<size_t>(cols), 92, 0.5f)), inv(rope.inv_freq);
   DevArray<int32_t> posd(pos), slotd(slot);
   const cuda::AttnShape shape{hq, hkv, d, dp};
-  auto run = [&](int chunk, std::vector<float>* q, std::vector<float>* k, std::vector<float>* v) {
-    DevArray<float> q32(static_cast<size_t>(n) * hq * dp), kc(static_cast<size_t>(slots) * hkv * cap * dp),
-        vc(static_cast<size_t>(slots) * hkv * cap * dp);
+  auto run = [&](int chunk, std::vector<float>* q, std::vector<uint16_t>* k, std::vector<uint16_t>* v) {
+    DevArray<float> q32(static_cast<size_t>(n) * hq * dp);
+    DevArray<uint16_t> kc(static_cast<size_t>(slots) * hkv * cap * 2 * dp), vc(kc.size());
     q32.fill_bytes(0xff), kc.fill_bytes(0xff), vc.fill_bytes(0xff);  // NaN: whatever is not written
     cuda::KvLayer kv;
     kv.k = kc.get(), kv.v = vc.get(), kv.cap = cap;
@@ -183,12 +192,13 @@ TEST_P(CudaQkvRopeShapes, TokenGroupsPerBlockGiveTheSameBits) {
     }
     *q = q32.download(), *k = kc.download(), *v = vc.download();
   };
-  std::vector<float> q1, k1, v1, q8, k8, v8;
+  std::vector<float> q1, q8;
+  std::vector<uint16_t> k1, v1, k8, v8;
   ASSERT_NO_FATAL_FAILURE(run(100, &q1, &k1, &v1));
   ASSERT_NO_FATAL_FAILURE(run(n, &q8, &k8, &v8));
   EXPECT_EQ(0, std::memcmp(q1.data(), q8.data(), q1.size() * sizeof(float))) << "q";
-  EXPECT_EQ(0, std::memcmp(k1.data(), k8.data(), k1.size() * sizeof(float))) << "k cache";
-  EXPECT_EQ(0, std::memcmp(v1.data(), v8.data(), v1.size() * sizeof(float))) << "v cache";
+  EXPECT_EQ(0, std::memcmp(k1.data(), k8.data(), k1.size() * sizeof(uint16_t))) << "k cache";
+  EXPECT_EQ(0, std::memcmp(v1.data(), v8.data(), v1.size() * sizeof(uint16_t))) << "v cache";
   // Every q element of every token was written, the padding past d included (as zeros).
   for (size_t e = 0; e < q8.size(); ++e) {
     ASSERT_FALSE(std::isnan(q8[e])) << "q element " << e << " not written";
@@ -254,19 +264,16 @@ std::vector<float> run_attention(const cuda::AttnShape& shape, const cuda::KvLay
   return o;
 }
 
-// A cache of f32 values, or the same values rounded to fp16 (the CPU reference then attends over
-// the rounded values).
+// A cache of f32 values (rows of dp as hi and lo fp16 planes, as qkv_rope stores them), or the
+// same values rounded to fp16 (the CPU reference then attends over the rounded values).
 struct TestCache {
   std::vector<float> values;  // what the reference reads
-  DevArray<float> f32;
-  DevArray<uint16_t> f16;
-  TestCache(std::vector<float> v, bool half)
-      : values(std::move(v)),
-        f32(half ? std::vector<float>{} : values),
-        f16(half ? to_f16(values) : std::vector<uint16_t>{}) {
+  DevArray<uint16_t> dev;
+  TestCache(std::vector<float> v, int dp, bool half)
+      : values(std::move(v)), dev(half ? to_f16(values) : kv_cache_planes(values, dp)) {
     if (half) values = from_f16(to_f16(values));
   }
-  void* get(bool half) const { return half ? static_cast<void*>(f16.get()) : static_cast<void*>(f32.get()); }
+  void* get() const { return dev.get(); }
 };
 
 class CudaAttention : public ::testing::TestWithParam<std::tuple<AttnCase, bool>> {};
@@ -285,7 +292,7 @@ TEST_P(CudaAttention, MatchesCpuSinkAttention) {
     return f;
   };
   const size_t cache_rows = static_cast<size_t>(slots) * hkv * c.cap;
-  const TestCache kc(padded_random(cache_rows, 51, 1.0f), half), vc(padded_random(cache_rows, 52, 2.0f), half);
+  const TestCache kc(padded_random(cache_rows, 51, 1.0f), dp, half), vc(padded_random(cache_rows, 52, 2.0f), dp, half);
   const std::vector<float>&kf = kc.values, &vf = vc.values;
   const std::vector<float> qf = padded_random(static_cast<size_t>(T) * hq, 53, 3.0f);
   const std::vector<float> sinks = random_f32(static_cast<size_t>(hq), 54, 2.0f);
@@ -312,7 +319,7 @@ TEST_P(CudaAttention, MatchesCpuSinkAttention) {
   }
   DevArray<float> qd(qf), sd(sinks);
   cuda::KvLayer kv;
-  kv.k = kc.get(half), kv.v = vc.get(half), kv.cap = c.cap, kv.window = c.window, kv.f16 = half;
+  kv.k = kc.get(), kv.v = vc.get(), kv.cap = c.cap, kv.window = c.window, kv.f16 = half;
   const std::vector<float> o = run_attention(shape, kv, qd, sd, pos, items, max_count, splits);
   if (!c.decode) {
     // With one raw tile stage (what a device with less shared memory per block gets): the same bits.
@@ -433,11 +440,11 @@ TEST_P(CudaAttentionDecode, ItemResultIndependentOfTheStep) {
   const std::vector<int> p = {8000, 3, 700, 255, 127};
   const int n = static_cast<int>(p.size());
   const size_t rows = static_cast<size_t>(n) * hkv * cap;
-  const TestCache kc(random_f32(rows * d, 61, 1.0f), half), vc(random_f32(rows * d, 62, 2.0f), half);
+  const TestCache kc(random_f32(rows * d, 61, 1.0f), d, half), vc(random_f32(rows * d, 62, 2.0f), d, half);
   DevArray<float> qd(random_f32(static_cast<size_t>(n) * hq * d, 63, 3.0f)), sd(random_f32(hq, 64, 2.0f));
   for (int window : {0, 128}) {
     cuda::KvLayer kv;
-    kv.k = kc.get(half), kv.v = vc.get(half), kv.cap = cap, kv.window = window, kv.f16 = half;
+    kv.k = kc.get(), kv.v = vc.get(), kv.cap = cap, kv.window = window, kv.f16 = half;
     std::vector<cuda::AttnItem> items;
     int splits = 1;
     for (int i = 0; i < n; ++i) {

@@ -43,6 +43,18 @@ std::vector<float> from_f16(const std::vector<uint16_t>& v) {
   return f;
 }
 
+std::vector<uint16_t> kv_cache_planes(const std::vector<float>& v, int dp) {
+  std::vector<uint16_t> p(2 * v.size());
+  for (size_t r = 0; r < v.size() / static_cast<size_t>(dp); ++r)
+    for (int i = 0; i < dp; ++i) {
+      const float x = v[r * dp + i];
+      const uint16_t hi = f32_to_f16(x);
+      p[r * 2 * dp + i] = hi;
+      p[r * 2 * dp + dp + i] = f32_to_f16(x - f16_to_f32(hi));
+    }
+  return p;
+}
+
 bool have_gpu() {
   int n = 0;
   return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;

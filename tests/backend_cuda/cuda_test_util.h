@@ -60,6 +60,9 @@ inline float f16_round(float v) {
 }
 std::vector<uint16_t> to_f16(const std::vector<float>& v);
 std::vector<float> from_f16(const std::vector<uint16_t>& v);
+// An f32 KV cache's layout of rows of dp values: each row's hi halves fp16(x), then its lo halves
+// fp16(x − hi) (kernels.h KvLayer).
+std::vector<uint16_t> kv_cache_planes(const std::vector<float>& v, int dp);
 
 // True when a CUDA device is usable by this process.
 bool have_gpu();

@@ -63,8 +63,8 @@ struct Step {
   DevArray<int32_t> pos, slot;
   DevArray<cuda::AttnItem> items;
   std::vector<float> h0, k0, v0;
-  DevArray<float> h, x32, qkv, q32, kc, vc, proj, logits, wts, y;
-  DevArray<uint16_t> x16, o16, a16;
+  DevArray<float> h, x32, qkv, q32, proj, logits, wts, y;
+  DevArray<uint16_t> kc, vc, x16, o16, a16;  // the f32 caches as hi/lo planes
   DevArray<unsigned int> counters;
   DevArray<int32_t> idx;
 
@@ -89,12 +89,12 @@ struct Step {
         x32(h0.size()),
         qkv(static_cast<size_t>(16) * t * kQkvRows),
         q32(static_cast<size_t>(t) * kQ),
-        kc(k0.size()),
-        vc(k0.size()),
         proj(static_cast<size_t>(16) * t * kH),
         logits(static_cast<size_t>(t) * kExperts),
         wts(static_cast<size_t>(t) * kTopK),
         y(static_cast<size_t>(t) * kTopK * kH),
+        kc(2 * k0.size()),
+        vc(2 * k0.size()),
         x16(static_cast<size_t>(t) * 2 * hp),
         o16(static_cast<size_t>(t) * 2 * qp),
         a16(static_cast<size_t>(t) * kTopK * 2 * ip),
@@ -182,7 +182,7 @@ struct Step {
 
   // Resets the state and poisons the intermediate buffers (zeroes the padded fp16-pair rows).
   void reset() {
-    h.upload(h0), kc.upload(k0), vc.upload(v0);
+    h.upload(h0), kc.upload(kv_cache_planes(k0, kHeadDim)), vc.upload(kv_cache_planes(v0, kHeadDim));
     for (auto* b : {&x32, &qkv, &q32, &proj, &wts, &y, &logits}) b->fill_bytes(0xff);
     o16.fill_bytes(0xff), idx.fill_bytes(0xff);
     // The fp16-pair rows are read up to their padded length (kblocks·32): their padding must be zero
@@ -193,7 +193,9 @@ struct Step {
   }
 
   struct Result {
-    std::vector<float> h, k, v, x32;
+    std::vector<float> h;
+    std::vector<uint16_t> k, v;
+    std::vector<float> x32;
     std::vector<uint16_t> x16;
     std::vector<int32_t> idx;
   };

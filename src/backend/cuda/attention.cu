@@ -67,13 +67,15 @@ __device__ __forceinline__ void qkv_rope_element(const QkvRopeArgs& a, const Att
     }
     const bool is_k = head < s.n_heads + s.n_kv_heads;
     const int kvh = is_k ? head - s.n_heads : head - s.n_heads - s.n_kv_heads;
-    const int64_t at = ((static_cast<int64_t>(a.slot[t]) * s.n_kv_heads + kvh) * kv.cap + cache_row) * s.dp + i;
-    void* base = is_k ? kv.k : kv.v;
+    const int64_t row = (static_cast<int64_t>(a.slot[t]) * s.n_kv_heads + kvh) * kv.cap + cache_row;
+    __half* dst = static_cast<__half*>(is_k ? kv.k : kv.v) + row * kv_planes(kv) * s.dp + i;
     if (kv.f16) {
       constexpr float kMax = 65504.0f;  // saturate: the largest finite fp16 (NaN stays NaN)
-      static_cast<__half*>(base)[at] = __float2half_rn(x < -kMax ? -kMax : x > kMax ? kMax : x);
+      dst[0] = __float2half_rn(x < -kMax ? -kMax : x > kMax ? kMax : x);
     } else {
-      static_cast<float*>(base)[at] = x;
+      const __half hi = __float2half_rn(x);  // split2's halves
+      dst[0] = hi;
+      dst[s.dp] = __float2half_rn(x - __half2float(hi));
     }
   };
   if (idx < n_rot) {
@@ -108,27 +110,24 @@ __global__ void qkv_rope_kernel(const QkvRopeArgs a, const AttnShape s, const Kv
 }
 
 // ---------------------------------------------------------------------------------------------
-// Per key tile, the f32 K and V rows land in shared memory by cp.async (one or two raw stages) and are split
-// into fp16 hi/lo tiles; scores are Qh·Kh + Qh·Kl + Ql·Kh and outputs Ph·Vh + Ph·Vl + Pl·Vh (the
-// dropped lo·lo terms are ~2^-22 relative), i.e. near-f32 attention on tensor cores. An f16 cache
-// needs no split: its rows land straight in the fp16 tiles (one or two stages) and the products
-// are Qh·K + Ql·K and Ph·V + Pl·V.
+// Per key tile, the cache rows land in shared memory by cp.async (one or two stages) as the fp16
+// tiles the products read: an f32 cache's hi and lo planes (scores Qh·Kh + Qh·Kl + Ql·Kh, outputs
+// Ph·Vh + Ph·Vl + Pl·Vh: the dropped lo·lo terms are ~2^-22 relative, i.e. near-f32 attention on
+// tensor cores), or an f16 cache's one plane (Qh·K + Ql·K and Ph·V + Pl·V).
 // fp16 tile row strides (halfs): K rows are read as 8-byte pieces (stride ≡ 32 bytes mod 128
 // spreads a half-warp over all banks), V rows by ldmatrix (stride ≡ 16 bytes mod 128).
 template <int DP, bool F16>
 struct AttnLayout {
   static constexpr int kK = DP + (((32 - DP * 2) % 128 + 128) % 128) / 2;
   static constexpr int kV = DP + (((16 - DP * 2) % 128 + 128) % 128) / 2;
-  // One fp16 K + V tile (hi halves, or the cache's values).
-  static constexpr int kTileHalfs = kAttnKeyTile * (kK + kV);
-  static constexpr int kRawFloats = F16 ? 0 : 2 * kAttnKeyTile * DP;  // one f32 stage: K then V
-  // With RS stages (2: tile i+1 lands while tile i is split or multiplied; 1: for devices with less
-  // shared memory). f32: RS raw stages, then Kh, Kl, Vh, Vl (at DP = 64, 102 KB with 2 stages, 70 KB
-  // with 1); f16: RS stages of K, V (39 / 19.5 KB).
-  static constexpr size_t smem_bytes(int rs) {
-    return F16 ? rs * kTileHalfs * sizeof(uint16_t)
-               : rs * kRawFloats * sizeof(float) + 2 * kTileHalfs * sizeof(uint16_t);
-  }
+  static constexpr int kPlanes = F16 ? 1 : 2;
+  // One stage: the K tiles of the planes, then their V tiles.
+  static constexpr int kStageHalfs = kPlanes * kAttnKeyTile * (kK + kV);
+  static constexpr int k_tile(int plane) { return plane * kAttnKeyTile * kK; }
+  static constexpr int v_tile(int plane) { return kPlanes * kAttnKeyTile * kK + plane * kAttnKeyTile * kV; }
+  // With RS stages (2: tile i+1 lands while tile i is multiplied; 1: for devices with less shared
+  // memory): at DP = 64, 78 / 39 KB with two planes, 39 / 19.5 KB with one.
+  static constexpr size_t smem_bytes(int rs) { return rs * kStageHalfs * sizeof(uint16_t); }
 };
 
 // The fp16 tiles attn_tile reads: K and V (hi halves or an f16 cache's values) and, for an f32
@@ -151,54 +150,23 @@ __device__ __forceinline__ void split2(float a, float b, uint32_t& hi, uint32_t&
   lo = *reinterpret_cast<const uint32_t*>(&l);
 }
 
-// Copies keys kt … kt + kAttnKeyTile − 1 (zeros past ke) of one head's K and V rows: f32 rows into
-// a raw stage [K tile][V tile], fp16 rows straight into the padded K and V tiles at `dst`.
+// Copies keys kt … kt + kAttnKeyTile − 1 (zeros past ke) of one head's K and V rows, plane by plane,
+// into the tiles of the stage at `dst` (kbase, vbase: the head's first cache row).
 template <int DP, bool F16>
-__device__ __forceinline__ void attn_issue_tile(const void* kbase, const void* vbase, int64_t cap, int kt, int ke,
-                                                void* dst) {
+__device__ __forceinline__ void attn_issue_tile(const uint16_t* kbase, const uint16_t* vbase, int64_t cap, int kt,
+                                                int ke, uint16_t* dst) {
   using L = AttnLayout<DP, F16>;
-  constexpr int kElem = F16 ? 8 : 4;  // elements per 16-byte piece
-  constexpr int kPieces = DP / kElem;
-  for (int i = threadIdx.x; i < kAttnKeyTile * kPieces; i += blockDim.x) {
-    const int key = i / kPieces, c = i - key * kPieces;
+  constexpr int kPieces = DP / 8;  // 16-byte pieces of a plane's row
+  for (int i = threadIdx.x; i < kAttnKeyTile * L::kPlanes * kPieces; i += blockDim.x) {
+    const int key = i / (L::kPlanes * kPieces), r = i - key * (L::kPlanes * kPieces);
+    const int plane = r / kPieces, c = r - plane * kPieces;
     const int j = kt + key;
     const bool valid = j <= ke;
-    const int64_t off = valid ? ((j % cap) * DP + c * kElem) * (F16 ? 2 : 4) : 0;  // bytes
-    const char* ks = static_cast<const char*>(kbase) + off;
-    const char* vs = static_cast<const char*>(vbase) + off;
-    if constexpr (F16) {
-      uint16_t* t = static_cast<uint16_t*>(dst);
-      cp_async16(t + key * L::kK + c * 8, ks, valid);
-      cp_async16(t + kAttnKeyTile * L::kK + key * L::kV + c * 8, vs, valid);
-    } else {
-      float* raw = static_cast<float*>(dst);
-      cp_async16(raw + key * DP + c * 4, ks, valid);
-      cp_async16(raw + kAttnKeyTile * DP + key * DP + c * 4, vs, valid);
-    }
+    const int64_t off = valid ? (j % cap) * L::kPlanes * DP + plane * DP + c * 8 : 0;  // halves
+    cp_async16(dst + L::k_tile(plane) + key * L::kK + c * 8, kbase + off, valid);
+    cp_async16(dst + L::v_tile(plane) + key * L::kV + c * 8, vbase + off, valid);
   }
   cp_async_commit();
-}
-
-// Splits one landed f32 tile into the fp16 hi/lo K and V tiles.
-template <int DP>
-__device__ __forceinline__ void attn_split_tile(const float* raw, const KvTiles& f) {
-  using L = AttnLayout<DP, false>;
-  uint16_t *kh = const_cast<uint16_t*>(f.kh), *kl = const_cast<uint16_t*>(f.kl);
-  uint16_t *vh = const_cast<uint16_t*>(f.vh), *vl = const_cast<uint16_t*>(f.vl);
-  for (int i = threadIdx.x; i < kAttnKeyTile * DP / 4; i += blockDim.x) {
-    const int key = i / (DP / 4), d = (i - key * (DP / 4)) * 4;
-    const float4 k = *reinterpret_cast<const float4*>(raw + key * DP + d);
-    const float4 v = *reinterpret_cast<const float4*>(raw + kAttnKeyTile * DP + key * DP + d);
-    uint2 khv, klv, vhv, vlv;
-    split2(k.x, k.y, khv.x, klv.x);
-    split2(k.z, k.w, khv.y, klv.y);
-    split2(v.x, v.y, vhv.x, vlv.x);
-    split2(v.z, v.w, vhv.y, vlv.y);
-    *reinterpret_cast<uint2*>(kh + key * L::kK + d) = khv;
-    *reinterpret_cast<uint2*>(kl + key * L::kK + d) = klv;
-    *reinterpret_cast<uint2*>(vh + key * L::kV + d) = vhv;
-    *reinterpret_cast<uint2*>(vl + key * L::kV + d) = vlv;
-  }
 }
 
 // Q fragments (hi and lo) of the warp's rows: [step][a0 a1 a2 a3].
@@ -315,7 +283,7 @@ __device__ __forceinline__ void attn_epilogue(const AttnArgs& a, const AttnShape
 }
 
 // grid: (item, kv head × head chunk, key split); block: 1..kAttnMaxWarps warps of 16 (token, head)
-// rows; RS stages of tiles as loaded (the same arithmetic either way); F16: an fp16 cache. Every
+// rows; RS stages of tiles (the same arithmetic either way); F16: an fp16 cache. Every
 // warp's rows share the staged tiles, so the more rows a block holds, the fewer copies and splits
 // per row.
 template <int DP, int RS, bool F16>
@@ -323,8 +291,7 @@ __global__ void __launch_bounds__(kAttnMaxWarps * 32, DP <= 64 ? 2 : 1)
     attention_kernel(const AttnArgs a, const AttnShape s, const KvLayer kv, int n_chunks, int hc) {
   using L = AttnLayout<DP, F16>;
   extern __shared__ uint4 attn_smem[];
-  float* raw = reinterpret_cast<float*>(attn_smem);                       // f32: RS stages of K, V
-  uint16_t* f16 = reinterpret_cast<uint16_t*>(raw + RS * L::kRawFloats);  // f32: Kh, Kl, Vh, Vl; f16: RS × (K, V)
+  uint16_t* stages = reinterpret_cast<uint16_t*>(attn_smem);  // RS stages of K and V tiles
   pdl_wait();
   const AttnItem item = a.items[blockIdx.x];
   const int chunk = blockIdx.y % n_chunks, kvh = blockIdx.y / n_chunks;
@@ -365,18 +332,13 @@ __global__ void __launch_bounds__(kAttnMaxWarps * 32, DP <= 64 ? 2 : 1)
 #pragma unroll
   for (int nd = 0; nd < DP / 8; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  const int64_t head_off = (static_cast<int64_t>(item.slot) * s.n_kv_heads + kvh) * kv.cap * DP * (F16 ? 2 : 4);
-  const void* kbase = static_cast<const char*>(kv.k) + head_off;
-  const void* vbase = static_cast<const char*>(kv.v) + head_off;
+  const int64_t head_off = (static_cast<int64_t>(item.slot) * s.n_kv_heads + kvh) * kv.cap * L::kPlanes * DP;
+  const uint16_t* kbase = static_cast<const uint16_t*>(kv.k) + head_off;
+  const uint16_t* vbase = static_cast<const uint16_t*>(kv.v) + head_off;
   const float scale_log2 = a.scale * kLog2e;
   const int n_tiles = ks <= ke ? (ke - ks) / kAttnKeyTile + 1 : 0;
-  // Stage i % RS holds tile i as it lands: f32 rows (split into the hi/lo tiles before use) or the
-  // f16 tiles themselves.
-  auto stage = [&](int it) -> void* {
-    const int st = RS == 2 ? (it & 1) : 0;
-    if constexpr (F16) return f16 + st * L::kTileHalfs;
-    return raw + st * L::kRawFloats;
-  };
+  // Stage i % RS holds tile i.
+  auto stage = [&](int it) { return stages + (RS == 2 ? (it & 1) : 0) * L::kStageHalfs; };
   if (n_tiles > 0) attn_issue_tile<DP, F16>(kbase, vbase, kv.cap, ks, ke, stage(0));
   for (int it = 0; it < n_tiles; ++it) {
     const bool next = it + 1 < n_tiles;
@@ -387,22 +349,13 @@ __global__ void __launch_bounds__(kAttnMaxWarps * 32, DP <= 64 ? 2 : 1)
       cp_async_wait<0>();
     }
     __syncthreads();
-    KvTiles tiles;
-    if constexpr (F16) {
-      const uint16_t* st = static_cast<const uint16_t*>(stage(it));
-      tiles = KvTiles{st, nullptr, st + kAttnKeyTile * L::kK, nullptr};
-    } else {
-      tiles = KvTiles{f16, f16 + kAttnKeyTile * L::kK, f16 + 2 * kAttnKeyTile * L::kK,
-                      f16 + 2 * kAttnKeyTile * L::kK + kAttnKeyTile * L::kV};
-      attn_split_tile<DP>(static_cast<const float*>(stage(it)), tiles);
-      __syncthreads();
-      // One stage: the raw tile is consumed, the next one lands while this one is multiplied.
-      if (RS == 1 && next) attn_issue_tile<DP, F16>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke, raw);
-    }
+    const uint16_t* st = stage(it);
+    const KvTiles tiles{st + L::k_tile(0), F16 ? nullptr : st + L::k_tile(1), st + L::v_tile(0),
+                        F16 ? nullptr : st + L::v_tile(1)};
     attn_tile<DP, !F16>(q, tiles, ks + it * kAttnKeyTile, ks, ke, ri, scale_log2, m, l, acc, lane);
     __syncthreads();
-    // One f16 stage: the next tile lands after this one is consumed.
-    if (F16 && RS == 1 && next) attn_issue_tile<DP, F16>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke, f16);
+    // One stage: the next tile lands after this one is consumed.
+    if (RS == 1 && next) attn_issue_tile<DP, F16>(kbase, vbase, kv.cap, ks + (it + 1) * kAttnKeyTile, ke, stages);
   }
   attn_epilogue<DP>(a, s, ri, m, l, acc, t);
 }
@@ -440,8 +393,8 @@ cudaError_t attention_launch_dp(const AttnArgs& a, const AttnShape& s, const KvL
 // lane (g, t) of a score product holds key g's dims [t·DP/4, (t+1)·DP/4) (k positions 2t, 2t+1,
 // 2t+8, 2t+9 of k-step s are dims t·DP/4 + 4s + 0..3, and q's A fragment uses the same map), and
 // of a P·V product four keys' dims [g·DP/8, (g+1)·DP/8) (output column n of dim tile nd is dim
-// n·DP/8 + nd). An f32 cache is split into fp16 hi/lo B fragments (two products each, all four
-// terms kept); an f16 cache is the B fragment itself. A warp takes kTiles 8-key tiles per iteration
+// n·DP/8 + nd). The cache's hi and lo planes (an f32 cache) are two B fragments, two products
+// each, all four terms kept; an f16 cache's plane is the B fragment. A warp takes kTiles 8-key tiles per iteration
 // (its K and V about 64 registers: the next iteration's K is loaded once the scores are done, its
 // V once P·V is), the block's warps interleaved over the keys, each with its own running max and
 // sum per head; at the end the warps are merged in a fixed order. An item uses
@@ -453,15 +406,12 @@ constexpr int kDecWarps = 4;
 
 template <int DP, bool F16>
 struct DecLayout {
-  using Elem = std::conditional_t<F16, __half, float>;
-  static constexpr int kKEl = DP / 4;  // K elements of a lane per 8-key tile
-  static constexpr int kVEl = DP / 8;  // V elements of a lane per key
-  static constexpr int kKWords = kKEl * static_cast<int>(sizeof(Elem)) / 4;
-  static constexpr int kVWords = kVEl * static_cast<int>(sizeof(Elem)) / 4;
+  static constexpr int kPlanes = F16 ? 1 : 2;  // fp16 planes of a cache row
+  static constexpr int kKEl = DP / 4;          // K halves of a lane per 8-key tile and plane
+  static constexpr int kVEl = DP / 8;          // V halves of a lane per key and plane
+  static constexpr int kKWords = kKEl / 2, kVWords = kVEl / 2;
   // 8-key tiles per warp iteration, even (a P·V step takes two): K and V ≈ 64 registers.
-  static constexpr int kTiles = 512 / (DP * static_cast<int>(sizeof(Elem))) > 2
-                                    ? 512 / (DP * static_cast<int>(sizeof(Elem)))
-                                    : 2;
+  static constexpr int kTiles = 256 / (DP * kPlanes) > 2 ? 256 / (DP * kPlanes) : 2;
   static constexpr int kIterKeys = 8 * kTiles;  // keys of one warp iteration
 };
 
@@ -488,7 +438,6 @@ template <int DP, bool F16>
 __global__ void __launch_bounds__(kDecWarps * 32)
     attention_decode_kernel(const AttnArgs a, const AttnShape s, const KvLayer kv, int n_chunks, int hc) {
   using D = DecLayout<DP, F16>;
-  using Elem = typename D::Elem;
   constexpr int kTiles = D::kTiles, kKEl = D::kKEl, kVEl = D::kVEl;
   __shared__ float sm[kDecWarps][kDecHeads], sl[kDecWarps][kDecHeads];
   __shared__ __align__(16) float sacc[kDecWarps][kDecHeads][DP];
@@ -524,25 +473,27 @@ __global__ void __launch_bounds__(kDecWarps * 32)
       split2(q[4 * st + 2], q[4 * st + 3], qa[st][2], qa[st][3]);
     }
   }
-  const int64_t head_off = (static_cast<int64_t>(item.slot) * s.n_kv_heads + kvh) * kv.cap * DP;
-  const Elem* kbase = static_cast<const Elem*>(kv.k) + head_off + t * kKEl;
-  const Elem* vbase = static_cast<const Elem*>(kv.v) + head_off + g * kVEl;
+  constexpr int kRowHalfs = D::kPlanes * DP;
+  const int64_t head_off = (static_cast<int64_t>(item.slot) * s.n_kv_heads + kvh) * kv.cap * kRowHalfs;
+  const uint16_t* kbase = static_cast<const uint16_t*>(kv.k) + head_off + t * kKEl;
+  const uint16_t* vbase = static_cast<const uint16_t*>(kv.v) + head_off + g * kVEl;
   const int row0 = static_cast<int>(lo % kv.cap);  // cache row of key offset 0 (a window never exceeds cap)
   auto row_of = [&](int j) {
     int row = row0 + j;
     if (row >= kv.cap) row -= static_cast<int>(kv.cap);
-    return static_cast<int64_t>(row) * DP;
+    return static_cast<int64_t>(row) * kRowHalfs;
   };
   // First key of the warp's iteration `it`.
   auto key0 = [&](int it) { return ks + (it * kDecWarps + warp) * D::kIterKeys; };
   // K: key 8·T + g of the iteration, this lane's dims; V: keys 16·i + 8·h + 2t + e (P·V step i,
-  // half h, e = 0, 1), this lane's dims.
-  uint32_t kw[kTiles][D::kKWords], vw[kTiles / 2][4][D::kVWords];
+  // half h, e = 0, 1), this lane's dims; each per plane (hi, lo).
+  uint32_t kw[kTiles][D::kPlanes][D::kKWords], vw[kTiles / 2][4][D::kPlanes][D::kVWords];
   auto load_k = [&](int it) {
 #pragma unroll
     for (int T = 0; T < kTiles; ++T) {
       const int j = key0(it) + 8 * T + g;
-      dec_load(kw[T], kbase + (j < ke ? row_of(j) : 0), j < ke);
+#pragma unroll
+      for (int p = 0; p < D::kPlanes; ++p) dec_load(kw[T][p], kbase + (j < ke ? row_of(j) : 0) + p * DP, j < ke);
     }
   };
   auto load_v = [&](int it) {
@@ -551,7 +502,8 @@ __global__ void __launch_bounds__(kDecWarps * 32)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         const int j = key0(it) + 16 * i + 8 * (c >> 1) + 2 * t + (c & 1);
-        dec_load(vw[i][c], vbase + (j < ke ? row_of(j) : 0), j < ke);
+#pragma unroll
+        for (int p = 0; p < D::kPlanes; ++p) dec_load(vw[i][c][p], vbase + (j < ke ? row_of(j) : 0) + p * DP, j < ke);
       }
   };
 
@@ -569,18 +521,10 @@ __global__ void __launch_bounds__(kDecWarps * 32)
     for (int T = 0; T < kTiles; ++T) {
       float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-      for (int st = 0; st < DP / 16; ++st) {
-        if constexpr (F16) {
-          mma_f16(c, qa[st][0], qa[st][1], qa[st][2], qa[st][3], kw[T][2 * st], kw[T][2 * st + 1]);
-        } else {
-          const float* f = reinterpret_cast<const float*>(kw[T]) + 4 * st;
-          uint32_t h0, l0, h1, l1;
-          split2(f[0], f[1], h0, l0);
-          split2(f[2], f[3], h1, l1);
-          mma_f16(c, qa[st][0], qa[st][1], qa[st][2], qa[st][3], h0, h1);
-          mma_f16(c, qa[st][0], qa[st][1], qa[st][2], qa[st][3], l0, l1);
-        }
-      }
+      for (int st = 0; st < DP / 16; ++st)
+#pragma unroll
+        for (int p = 0; p < D::kPlanes; ++p)
+          mma_f16(c, qa[st][0], qa[st][1], qa[st][2], qa[st][3], kw[T][p][2 * st], kw[T][p][2 * st + 1]);
       const int j = key0(it) + 8 * T + 2 * t;
       sc[T][0] = j < ke ? (c[0] + c[2]) * scale_log2 : -INFINITY;
       sc[T][1] = j + 1 < ke ? (c[1] + c[3]) * scale_log2 : -INFINITY;
@@ -611,21 +555,12 @@ __global__ void __launch_bounds__(kDecWarps * 32)
       split2(sc[2 * i + 1][0], sc[2 * i + 1][1], pa[2], pa[3]);
 #pragma unroll
       for (int nd = 0; nd < DP / 8; ++nd) {
-        if constexpr (F16) {
-          const uint32_t sel = nd & 1 ? 0x7632u : 0x5410u;
-          const uint32_t b0 = __byte_perm(vw[i][0][nd >> 1], vw[i][1][nd >> 1], sel);
-          const uint32_t b1 = __byte_perm(vw[i][2][nd >> 1], vw[i][3][nd >> 1], sel);
+        const uint32_t sel = nd & 1 ? 0x7632u : 0x5410u;  // the half of dim nd from keys 2t, 2t + 1
+#pragma unroll
+        for (int p = 0; p < D::kPlanes; ++p) {
+          const uint32_t b0 = __byte_perm(vw[i][0][p][nd >> 1], vw[i][1][p][nd >> 1], sel);
+          const uint32_t b1 = __byte_perm(vw[i][2][p][nd >> 1], vw[i][3][p][nd >> 1], sel);
           mma_f16(acc[nd], pa[0], pa[1], pa[2], pa[3], b0, b1);
-        } else {
-          const float* v0 = reinterpret_cast<const float*>(vw[i][0]);
-          const float* v1 = reinterpret_cast<const float*>(vw[i][1]);
-          const float* v2 = reinterpret_cast<const float*>(vw[i][2]);
-          const float* v3 = reinterpret_cast<const float*>(vw[i][3]);
-          uint32_t h0, l0, h1, l1;
-          split2(v0[nd], v1[nd], h0, l0);
-          split2(v2[nd], v3[nd], h1, l1);
-          mma_f16(acc[nd], pa[0], pa[1], pa[2], pa[3], h0, h1);
-          mma_f16(acc[nd], pa[0], pa[1], pa[2], pa[3], l0, l1);
         }
       }
     }

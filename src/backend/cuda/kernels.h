@@ -373,16 +373,23 @@ cudaError_t moe_group_launch(const int32_t* idx, int n, int top_k, int experts, 
                              const Launch& ln);
 
 // ---------------------------------------------------------------------------------------------
-// Attention. KV cache of one layer: K and V each [slots][kv_heads][cap][dp] f32 (or fp16 with
-// f16 set), position p of a slot at index p % cap (cap = max_context on full layers: no wrap).
-// dp = head_dim rounded up to 16, 32, 64 or 128 (zero padding).
+// Attention. KV cache of one layer: K and V each [slots][kv_heads][cap] rows, position p of a slot
+// at row p % cap (cap = max_context on full layers: no wrap), a row holding dp values (head_dim
+// rounded up to 16, 32, 64 or 128, zero padding): by default as two fp16 planes, the dp hi halves
+// fp16(x) then the dp lo halves fp16(x − hi) (x ≈ hi + lo to 2^-22; the operands the tensor-core
+// attention multiplies, 4 bytes a value like f32), or with f16 set one plane of fp16(x) (rounded to
+// nearest, saturated at ±65504).
 struct KvLayer {
   void* k = nullptr;
   void* v = nullptr;
   int64_t cap = 0;
   int window = 0;    // 0: full attention; else keys j with p − window < j ≤ p
-  bool f16 = false;  // fp16 elements (values rounded to nearest, saturated at ±65504), else f32
+  bool f16 = false;  // one fp16 plane (the f16 cache), else hi and lo planes (the f32 cache)
 };
+// fp16 planes of a cache row (2: hi and lo of f32 values; 1: fp16 values).
+GPTOSS_HD inline int kv_planes(const KvLayer& kv) {
+  return kv.f16 ? 1 : 2;
+}
 
 struct AttnShape {
   int n_heads = 0, n_kv_heads = 0, head_dim = 0, dp = 0;
@@ -390,7 +397,7 @@ struct AttnShape {
 
 // Sums the qkv partials, adds the bias, applies YaRN RoPE (cos/sin of pos·inv_freq in f32, times
 // the concentration) to q and k, writes q32 [n][n_heads][dp] (f32) and k, v into the cache of each
-// token's slot at its position (f32, or rounded to fp16 in an f16 cache).
+// token's slot at its position (as hi/lo planes, or rounded to fp16 in an f16 cache).
 struct QkvRopeArgs {
   const float* parts = nullptr;
   int nparts = 1;
@@ -446,11 +453,11 @@ int attention_head_chunks(const AttnShape& s);
 int attention_decode_chunks(const AttnShape& s);
 cudaError_t attention_decode_slots(const AttnShape& s, bool kv_f16, int sm_count, int* slots);
 cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLayer& kv, const Launch& ln);
-// Dynamic shared memory per block of the kernel for items of several tokens with `raw_stages` (2 or
-// 1) stages of K/V tiles as loaded (f32, or fp16 with kv_f16): attention_launch takes 2 stages
-// where Launch::smem_optin allows it, else 1 (the same bits), else fails with
+// Dynamic shared memory per block of the kernel for items of several tokens with `stages` (2 or 1)
+// stages of K/V tiles (hi and lo planes, or one fp16 plane with kv_f16): attention_launch takes 2
+// stages where Launch::smem_optin allows it, else 1 (the same bits), else fails with
 // cudaErrorInvalidConfiguration.
-size_t attention_smem_bytes(int dp, bool kv_f16, int raw_stages);
+size_t attention_smem_bytes(int dp, bool kv_f16, int stages);
 // Merges split partials (with the sinks) into o16.
 cudaError_t attention_combine_launch(const AttnArgs& a, const AttnShape& s, const Launch& ln);
 

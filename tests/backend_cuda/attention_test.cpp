@@ -322,13 +322,13 @@ TEST_P(CudaAttention, MatchesCpuSinkAttention) {
   kv.k = kc.get(), kv.v = vc.get(), kv.cap = c.cap, kv.window = c.window, kv.f16 = half;
   const std::vector<float> o = run_attention(shape, kv, qd, sd, pos, items, max_count, splits);
   if (!c.decode) {
-    // With one raw tile stage (what a device with less shared memory per block gets): the same bits.
+    // With one tile stage (what a device with less shared memory per block gets): the same bits.
     cuda::Launch one_stage = test_launch();
     one_stage.smem_optin = static_cast<int>(cuda::attention_smem_bytes(dp, half, 2)) - 1;
     ASSERT_LE(cuda::attention_smem_bytes(dp, half, 1), static_cast<size_t>(one_stage.smem_optin));
     const std::vector<float> o1 = run_attention(shape, kv, qd, sd, pos, items, max_count, splits, one_stage);
     ASSERT_EQ(o1.size(), o.size());
-    EXPECT_EQ(0, std::memcmp(o1.data(), o.data(), o.size() * sizeof(float))) << "one raw stage";
+    EXPECT_EQ(0, std::memcmp(o1.data(), o.data(), o.size() * sizeof(float))) << "one tile stage";
   }
   double worst = 0;
 

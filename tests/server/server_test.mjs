@@ -489,6 +489,23 @@ describe('load', () => {
   });
 });
 
+describe('kv cache type', () => {
+  test('--kv-cache f16 serves the same API (fp16 keys and values; the CPU keeps them as f32)', async () => {
+    const C = await startServer(['--max-batch', '2', '--ctx', '256', '--kv-cache', 'f16']);
+    try {
+      const c = new OpenAI({ baseURL: `${C.base}/v1`, apiKey: 'unused', maxRetries: 0, timeout: 120000 });
+      const r = await c.chat.completions.create(chatReq('A short answer about rivers.'));
+      assert.equal(r.object, 'chat.completion');
+      assert.equal(typeof r.choices[0].message.content, 'string');
+      assert.ok(r.usage.completion_tokens >= 1 && r.usage.completion_tokens <= 12);
+      const again = await c.chat.completions.create(chatReq('A short answer about rivers.'));
+      assert.equal(again.choices[0].message.content, r.choices[0].message.content, 'greedy is deterministic');
+    } finally {
+      await stopServer(C);
+    }
+  });
+});
+
 describe('startup errors', () => {
   // Runs `gptoss serve` with bad flags: it must exit non-zero with one error line naming the problem.
   const fails = (args, needle) => {
@@ -511,6 +528,7 @@ describe('startup errors', () => {
     fails(['--model', modelDir, '--ctx', '1'], '--ctx');
     fails(['--model', modelDir, '--port', '70000'], '--port');
     fails(['--model', modelDir, '--backend', 'abacus'], 'abacus');
+    fails(['--model', modelDir, '--kv-cache', 'fp8'], "unknown KV cache type 'fp8'");
     fails(['--model', modelDir, '--host', '127.0.0.1', '--port', String(A.port)], `127.0.0.1:${A.port}`);
   });
 });

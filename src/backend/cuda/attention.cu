@@ -737,9 +737,9 @@ cudaError_t attention_launch(const AttnArgs& a, const AttnShape& s, const KvLaye
   });
 }
 
-size_t attention_smem_bytes(int dp, bool kv_f16, int raw_stages) {
+size_t attention_smem_bytes(int dp, bool kv_f16, int stages) {
   return with_head_dim(dp, size_t{0}, [&](auto d) {
-    return kv_f16 ? AttnLayout<d(), true>::smem_bytes(raw_stages) : AttnLayout<d(), false>::smem_bytes(raw_stages);
+    return kv_f16 ? AttnLayout<d(), true>::smem_bytes(stages) : AttnLayout<d(), false>::smem_bytes(stages);
   });
 }
 

@@ -68,7 +68,7 @@ __device__ __forceinline__ void qkv_rope_element(const QkvRopeArgs& a, const Att
     const bool is_k = head < s.n_heads + s.n_kv_heads;
     const int kvh = is_k ? head - s.n_heads : head - s.n_heads - s.n_kv_heads;
     const int64_t row = (static_cast<int64_t>(a.slot[t]) * s.n_kv_heads + kvh) * kv.cap + cache_row;
-    __half* dst = static_cast<__half*>(is_k ? kv.k : kv.v) + row * kv_planes(kv) * s.dp + i;
+    __half* dst = static_cast<__half*>(is_k ? kv.k : kv.v) + row * kv_planes(kv.f16) * s.dp + i;
     if (kv.f16) {
       constexpr float kMax = 65504.0f;  // saturate: the largest finite fp16 (NaN stays NaN)
       dst[0] = __float2half_rn(x < -kMax ? -kMax : x > kMax ? kMax : x);
@@ -120,7 +120,7 @@ template <int DP, bool F16>
 struct AttnLayout {
   static constexpr int kK = DP + (((32 - DP * 2) % 128 + 128) % 128) / 2;
   static constexpr int kV = DP + (((16 - DP * 2) % 128 + 128) % 128) / 2;
-  static constexpr int kPlanes = F16 ? 1 : 2;
+  static constexpr int kPlanes = kv_planes(F16);
   // One stage: the K tiles of the planes, then their V tiles.
   static constexpr int kStageHalfs = kPlanes * kAttnKeyTile * (kK + kV);
   static constexpr int k_tile(int plane) { return plane * kAttnKeyTile * kK; }
@@ -406,9 +406,9 @@ constexpr int kDecWarps = 4;
 
 template <int DP, bool F16>
 struct DecLayout {
-  static constexpr int kPlanes = F16 ? 1 : 2;  // fp16 planes of a cache row
-  static constexpr int kKEl = DP / 4;          // K halves of a lane per 8-key tile and plane
-  static constexpr int kVEl = DP / 8;          // V halves of a lane per key and plane
+  static constexpr int kPlanes = kv_planes(F16);
+  static constexpr int kKEl = DP / 4;  // K halves of a lane per 8-key tile and plane
+  static constexpr int kVEl = DP / 8;  // V halves of a lane per key and plane
   static constexpr int kKWords = kKEl / 2, kVWords = kVEl / 2;
   // 8-key tiles per warp iteration, even (a P·V step takes two): K and V ≈ 64 registers.
   static constexpr int kTiles = 256 / (DP * kPlanes) > 2 ? 256 / (DP * kPlanes) : 2;

@@ -111,13 +111,12 @@ Status CudaBackend::init() {
     const size_t half = static_cast<size_t>(opts_.max_slots) * kv.cap * kv_entry_bytes() / 2;  // keys, then values
     kv.k = p;
     kv.v = p + half;
-    kv.f16 = opts_.kv_cache == KvCacheType::kF16;
+    kv.f16 = kv_f16();
     p += 2 * half;
   }
   // Decode attention: enough key splits of one sequence to fill the device with decode blocks.
   int slots = 0;
-  GPTOSS_CUDA_TRY(attention_decode_slots(shape_, opts_.kv_cache == KvCacheType::kF16, sm_count_, &slots),
-                  "sizing the decode attention");
+  GPTOSS_CUDA_TRY(attention_decode_slots(shape_, kv_f16(), sm_count_, &slots), "sizing the decode attention");
   decode_split_cap_ = std::clamp(slots / (shape_.n_kv_heads * attention_decode_chunks(shape_)), 1, 256);
   return alloc_scratch();
 }

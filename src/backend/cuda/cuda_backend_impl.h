@@ -78,11 +78,11 @@ class CudaBackend final : public Backend {
   MemoryStats memory_stats() const override;
 
  private:
-  // Bytes of one cached key and its value (one sequence, one layer: f32, heads padded to dp).
-  // Bytes of one position's keys and values (all KV heads, padded head dim) in this cache's type.
+  bool kv_f16() const { return opts_.kv_cache == KvCacheType::kF16; }
+  // Bytes of one position's keys and values (one sequence, one layer: all KV heads, padded to dp,
+  // in the cache's fp16 planes).
   size_t kv_entry_bytes() const {
-    const size_t elem = opts_.kv_cache == KvCacheType::kF16 ? sizeof(uint16_t) : sizeof(float);
-    return static_cast<size_t>(shape_.n_kv_heads) * shape_.dp * elem * 2;
+    return static_cast<size_t>(shape_.n_kv_heads) * shape_.dp * kv_planes(kv_f16()) * sizeof(uint16_t) * 2;
   }
   StepPlan plan_step(std::span<const SeqBatch> batch, const StepOutputs& out);
   // Tokens per prefill attention item: attn_warps_ warps of kAttnRowsPerWarp (token, head) rows.

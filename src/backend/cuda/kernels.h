@@ -387,8 +387,8 @@ struct KvLayer {
   bool f16 = false;  // one fp16 plane (the f16 cache), else hi and lo planes (the f32 cache)
 };
 // fp16 planes of a cache row (2: hi and lo of f32 values; 1: fp16 values).
-GPTOSS_HD inline int kv_planes(const KvLayer& kv) {
-  return kv.f16 ? 1 : 2;
+GPTOSS_HD constexpr int kv_planes(bool f16) {
+  return f16 ? 1 : 2;
 }
 
 struct AttnShape {

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <span>
 
+#include "backend/cpu/ops.h"
 #include "core/npy.h"
 
 namespace gptoss::testing {
@@ -61,6 +62,37 @@ double rel_l2(const float* a, const float* b, int64_t n) {
     den += static_cast<double>(b[i]) * b[i];
   }
   return std::sqrt(num / std::max(den, 1e-300));
+}
+
+float top2_margin(const float* row, int64_t vocab) {
+  float a = -INFINITY, b = -INFINITY;
+  for (int64_t i = 0; i < vocab; ++i) {
+    if (row[i] > a)
+      b = a, a = row[i];
+    else if (row[i] > b)
+      b = row[i];
+  }
+  return a - b;
+}
+
+void expect_close_f16(const std::vector<float>& got, const std::vector<float>& ref, int64_t vocab, double row_tol,
+                      float margin, const std::string& what) {
+  ASSERT_EQ(got.size(), ref.size());
+  const size_t rows = ref.size() / static_cast<size_t>(vocab);
+  size_t off = 0;
+  double worst = 0;
+  for (size_t r = 0; r < rows; ++r) {
+    const float* g = &got[r * vocab];
+    const float* w = &ref[r * vocab];
+    const double e = rel_l2(g, w, vocab);
+    worst = std::max(worst, e);
+    if (e > row_tol) {
+      ++off;
+      continue;
+    }
+    if (top2_margin(w, vocab) > margin) EXPECT_EQ(cpu::argmax(g, vocab), cpu::argmax(w, vocab)) << what << " row " << r;
+  }
+  EXPECT_LE(off, std::max<size_t>(2, rows / 50)) << what << ": rows beyond " << row_tol << " (worst " << worst << ")";
 }
 
 BackendOptions test_options(int64_t context, int slots, int threads) {

@@ -135,7 +135,7 @@ TEST_P(CudaSample, MatchesReferenceBitForBit) {
     expect_matches_reference(make_batch(vocab, n_rows, 3, 5), "every third row", chunks);
   }
   // One row at T = 1 without truncation (batch-1 chat decoding), with penalty edits, on the chunks
-  // the backend gives it, for many draws: the drawn position lands in every chunk.
+  // the backend gives it, for 16 draws: the drawn positions land in chunks all over the row.
   const Batch base = make_batch(vocab, 4, 1, 7);
   uint64_t s = 11;
   for (int draw = 0; draw < 16; ++draw) {

@@ -3,7 +3,7 @@
 // flat, peaked, tied, masked (NaN, ±inf, ±0) and offset rows, every rule with its edge values
 // (top_k = 1, = the candidates, above the vocabulary; top_p tiny; min_p), penalty edits, and rows
 // sampled out of a larger block of logits; the row passes on 1, 5 and 64 chunks per row (empty
-// chunks included).
+// chunks included), with the truncation passes the rows need and with all of them.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -84,7 +84,9 @@ Batch make_batch(int64_t vocab, int n_rows, int every, uint64_t seed) {
 }
 
 // Runs the kernels on b with `chunks` chunks per row and checks every token and every edited logit
-// against sample_row().
+// against sample_row(), twice on the same parts buffer (a launch must leave nothing behind that
+// changes the next): first with the rules the rows use, then with every truncation pass launched
+// (rows that no rule applies to pass through them).
 void expect_matches_reference(const Batch& b, const std::string& what, int chunks) {
   const int n = static_cast<int>(b.rows.size());
   const Status valid = validate_sample_rows(b.rows, static_cast<int64_t>(b.logits.size()) / b.vocab, b.vocab);
@@ -95,34 +97,42 @@ void expect_matches_reference(const Batch& b, const std::string& what, int chunk
     rows.push_back(cuda::sample_row_dev(r, r.row, static_cast<int32_t>(edits.size())));
     edits.insert(edits.end(), r.edits.begin(), r.edits.end());
   }
-  DevArray<float> logits(b.logits);
-  DevArray<cuda::SampleRowDev> drows(rows);
-  DevArray<PenaltyEdit> dedits(edits);
-  DevArray<int32_t> out(static_cast<size_t>(n));
-  out.fill_bytes(0xff);  // −1: every row must be written
-  DevArray<unsigned long long> parts(cuda::sample_part_words(n, chunks));
-  parts.fill_bytes(0x5a);  // no initial value is needed
-  CUDA_ASSERT(cuda::sample_launch(logits.get(), b.vocab, drows.get(), n, dedits.get(), out.get(),
-                                  cuda::SampleSplit{parts.get(), chunks}, test_launch()));
-  const std::vector<int32_t> got = out.download();
-  const std::vector<float> edited = logits.download();
-  CUDA_ASSERT(cudaGetLastError());
   std::vector<float> host = b.logits;
+  std::vector<int32_t> want(static_cast<size_t>(n));
   for (int i = 0; i < n; ++i) {
     const SampleRow& r = b.rows[static_cast<size_t>(i)];
-    float* row = &host[static_cast<size_t>(r.row) * b.vocab];
-    const int32_t want = sample_row(row, b.vocab, r);
-    EXPECT_EQ(got[static_cast<size_t>(i)], want)
-        << what << " (" << chunks << " chunks) row " << r.row << ": T " << r.temperature << " top_k " << r.top_k
-        << " top_p " << r.top_p << " min_p " << r.min_p << " edits " << r.edits.size();
+    want[static_cast<size_t>(i)] = sample_row(&host[static_cast<size_t>(r.row) * b.vocab], b.vocab, r);
   }
-  // Edited rows equal bit for bit (a NaN may carry another payload on the device); the other rows
-  // are untouched.
-  size_t differ = 0;
-  for (size_t i = 0; i < host.size(); ++i)
-    if (!(std::isnan(host[i]) && std::isnan(edited[i])) && std::memcmp(&host[i], &edited[i], sizeof(float)) != 0)
-      ++differ;
-  EXPECT_EQ(differ, 0u) << what << " (" << chunks << " chunks): edited logits";
+  DevArray<cuda::SampleRowDev> drows(rows);
+  DevArray<PenaltyEdit> dedits(edits);
+  DevArray<unsigned long long> parts(cuda::sample_part_words(n, chunks));
+  parts.fill_bytes(0x5a);  // no initial value is needed
+  const cuda::SampleRules used = cuda::sample_rules(rows.data(), n);
+  for (const cuda::SampleRules& rules : {used, cuda::SampleRules{true, true, true}}) {
+    const std::string how = what + " (" + std::to_string(chunks) + " chunks, " +
+                            (rules.top_k && rules.top_p && rules.min_p ? "every pass" : "the rows' rules") + ")";
+    DevArray<float> logits(b.logits);
+    DevArray<int32_t> out(static_cast<size_t>(n));
+    out.fill_bytes(0xff);  // −1: every row must be written
+    CUDA_ASSERT(cuda::sample_launch(logits.get(), b.vocab, drows.get(), n, dedits.get(), out.get(),
+                                    cuda::SampleSplit{parts.get(), chunks}, rules, test_launch()));
+    const std::vector<int32_t> got = out.download();
+    const std::vector<float> edited = logits.download();
+    CUDA_ASSERT(cudaGetLastError());
+    for (int i = 0; i < n; ++i) {
+      const SampleRow& r = b.rows[static_cast<size_t>(i)];
+      EXPECT_EQ(got[static_cast<size_t>(i)], want[static_cast<size_t>(i)])
+          << how << " row " << r.row << ": T " << r.temperature << " top_k " << r.top_k << " top_p " << r.top_p
+          << " min_p " << r.min_p << " edits " << r.edits.size();
+    }
+    // Edited rows equal bit for bit (a NaN may carry another payload on the device); the other rows
+    // are untouched.
+    size_t differ = 0;
+    for (size_t i = 0; i < host.size(); ++i)
+      if (!(std::isnan(host[i]) && std::isnan(edited[i])) && std::memcmp(&host[i], &edited[i], sizeof(float)) != 0)
+        ++differ;
+    EXPECT_EQ(differ, 0u) << how << ": edited logits";
+  }
 }
 
 class CudaSample : public ::testing::TestWithParam<int64_t> {};

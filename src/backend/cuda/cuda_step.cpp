@@ -310,11 +310,14 @@ Status CudaBackend::enqueue_outputs(const StepPlan& p, const StepOutputs& out) {
     // Sampling edits the logits in place, after the copy above.
     size_t j1 = j0;
     while (j1 < out.sample.size() && out.sample[j1].row < r0 + n) ++j1;
-    if (j1 > j0)
-      GPTOSS_LAUNCH(
-          "sampling", static_cast<double>(j1 - j0) * V * 4,
-          sample_launch(s.logits, V, sample_rows + j0, static_cast<int>(j1 - j0), sample_edits, sampled + j0,
-                        SampleSplit{s.sample_parts, sample_chunks(static_cast<int>(j1 - j0), sm_count_)}, launch_));
+    if (j1 > j0) {
+      const int ns = static_cast<int>(j1 - j0);
+      // The rules from the host copy of the rows (upload_samples)
+      const SampleRules rules = sample_rules(reinterpret_cast<const SampleRowDev*>(host_sample_.data()) + j0, ns);
+      GPTOSS_LAUNCH("sampling", static_cast<double>(ns) * V * 4,
+                    sample_launch(s.logits, V, sample_rows + j0, ns, sample_edits, sampled + j0,
+                                  SampleSplit{s.sample_parts, sample_chunks(ns, sm_count_)}, rules, launch_));
+    }
     j0 = j1;
   }
   if (!out.sample.empty())

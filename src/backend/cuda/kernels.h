@@ -315,22 +315,32 @@ struct SampleRowDev {
   uint64_t random = 0;
   int32_t edit_begin = 0, edit_count = 0;  // the row's edits in the launch's edit array
 };
-// The passes over a whole row (penalty edits, greedy token, weight sums) run on `chunks` blocks per
-// row, their results in `parts` (sample_part_words(n, chunks) u64, no initial value needed); the
-// rest (top-k / top-p selects, the draw) on one block per row.
+// Every pass runs on `chunks` blocks per row: the penalty edits and the greedy token, the weight
+// sums, and with truncation the radix passes of the top-k / top-p selects, their boundaries and the
+// draw (each block adds its chunk's share; the row's last block to finish decides). Their results go
+// to `parts` (sample_part_words(n, chunks) u64, no initial value needed). Without truncation the
+// draw runs on one block per row.
 inline constexpr int kSampleMaxChunks = 64;
+inline constexpr size_t kSampleSelectWords = 328;  // a row's select state (sample.cu)
 struct SampleSplit {
   unsigned long long* parts = nullptr;
   int chunks = 1;  // 1 … kSampleMaxChunks
 };
 inline size_t sample_part_words(int n, int chunks) {
-  return 3 * static_cast<size_t>(n) * static_cast<size_t>(chunks);
+  return (3 * static_cast<size_t>(chunks) + kSampleSelectWords) * static_cast<size_t>(n);
 }
 // Chunks per row for n rows on sm_count SMs: two blocks per SM in all, at most kSampleMaxChunks.
 int sample_chunks(int n, int sm_count);
-// logits [rows][vocab] (vocab in [1, 2^31)); rows [n], edits (distinct tokens per row), out [n].
+// The truncation rules any sampling row of a launch uses (top_k > 0, top_p < 1, min_p > 0), from
+// host copies of its rows: a launch runs only the selects some row needs.
+struct SampleRules {
+  bool top_k = false, top_p = false, min_p = false;
+};
+SampleRules sample_rules(const SampleRowDev* rows, int n);
+// logits [rows][vocab] (vocab in [1, 2^31)); rows [n], edits (distinct tokens per row), out [n];
+// rules from sample_rules() of the same rows (or a superset).
 cudaError_t sample_launch(float* logits, int64_t vocab, const SampleRowDev* rows, int n, const PenaltyEdit* edits,
-                          int32_t* out, const SampleSplit& split, const Launch& ln);
+                          int32_t* out, const SampleSplit& split, const SampleRules& rules, const Launch& ln);
 
 // ---------------------------------------------------------------------------------------------
 // Router: logits = W x + b (f32 math over bf16 weights), top-k (ties → lower index), softmax over

@@ -2,11 +2,14 @@
 // sampling_math.h: the penalty edits in place, the row's greedy token and maximum, exact integer
 // sums of the weights (order-free, so deterministic), the top-k and top-p boundaries by a radix
 // select over the order keys (ties resolved in id order), and the draw as a walk over the kept
-// tokens in id order. Three launches: the edits and each chunk's greedy key, then each chunk's
-// weight sum (both on `chunks` blocks per row, so a batch-1 row spreads over the device), then one
-// block per row for the selects and the draw, which locates the chunk holding the drawn position
-// from the chunk sums and walks only that chunk (without top-k / top-p / min-p). Only the token id
-// leaves the device.
+// tokens in id order. Every pass over a row runs on `chunks` blocks per row, so a batch-1 row
+// spreads over the device: the edits and each chunk's greedy key, then each chunk's weight sum.
+// Without truncation one block per row then locates the chunk holding the drawn position from the
+// chunk sums and walks only that chunk. With top-k / top-p / min-p, each select is four radix
+// passes (the chunks' histograms summed by integer atomics, so in any order to the same totals; the
+// row's last block to finish picks the digit) and a boundary pass (the tokens of the selected key
+// in id order), then a draw pass sums the kept weight per chunk and its last block walks to the
+// token. Only the token id leaves the device.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -48,9 +51,10 @@ struct SampleShared {
   unsigned long long warp_weight[kSampleWarps];  // the last range_sum's per-part weights (id order)
   unsigned long long warp_count[kSampleWarps];
   unsigned long long warp_best[kSampleWarps];
-  unsigned long long above;
+  unsigned long long above, target;
   int digit;
   int32_t found;
+  bool last;
 };
 
 __device__ __forceinline__ bool at_or_before(uint32_t key, int32_t id, Boundary b) {
@@ -148,44 +152,6 @@ __device__ int32_t locate(const float* row, int64_t lo, int64_t hi, const Filter
   return id;
 }
 
-// The first token, in (key desc, id asc) order over the tokens under f, where the cumulative count
-// or weight reaches target (1 ≤ target ≤ the total under f): a radix select over the 32-bit keys,
-// 8 bits per pass, then the tokens of the selected key in id order.
-__device__ Boundary select(const float* row, int64_t vocab, Filter f, const SampleRowMath& m, unsigned long long target,
-                           SampleShared& sh) {
-  const int lane = threadIdx.x & 31;
-  unsigned long long above = 0;  // weight of the tokens with a larger key than the selected prefix
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = threadIdx.x; i < kHistCopies * 256; i += kSampleThreads) sh.hist[i] = 0;
-    __syncthreads();
-    unsigned long long* hist = sh.hist + (lane % kHistCopies) * 256;
-    for (int64_t i = threadIdx.x; i < vocab; i += kSampleThreads) {
-      uint32_t key;
-      const unsigned long long c = contribution(f, m, row[i], static_cast<int32_t>(i), &key);
-      if (c) atomicAdd(&hist[(key >> shift) & 255u], c);
-    }
-    __syncthreads();
-    if (threadIdx.x < 256) {
-      unsigned long long t = 0;
-      for (int c = 0; c < kHistCopies; ++c) t += sh.hist[c * 256 + threadIdx.x];
-      sh.tot[threadIdx.x] = t;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int d = 255;
-      while (d > 0 && above + sh.tot[d] < target) above += sh.tot[d--];
-      sh.digit = d;
-      sh.above = above;
-    }
-    __syncthreads();
-    above = sh.above;
-    f.prefix |= static_cast<uint32_t>(sh.digit) << shift;
-    f.mask |= 0xffu << shift;
-  }
-  range_sum(row, 0, vocab, f, m, sh);
-  return Boundary{f.prefix, locate(row, 0, vocab, f, m, target - above - 1, sh)};
-}
-
 // Ids [lo, hi) of chunk c of `chunks` over a row of `vocab` (chunks of whole warps' worth of ids;
 // trailing chunks may be empty).
 __device__ __forceinline__ void chunk_range(int64_t vocab, int chunks, int c, int64_t* lo, int64_t* hi) {
@@ -194,13 +160,30 @@ __device__ __forceinline__ void chunk_range(int64_t vocab, int chunks, int c, in
   *hi = *lo + len < vocab ? *lo + len : vocab;
 }
 
-// The parts of row i: greedy keys, weights, counts, each [n][chunks].
+// The truncation state of a row (after the per-chunk words of the parts buffer): the running radix
+// select, the boundaries found so far, and the arrival counter that elects each launch's last block.
+struct SelectState {
+  unsigned long long hist[256];                // the current radix pass: the chunks' histograms, summed
+  unsigned long long chunk[kSampleMaxChunks];  // per-chunk sums of the boundary and draw passes
+  unsigned long long above;                    // the select's count or weight of the keys above its prefix
+  unsigned long long target;                   // the select's target position (≥ 1)
+  uint32_t mask, prefix;                       // the select's key bits fixed so far
+  Boundary k, p;                               // the top-k and top-p boundaries, when has_k / has_p
+  int32_t has_k, has_p;
+  int32_t active;     // the current select runs for this row
+  uint32_t arrivals;  // blocks of the row done with the current launch (0 between launches)
+};
+static_assert(sizeof(SelectState) <= kSampleSelectWords * sizeof(unsigned long long), "kSampleSelectWords");
+
+// The parts of row i: greedy keys, weights, counts, each [n][chunks], then the select states [n].
 struct Parts {
   unsigned long long *best, *weight, *count;
+  SelectState* st;
   __device__ Parts(const SampleSplit& sp, int n, int i) {
     best = sp.parts + static_cast<int64_t>(i) * sp.chunks;
     weight = best + static_cast<int64_t>(n) * sp.chunks;
     count = weight + static_cast<int64_t>(n) * sp.chunks;
+    st = reinterpret_cast<SelectState*>(sp.parts + 3 * static_cast<int64_t>(n) * sp.chunks) + i;
   }
 };
 
@@ -211,14 +194,137 @@ __device__ __forceinline__ unsigned long long row_best(const Parts& pt, int chun
   return best;
 }
 
+// The row's count and weight of the tokens with q > 0, from pass 2's chunk sums.
+__device__ __forceinline__ Sums row_sums(const Parts& pt, int chunks) {
+  Sums all{0, 0};
+  for (int c = 0; c < chunks; ++c) all.count += pt.count[c], all.weight += pt.weight[c];
+  return all;
+}
+
+// What every pass after the sums knows of a row: whether it samples at all (rule 3: a finite largest
+// logit, T > 0 and some weight), its greedy token and its weight arithmetic. The same in every
+// block of the row.
+struct RowView {
+  SampleRowDev rq;
+  const float* row;
+  unsigned long long best;
+  Sums all;
+  SampleRowMath m;
+  bool samples;
+};
+__device__ RowView row_view(const float* logits, int64_t vocab, const SampleRowDev* rows, const Parts& pt, int chunks,
+                            int i) {
+  RowView v;
+  v.rq = rows[i];
+  v.row = logits + static_cast<int64_t>(v.rq.row) * vocab;
+  v.best = row_best(pt, chunks);
+  v.samples = v.best != 0 && v.rq.temperature != 0.0f;
+  v.all = Sums{0, 0};
+  if (v.samples) {
+    v.m = sample_row_math(sample_key_value(static_cast<uint32_t>(v.best >> 32)), v.rq.temperature, vocab);
+    v.all = row_sums(pt, chunks);
+    v.samples = v.all.weight != 0;
+  }
+  return v;
+}
+
+// The filter of the boundaries found so far (every token with q > 0 before the first).
+__device__ __forceinline__ Filter kept_by(const SelectState& st) {
+  Filter f;
+  f.has_k = st.has_k != 0, f.k = st.k;
+  f.has_p = st.has_p != 0, f.p = st.p;
+  return f;
+}
+
+// Called by every thread after the block's results for the row are written (plain stores or
+// atomics): true in the last block of the row's `blocks` to get here, which then sees every block's
+// results (read them with __ldcg). The counter is left 0 for the next launch.
+__device__ bool last_arrival(SelectState* st, int blocks, SampleShared& sh) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    sh.last = atomicAdd(&st->arrivals, 1u) == static_cast<unsigned>(blocks - 1);
+    if (sh.last) st->arrivals = 0;
+  }
+  __syncthreads();
+  const bool last = sh.last;
+  if (last) __threadfence();
+  return last;
+}
+
+// The chunk whose cumulative sums (in chunk order, sums[c]) hold position *pos; *pos becomes the
+// position inside it. Threads < chunks stage the sums through sh first (every thread returns the
+// same chunk).
+__device__ int find_chunk(const unsigned long long* sums, int chunks, unsigned long long* pos, SampleShared& sh) {
+  if (threadIdx.x < chunks) sh.tot[threadIdx.x] = __ldcg(sums + threadIdx.x);
+  __syncthreads();
+  int c = 0;
+  while (c < chunks - 1 && *pos >= sh.tot[c]) *pos -= sh.tot[c++];
+  __syncthreads();
+  return c;
+}
+
+// The token at position pos of the tokens under f in chunk c of the row, walked in id order.
+__device__ int32_t locate_in_chunk(const float* row, int64_t vocab, int chunks, int c, const Filter& f,
+                                   const SampleRowMath& m, unsigned long long pos, SampleShared& sh) {
+  int64_t lo, hi;
+  chunk_range(vocab, chunks, c, &lo, &hi);
+  range_sum(row, lo, hi, f, m, sh);
+  return locate(row, lo, hi, f, m, pos, sh);
+}
+
+// The digit of a radix pass from the summed histogram in sh.tot (threads < 256 take part, all
+// threads must call): walking the digits from 255 down, the first d whose bin brings `above` to
+// `target` (0 when none does before it), as a serial walk would find it; sets sh.digit and sh.above
+// (the count or weight of the keys above the new prefix). sh.tot[i] holds Σ bins ≥ 255 − i after it.
+__device__ void pick_digit(SampleShared& sh, unsigned long long above, unsigned long long target) {
+  const int i = threadIdx.x, lane = i & 31, warp = i >> 5;
+  unsigned long long v = 0;
+  if (i < 256) {
+    v = sh.tot[255 - i];  // thread i holds digit 255 − i: prefix sums over i are suffix sums over digits
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const unsigned long long t = __shfl_up_sync(0xffffffffu, v, o);
+      if (lane >= o) v += t;
+    }
+    if (lane == 31) sh.warp_weight[warp] = v;
+  }
+  if (i == 0) sh.found = 255;
+  __syncthreads();
+  if (i < 256) {
+    for (int w = 0; w < warp; ++w) v += sh.warp_weight[w];
+    sh.tot[i] = v;
+    // Digits ≥ 1 whose suffix sum reaches the target; the walk stops at the largest of them.
+    if (i < 255 && above + v >= target) atomicMin(&sh.found, i);
+  }
+  __syncthreads();
+  if (i == 0) {
+    const int first = sh.found;  // 255 when no digit ≥ 1 reaches it: the walk ends at digit 0
+    sh.digit = 255 - first;
+    sh.above = above + (first > 0 ? sh.tot[first - 1] : 0);
+  }
+  __syncthreads();
+}
+
 // Pass 1, grid (chunks, n): the row's penalty edits that fall in the chunk, then the chunk's largest
-// (key, −id), NaN excluded (0 when none).
+// (key, −id), NaN excluded (0 when none). Block 0 of the row also resets its select state.
 __global__ void __launch_bounds__(kSampleThreads)
     sample_best_kernel(float* logits, int64_t vocab, const SampleRowDev* rows, const PenaltyEdit* edits,
                        SampleSplit sp) {
   __shared__ unsigned long long warp_best[kSampleWarps];
   pdl_wait();
   const SampleRowDev rq = rows[blockIdx.y];
+  const Parts pt(sp, gridDim.y, blockIdx.y);
+  if (blockIdx.x == 0) {
+    SelectState& st = *pt.st;
+    for (int d = threadIdx.x; d < 256; d += kSampleThreads) st.hist[d] = 0;
+    if (threadIdx.x == 0) {
+      st.above = st.target = 0;
+      st.mask = st.prefix = 0;
+      st.has_k = st.has_p = st.active = 0;
+      st.arrivals = 0;
+    }
+  }
   float* row = logits + static_cast<int64_t>(rq.row) * vocab;
   int64_t lo, hi;
   chunk_range(vocab, sp.chunks, blockIdx.x, &lo, &hi);
@@ -238,7 +344,7 @@ __global__ void __launch_bounds__(kSampleThreads)
   __syncthreads();
   if (threadIdx.x == 0) {
     for (int w = 0; w < kSampleWarps; ++w) best = max(best, warp_best[w]);
-    Parts(sp, gridDim.y, blockIdx.y).best[blockIdx.x] = best;
+    pt.best[blockIdx.x] = best;
   }
 }
 
@@ -258,70 +364,165 @@ __global__ void __launch_bounds__(kSampleThreads)
   if (threadIdx.x == 0) pt.weight[blockIdx.x] = s.weight, pt.count[blockIdx.x] = s.count;
 }
 
-// Pass 3, one block per row: the rules after the sums, and the draw.
+// One radix pass (8 key bits at `shift`) of the top-k select (which 0: by count over the tokens
+// with q > 0) or the top-p select (which 1: by weight over the tokens top-k kept), grid (chunks, n):
+// each block adds its chunk's histogram of the digit under the select's prefix to the row's, and the
+// last block picks the digit. The first pass decides whether the select runs for the row (top_k
+// below the row's count; top_p < 1 with ⌈top_p · M⌉ ≤ M, M the histogram's total).
 __global__ void __launch_bounds__(kSampleThreads)
-    sample_kernel(float* logits, int64_t vocab, const SampleRowDev* rows, SampleSplit sp, int32_t* out) {
+    sample_radix_kernel(const float* logits, int64_t vocab, const SampleRowDev* rows, SampleSplit sp, int which,
+                        int shift) {
   __shared__ SampleShared sh;
   pdl_wait();
-  const SampleRowDev rq = rows[blockIdx.x];
-  const float* row = logits + static_cast<int64_t>(rq.row) * vocab;
-  const Parts pt(sp, gridDim.x, blockIdx.x);
-  if (threadIdx.x == 0) sh.found = 0;
+  const Parts pt(sp, gridDim.y, blockIdx.y);
+  const RowView v = row_view(logits, vocab, rows, pt, sp.chunks, blockIdx.y);
+  SelectState* st = pt.st;
+  bool active;
+  if (shift == 24)
+    active = v.samples && (which == 0 ? v.rq.top_k > 0 && static_cast<unsigned long long>(v.rq.top_k) < v.all.count
+                                      : v.rq.top_p < 1.0f);
+  else
+    active = st->active != 0;
+  if (!active) return;
+  Filter f = which == 0 ? Filter{} : kept_by(*st);
+  f.count = which == 0;
+  f.mask = st->mask, f.prefix = st->prefix;
+
+  const int lane = threadIdx.x & 31;
+  for (int i = threadIdx.x; i < kHistCopies * 256; i += kSampleThreads) sh.hist[i] = 0;
   __syncthreads();
+  int64_t lo, hi;
+  chunk_range(vocab, sp.chunks, blockIdx.x, &lo, &hi);
+  unsigned long long* hist = sh.hist + (lane % kHistCopies) * 256;
+  for (int64_t i = lo + threadIdx.x; i < hi; i += kSampleThreads) {
+    uint32_t key;
+    const unsigned long long c = contribution(f, v.m, v.row[i], static_cast<int32_t>(i), &key);
+    if (c) atomicAdd(&hist[(key >> shift) & 255u], c);
+  }
+  __syncthreads();
+  if (threadIdx.x < 256) {
+    unsigned long long t = 0;
+    for (int c = 0; c < kHistCopies; ++c) t += sh.hist[c * 256 + threadIdx.x];
+    if (t) atomicAdd(&st->hist[threadIdx.x], t);
+  }
+  if (!last_arrival(st, sp.chunks, sh)) return;
 
-  // The greedy token: the largest (key, −id), NaN excluded; 0 when every logit is NaN.
-  const unsigned long long best = row_best(pt, sp.chunks);
-  const int32_t greedy = best ? sample_greedy_id(best) : 0;
-  if (best == 0 || rq.temperature == 0.0f) {
-    if (threadIdx.x == 0) out[blockIdx.x] = greedy;
-    return;
+  if (threadIdx.x < 256) {
+    sh.tot[threadIdx.x] = __ldcg(&st->hist[threadIdx.x]);
+    st->hist[threadIdx.x] = 0;  // ready for the next pass
   }
-
-  const SampleRowMath m = sample_row_math(sample_key_value(static_cast<uint32_t>(best >> 32)), rq.temperature, vocab);
-  Filter f;  // every token with q > 0
-  Sums all{0, 0};
-  for (int c = 0; c < sp.chunks; ++c) all.count += pt.count[c], all.weight += pt.weight[c];
-  if (all.weight == 0) {
-    if (threadIdx.x == 0) out[blockIdx.x] = greedy;
-    return;
-  }
-  unsigned long long mass = all.weight;
-  bool row_parts = false;  // sh holds the part sums of a range_sum over the whole row under f
-  if (rq.top_k > 0 && static_cast<unsigned long long>(rq.top_k) < all.count) {
-    Filter by_count = f;
-    by_count.count = true;
-    f.k = select(row, vocab, by_count, m, static_cast<unsigned long long>(rq.top_k), sh);
-    f.has_k = true;
-    mass = range_sum(row, 0, vocab, f, m, sh).weight;  // also the part sums locate() needs, unless narrowed below
-    row_parts = true;
-  }
-  bool narrowed = false;  // the filter changed since the last range_sum over it
-  if (rq.top_p < 1.0f) {
-    const uint64_t target = sample_top_p_target(rq.top_p, mass);
-    if (target <= mass) {
-      f.p = select(row, vocab, f, m, target, sh);
-      f.has_p = true;
-      narrowed = true;
+  __syncthreads();
+  unsigned long long target = st->target;
+  if (shift == 24) {
+    if (which == 0) {
+      target = static_cast<unsigned long long>(v.rq.top_k);
+    } else {
+      if (threadIdx.x == 0) {
+        unsigned long long mass = 0;  // the weight top-k kept
+        for (int d = 0; d < 256; ++d) mass += sh.tot[d];
+        const unsigned long long t = sample_top_p_target(v.rq.top_p, mass);
+        sh.target = t <= mass ? t : 0;  // 0: top_p keeps every token
+      }
+      __syncthreads();
+      target = sh.target;
+      if (target == 0) return;  // no boundary (st->active stays 0)
     }
   }
-  if (rq.min_p > 0.0f) {
-    f.min_w = static_cast<double>(rq.min_p);
-    narrowed = true;
+  pick_digit(sh, st->above, target);
+  if (threadIdx.x == 0) {
+    st->target = target;
+    st->above = sh.above;
+    st->prefix |= static_cast<uint32_t>(sh.digit) << shift;
+    st->mask |= 0xffu << shift;
+    st->active = 1;
   }
-  if (narrowed) mass = range_sum(row, 0, vocab, f, m, sh).weight, row_parts = true;
-  unsigned long long pos = sample_draw_position(mass, rq.random);
-  int32_t id;
-  if (row_parts) {
-    id = locate(row, 0, vocab, f, m, pos, sh);
-  } else {
-    // Every token with q > 0 (f as in pass 2): the chunk holding pos, then the walk inside it.
-    int c = 0;
-    while (c < sp.chunks - 1 && pos >= pt.weight[c]) pos -= pt.weight[c++];
-    int64_t lo, hi;
-    chunk_range(vocab, sp.chunks, c, &lo, &hi);
-    range_sum(row, lo, hi, f, m, sh);
-    id = locate(row, lo, hi, f, m, pos, sh);
+}
+
+// The end of a select (which as in sample_radix_kernel), grid (chunks, n): the key is known; each
+// block sums its chunk's tokens of that key, and the last block walks them in id order to the
+// select's position: the boundary. Resets the select state for the next select.
+__global__ void __launch_bounds__(kSampleThreads)
+    sample_boundary_kernel(const float* logits, int64_t vocab, const SampleRowDev* rows, SampleSplit sp, int which) {
+  __shared__ SampleShared sh;
+  pdl_wait();
+  const Parts pt(sp, gridDim.y, blockIdx.y);
+  const RowView v = row_view(logits, vocab, rows, pt, sp.chunks, blockIdx.y);
+  SelectState* st = pt.st;
+  if (!v.samples || st->active == 0) return;
+  Filter f = which == 0 ? Filter{} : kept_by(*st);
+  f.count = which == 0;
+  f.mask = ~0u, f.prefix = st->prefix;
+  int64_t lo, hi;
+  chunk_range(vocab, sp.chunks, blockIdx.x, &lo, &hi);
+  const Sums s = range_sum(v.row, lo, hi, f, v.m, sh);
+  if (threadIdx.x == 0) st->chunk[blockIdx.x] = s.weight;
+  if (!last_arrival(st, sp.chunks, sh)) return;
+
+  unsigned long long pos = st->target - st->above - 1;
+  const int c = find_chunk(st->chunk, sp.chunks, &pos, sh);
+  const Boundary b{st->prefix, locate_in_chunk(v.row, vocab, sp.chunks, c, f, v.m, pos, sh)};
+  if (threadIdx.x == 0) {
+    if (which == 0) {
+      st->k = b, st->has_k = 1;
+    } else {
+      st->p = b, st->has_p = 1;
+    }
+    st->above = st->target = 0;
+    st->mask = st->prefix = 0;
+    st->active = 0;
   }
+}
+
+// The draw after truncation, grid (chunks, n): each block sums its chunk's kept weight (the
+// boundaries found, min_p), the last block draws the position and walks to its token. Rows that do
+// not sample get their greedy token from block 0.
+__global__ void __launch_bounds__(kSampleThreads)
+    sample_draw_kernel(const float* logits, int64_t vocab, const SampleRowDev* rows, SampleSplit sp, int32_t* out) {
+  __shared__ SampleShared sh;
+  pdl_wait();
+  const Parts pt(sp, gridDim.y, blockIdx.y);
+  const RowView v = row_view(logits, vocab, rows, pt, sp.chunks, blockIdx.y);
+  if (!v.samples) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) out[blockIdx.y] = v.best ? sample_greedy_id(v.best) : 0;
+    return;
+  }
+  SelectState* st = pt.st;
+  Filter f = kept_by(*st);
+  if (v.rq.min_p > 0.0f) f.min_w = static_cast<double>(v.rq.min_p);
+  int64_t lo, hi;
+  chunk_range(vocab, sp.chunks, blockIdx.x, &lo, &hi);
+  const Sums s = range_sum(v.row, lo, hi, f, v.m, sh);
+  if (threadIdx.x == 0) st->chunk[blockIdx.x] = s.weight;
+  if (!last_arrival(st, sp.chunks, sh)) return;
+
+  if (threadIdx.x < sp.chunks) sh.tot[threadIdx.x] = __ldcg(&st->chunk[threadIdx.x]);
+  __syncthreads();
+  unsigned long long mass = 0;
+  for (int c = 0; c < sp.chunks; ++c) mass += sh.tot[c];
+  __syncthreads();
+  unsigned long long pos = sample_draw_position(mass, v.rq.random);
+  const int c = find_chunk(st->chunk, sp.chunks, &pos, sh);
+  const int32_t id = locate_in_chunk(v.row, vocab, sp.chunks, c, f, v.m, pos, sh);
+  if (threadIdx.x == 0) out[blockIdx.y] = id;
+}
+
+// Pass 3 without truncation, one block per row: the greedy token, or the draw over every token with
+// q > 0 from pass 2's chunk weights (the chunk holding the position, then the walk inside it).
+__global__ void __launch_bounds__(kSampleThreads)
+    sample_kernel(const float* logits, int64_t vocab, const SampleRowDev* rows, SampleSplit sp, int32_t* out) {
+  __shared__ SampleShared sh;
+  pdl_wait();
+  const Parts pt(sp, gridDim.x, blockIdx.x);
+  const RowView v = row_view(logits, vocab, rows, pt, sp.chunks, blockIdx.x);
+  if (threadIdx.x == 0) sh.found = 0;
+  __syncthreads();
+  if (!v.samples) {
+    if (threadIdx.x == 0) out[blockIdx.x] = v.best ? sample_greedy_id(v.best) : 0;
+    return;
+  }
+  unsigned long long pos = sample_draw_position(v.all.weight, v.rq.random);
+  const int c = find_chunk(pt.weight, sp.chunks, &pos, sh);
+  const int32_t id = locate_in_chunk(v.row, vocab, sp.chunks, c, Filter{}, v.m, pos, sh);
   if (threadIdx.x == 0) out[blockIdx.x] = id;
 }
 
@@ -331,8 +532,19 @@ int sample_chunks(int n, int sm_count) {
   return n <= 0 ? 1 : std::clamp(2 * sm_count / n, 1, kSampleMaxChunks);
 }
 
+SampleRules sample_rules(const SampleRowDev* rows, int n) {
+  SampleRules r;
+  for (int i = 0; i < n; ++i) {
+    if (rows[i].temperature == 0.0f) continue;  // greedy: no rule applies
+    r.top_k = r.top_k || rows[i].top_k > 0;
+    r.top_p = r.top_p || rows[i].top_p < 1.0f;
+    r.min_p = r.min_p || rows[i].min_p > 0.0f;
+  }
+  return r;
+}
+
 cudaError_t sample_launch(float* logits, int64_t vocab, const SampleRowDev* rows, int n, const PenaltyEdit* edits,
-                          int32_t* out, const SampleSplit& split, const Launch& ln) {
+                          int32_t* out, const SampleSplit& split, const SampleRules& rules, const Launch& ln) {
   if (n <= 0) return cudaSuccess;
   if (vocab < 1 || vocab >= (int64_t{1} << 31) || split.parts == nullptr || split.chunks < 1 ||
       split.chunks > kSampleMaxChunks || n > 65535)
@@ -340,7 +552,21 @@ cudaError_t sample_launch(float* logits, int64_t vocab, const SampleRowDev* rows
   const dim3 grid(split.chunks, n);
   cudaError_t e = launch_kernel(sample_best_kernel, grid, kSampleThreads, 0, ln, logits, vocab, rows, edits, split);
   if (e == cudaSuccess) e = launch_kernel(sample_sum_kernel, grid, kSampleThreads, 0, ln, logits, vocab, rows, split);
-  if (e == cudaSuccess) e = launch_kernel(sample_kernel, n, kSampleThreads, 0, ln, logits, vocab, rows, split, out);
+  if (!rules.top_k && !rules.top_p && !rules.min_p) {
+    if (e == cudaSuccess) e = launch_kernel(sample_kernel, n, kSampleThreads, 0, ln, logits, vocab, rows, split, out);
+    return e;
+  }
+  // Truncation: the selects the rows need (a row a select does not apply to passes through), then
+  // the draw over the kept tokens.
+  for (int which = 0; which < 2; ++which) {
+    if (which == 0 ? !rules.top_k : !rules.top_p) continue;
+    for (int shift = 24; shift >= 0 && e == cudaSuccess; shift -= 8)
+      e = launch_kernel(sample_radix_kernel, grid, kSampleThreads, 0, ln, logits, vocab, rows, split, which, shift);
+    if (e == cudaSuccess)
+      e = launch_kernel(sample_boundary_kernel, grid, kSampleThreads, 0, ln, logits, vocab, rows, split, which);
+  }
+  if (e == cudaSuccess)
+    e = launch_kernel(sample_draw_kernel, grid, kSampleThreads, 0, ln, logits, vocab, rows, split, out);
   return e;
 }
 

@@ -21,7 +21,9 @@ namespace gptoss::cuda {
 // pre-wait weight loads overlap this kernel's completion, and its blocks never occupy SM slots
 // (spinning in pdl_wait) while this kernel still has blocks to run. Measured on an H100 (same call, 20b): an explicit
 // trigger right after pdl_wait gave tg128 409.7 / 407.1 and 32k depth 320.0 tok/s, the implicit trigger 431.9 / 431.7
-// and 337.1, no PDL at all 428.4 / 428.3 and 335.0 (64 sequences: 6 391, 6 344, 6 341).
+// and 337.1, no PDL at all 428.4 / 428.3 and 335.0 (64 sequences: 6 391, 6 344, 6 341). Triggers only in the
+// latency-bound kernels (norms, RoPE, attention, router), plus in the products after their main loop, gave tg128
+// +1.5 % but 120b −1.5 % and 64 sequences −1 % (tenth session, docs/PERFORMANCE.md): not kept either.
 // Code compiled for an architecture below sm_90 has no griddepcontrol: pdl_wait is empty there, and
 // launch_kernel launches its kernels without the PDL attribute (Launch::pdl is false for such an
 // image), so each kernel starts after the previous one has completed, as in any stream.

@@ -90,7 +90,9 @@ void expect_close_f16(const std::vector<float>& got, const std::vector<float>& r
       ++off;
       continue;
     }
-    if (top2_margin(w, vocab) > margin) EXPECT_EQ(cpu::argmax(g, vocab), cpu::argmax(w, vocab)) << what << " row " << r;
+    if (top2_margin(w, vocab) > margin) {
+      EXPECT_EQ(cpu::argmax(g, vocab), cpu::argmax(w, vocab)) << what << " row " << r;
+    }
   }
   EXPECT_LE(off, std::max<size_t>(2, rows / 50)) << what << ": rows beyond " << row_tol << " (worst " << worst << ")";
 }

@@ -202,7 +202,9 @@ TEST_P(CudaQkvRopeShapes, TokenGroupsPerBlockGiveTheSameBits) {
   // Every q element of every token was written, the padding past d included (as zeros).
   for (size_t e = 0; e < q8.size(); ++e) {
     ASSERT_FALSE(std::isnan(q8[e])) << "q element " << e << " not written";
-    if (static_cast<int>(e % dp) >= d) ASSERT_EQ(q8[e], 0.0f) << "q padding element " << e;
+    if (static_cast<int>(e % dp) >= d) {
+      ASSERT_EQ(q8[e], 0.0f) << "q padding element " << e;
+    }
   }
 }
 

@@ -461,6 +461,7 @@ describe('load', () => {
       running = false;
       await sampler;
       t.diagnostic(`round: ${Date.now() - t0} ms, largest batch seen ${maxBatch}`);
+      largest = Math.max(largest, maxBatch);
       assert.ok(maxBatch >= 8, `largest batch seen ${maxBatch}`);
       const failed = results.filter((r) => r.status === 'rejected');
       assert.equal(failed.length, 0, failed.map((f) => f.reason?.stack ?? f.reason).join('\n'));
@@ -469,12 +470,15 @@ describe('load', () => {
         assert.equal(r.value.usage.completion_tokens, alone[i].usage.completion_tokens, `request ${i}`);
         assert.equal(r.value.usage.prompt_tokens, alone[i].usage.prompt_tokens, `request ${i}`);
       });
-      return Date.now() - t0;
+      return { ms: Date.now() - t0, maxBatch };
     };
-    // Two warm-up rounds: the first may not reach the full batch, so the backend's grow-only
-    // scratch memory reaches its size in the second.
-    for (let k = 0; k < 2; ++k) {
-      const ms = await round();
+    // Warm-up rounds until one has run all 32 streams in one step (at least two, at most eight): the
+    // backend's grow-only scratch memory has its full size only then. On a loaded machine the first
+    // rounds may stop short of it (a round of batch 27 at most left 4.5 MB of growth to the rounds
+    // measured below).
+    let largest = 0;
+    for (let k = 0; k < 8 && (k < 2 || largest < requests.length); ++k) {
+      const { ms } = await round();
       assert.ok(ms < 120000, `round took ${ms} ms`);
     }
     const rss0 = rssBytes(A.proc.pid);

@@ -4,12 +4,12 @@
 // select over the order keys (ties resolved in id order), and the draw as a walk over the kept
 // tokens in id order. Every pass over a row runs on `chunks` blocks per row, so a batch-1 row
 // spreads over the device: the edits and each chunk's greedy key, then each chunk's weight sum.
-// Without truncation one block per row then locates the chunk holding the drawn position from the
-// chunk sums and walks only that chunk. With top-k / top-p / min-p, each select is four radix
-// passes (the chunks' histograms summed by integer atomics, so in any order to the same totals; the
-// row's last block to finish picks the digit) and a boundary pass (the tokens of the selected key
-// in id order), then a draw pass sums the kept weight per chunk and its last block walks to the
-// token. Only the token id leaves the device.
+// With top-k / top-p / min-p, each select is four radix passes (the chunks' histograms summed by
+// integer atomics, so in any order to the same totals; the row's last block to finish picks the
+// digit) and a boundary pass (the tokens of the selected key in id order). The draw: a row a rule
+// filters sums its kept weight per chunk and its last block draws; any other row draws in one block
+// from pass 2's chunk sums. Either way the drawn position's chunk is found from the chunk sums and
+// only that chunk is walked. Only the token id leaves the device.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -50,8 +50,7 @@ struct SampleShared {
   unsigned long long tot[256];
   unsigned long long warp_weight[kSampleWarps];  // the last range_sum's per-part weights (id order)
   unsigned long long warp_count[kSampleWarps];
-  unsigned long long warp_best[kSampleWarps];
-  unsigned long long above, target;
+  unsigned long long above;
   int digit;
   int32_t found;
   bool last;
@@ -236,6 +235,15 @@ __device__ __forceinline__ Filter kept_by(const SelectState& st) {
   return f;
 }
 
+// The tokens select `which` ranks (0, top-k: by count, every token with q > 0; 1, top-p: by weight,
+// the tokens top-k kept) under the key bits fixed so far.
+__device__ __forceinline__ Filter select_filter(int which, const SelectState& st, uint32_t mask) {
+  Filter f = which == 0 ? Filter{} : kept_by(st);
+  f.count = which == 0;
+  f.mask = mask, f.prefix = st.prefix;
+  return f;
+}
+
 // Called by every thread after the block's results for the row are written (plain stores or
 // atomics): true in the last block of the row's `blocks` to get here, which then sees every block's
 // results (read them with __ldcg). The counter is left 0 for the next launch.
@@ -252,15 +260,22 @@ __device__ bool last_arrival(SelectState* st, int blocks, SampleShared& sh) {
   return last;
 }
 
-// The chunk whose cumulative sums (in chunk order, sums[c]) hold position *pos; *pos becomes the
-// position inside it. Threads < chunks stage the sums through sh first (every thread returns the
-// same chunk).
-__device__ int find_chunk(const unsigned long long* sums, int chunks, unsigned long long* pos, SampleShared& sh) {
+// Stages the row's chunk sums (sums[c], in chunk order) into sh.tot and returns their total (every
+// thread).
+__device__ unsigned long long stage_chunk_sums(const unsigned long long* sums, int chunks, SampleShared& sh) {
   if (threadIdx.x < chunks) sh.tot[threadIdx.x] = __ldcg(sums + threadIdx.x);
   __syncthreads();
+  unsigned long long total = 0;
+  for (int c = 0; c < chunks; ++c) total += sh.tot[c];
+  return total;
+}
+
+// The chunk whose staged sums (stage_chunk_sums) hold position *pos; *pos becomes the position
+// inside it (every thread returns the same chunk).
+__device__ int find_chunk(int chunks, unsigned long long* pos, const SampleShared& sh) {
   int c = 0;
   while (c < chunks - 1 && *pos >= sh.tot[c]) *pos -= sh.tot[c++];
-  __syncthreads();
+  __syncthreads();  // sh.tot is free again
   return c;
 }
 
@@ -273,11 +288,9 @@ __device__ int32_t locate_in_chunk(const float* row, int64_t vocab, int chunks, 
   return locate(row, lo, hi, f, m, pos, sh);
 }
 
-// The digit of a radix pass from the summed histogram in sh.tot (threads < 256 take part, all
-// threads must call): walking the digits from 255 down, the first d whose bin brings `above` to
-// `target` (0 when none does before it), as a serial walk would find it; sets sh.digit and sh.above
-// (the count or weight of the keys above the new prefix). sh.tot[i] holds Σ bins ≥ 255 − i after it.
-__device__ void pick_digit(SampleShared& sh, unsigned long long above, unsigned long long target) {
+// The summed histogram of a radix pass in sh.tot (bin d at d) becomes its suffix sums: sh.tot[i] =
+// Σ bins ≥ 255 − i, so sh.tot[255] is the total (threads < 256 take part, all threads must call).
+__device__ void suffix_sums(SampleShared& sh) {
   const int i = threadIdx.x, lane = i & 31, warp = i >> 5;
   unsigned long long v = 0;
   if (i < 256) {
@@ -289,14 +302,24 @@ __device__ void pick_digit(SampleShared& sh, unsigned long long above, unsigned 
     }
     if (lane == 31) sh.warp_weight[warp] = v;
   }
-  if (i == 0) sh.found = 255;
-  __syncthreads();
+  __syncthreads();  // (every thread has read its bin)
   if (i < 256) {
     for (int w = 0; w < warp; ++w) v += sh.warp_weight[w];
     sh.tot[i] = v;
-    // Digits ≥ 1 whose suffix sum reaches the target; the walk stops at the largest of them.
-    if (i < 255 && above + v >= target) atomicMin(&sh.found, i);
   }
+  __syncthreads();
+}
+
+// The digit of a radix pass from its suffix sums (suffix_sums; all threads must call): walking the
+// digits from 255 down, the first d whose bin brings `above` to `target` (0 when none does before
+// it), as a serial walk would find it; sets sh.digit and sh.above (the count or weight of the keys
+// above the new prefix).
+__device__ void pick_digit(SampleShared& sh, unsigned long long above, unsigned long long target) {
+  const int i = threadIdx.x;
+  if (i == 0) sh.found = 255;
+  __syncthreads();
+  // Digits ≥ 1 whose suffix sum reaches the target; the walk stops at the largest of them.
+  if (i < 255 && above + sh.tot[i] >= target) atomicMin(&sh.found, i);
   __syncthreads();
   if (i == 0) {
     const int first = sh.found;  // 255 when no digit ≥ 1 reaches it: the walk ends at digit 0
@@ -384,9 +407,7 @@ __global__ void __launch_bounds__(kSampleThreads)
   else
     active = st->active != 0;
   if (!active) return;
-  Filter f = which == 0 ? Filter{} : kept_by(*st);
-  f.count = which == 0;
-  f.mask = st->mask, f.prefix = st->prefix;
+  const Filter f = select_filter(which, *st, st->mask);
 
   const int lane = threadIdx.x & 31;
   for (int i = threadIdx.x; i < kHistCopies * 256; i += kSampleThreads) sh.hist[i] = 0;
@@ -412,20 +433,15 @@ __global__ void __launch_bounds__(kSampleThreads)
     st->hist[threadIdx.x] = 0;  // ready for the next pass
   }
   __syncthreads();
+  suffix_sums(sh);
   unsigned long long target = st->target;
   if (shift == 24) {
     if (which == 0) {
       target = static_cast<unsigned long long>(v.rq.top_k);
     } else {
-      if (threadIdx.x == 0) {
-        unsigned long long mass = 0;  // the weight top-k kept
-        for (int d = 0; d < 256; ++d) mass += sh.tot[d];
-        const unsigned long long t = sample_top_p_target(v.rq.top_p, mass);
-        sh.target = t <= mass ? t : 0;  // 0: top_p keeps every token
-      }
-      __syncthreads();
-      target = sh.target;
-      if (target == 0) return;  // no boundary (st->active stays 0)
+      const unsigned long long mass = sh.tot[255];  // the weight top-k kept
+      target = sample_top_p_target(v.rq.top_p, mass);
+      if (target > mass) return;  // top_p keeps every token: no boundary (st->active stays 0)
     }
   }
   pick_digit(sh, st->above, target);
@@ -449,9 +465,7 @@ __global__ void __launch_bounds__(kSampleThreads)
   const RowView v = row_view(logits, vocab, rows, pt, sp.chunks, blockIdx.y);
   SelectState* st = pt.st;
   if (!v.samples || st->active == 0) return;
-  Filter f = which == 0 ? Filter{} : kept_by(*st);
-  f.count = which == 0;
-  f.mask = ~0u, f.prefix = st->prefix;
+  const Filter f = select_filter(which, *st, ~0u);
   int64_t lo, hi;
   chunk_range(vocab, sp.chunks, blockIdx.x, &lo, &hi);
   const Sums s = range_sum(v.row, lo, hi, f, v.m, sh);
@@ -459,7 +473,8 @@ __global__ void __launch_bounds__(kSampleThreads)
   if (!last_arrival(st, sp.chunks, sh)) return;
 
   unsigned long long pos = st->target - st->above - 1;
-  const int c = find_chunk(st->chunk, sp.chunks, &pos, sh);
+  stage_chunk_sums(st->chunk, sp.chunks, sh);
+  const int c = find_chunk(sp.chunks, &pos, sh);
   const Boundary b{st->prefix, locate_in_chunk(v.row, vocab, sp.chunks, c, f, v.m, pos, sh)};
   if (threadIdx.x == 0) {
     if (which == 0) {
@@ -473,9 +488,10 @@ __global__ void __launch_bounds__(kSampleThreads)
   }
 }
 
-// The draw after truncation, grid (chunks, n): each block sums its chunk's kept weight (the
-// boundaries found, min_p), the last block draws the position and walks to its token. Rows that do
-// not sample get their greedy token from block 0.
+// The draw, grid (chunks or 1, n). Rows that do not sample get their greedy token from block 0. A
+// row some truncation rule filters (its boundaries, min_p) sums its chunks' kept weight, one block
+// a chunk, and the last block draws; every other row draws in block 0 from pass 2's chunk sums. The
+// draw: the position in the kept weight, the chunk holding it, then the walk inside that chunk.
 __global__ void __launch_bounds__(kSampleThreads)
     sample_draw_kernel(const float* logits, int64_t vocab, const SampleRowDev* rows, SampleSplit sp, int32_t* out) {
   __shared__ SampleShared sh;
@@ -489,41 +505,21 @@ __global__ void __launch_bounds__(kSampleThreads)
   SelectState* st = pt.st;
   Filter f = kept_by(*st);
   if (v.rq.min_p > 0.0f) f.min_w = static_cast<double>(v.rq.min_p);
-  int64_t lo, hi;
-  chunk_range(vocab, sp.chunks, blockIdx.x, &lo, &hi);
-  const Sums s = range_sum(v.row, lo, hi, f, v.m, sh);
-  if (threadIdx.x == 0) st->chunk[blockIdx.x] = s.weight;
-  if (!last_arrival(st, sp.chunks, sh)) return;
-
-  if (threadIdx.x < sp.chunks) sh.tot[threadIdx.x] = __ldcg(&st->chunk[threadIdx.x]);
-  __syncthreads();
-  unsigned long long mass = 0;
-  for (int c = 0; c < sp.chunks; ++c) mass += sh.tot[c];
-  __syncthreads();
-  unsigned long long pos = sample_draw_position(mass, v.rq.random);
-  const int c = find_chunk(st->chunk, sp.chunks, &pos, sh);
-  const int32_t id = locate_in_chunk(v.row, vocab, sp.chunks, c, f, v.m, pos, sh);
-  if (threadIdx.x == 0) out[blockIdx.y] = id;
-}
-
-// Pass 3 without truncation, one block per row: the greedy token, or the draw over every token with
-// q > 0 from pass 2's chunk weights (the chunk holding the position, then the walk inside it).
-__global__ void __launch_bounds__(kSampleThreads)
-    sample_kernel(const float* logits, int64_t vocab, const SampleRowDev* rows, SampleSplit sp, int32_t* out) {
-  __shared__ SampleShared sh;
-  pdl_wait();
-  const Parts pt(sp, gridDim.x, blockIdx.x);
-  const RowView v = row_view(logits, vocab, rows, pt, sp.chunks, blockIdx.x);
-  if (threadIdx.x == 0) sh.found = 0;
-  __syncthreads();
-  if (!v.samples) {
-    if (threadIdx.x == 0) out[blockIdx.x] = v.best ? sample_greedy_id(v.best) : 0;
+  const unsigned long long* sums = pt.weight;  // every token with q > 0: pass 2's sums
+  if (f.has_k || f.has_p || f.min_w > 0) {     // (launched on every chunk: some rule applies)
+    int64_t lo, hi;
+    chunk_range(vocab, sp.chunks, blockIdx.x, &lo, &hi);
+    const Sums s = range_sum(v.row, lo, hi, f, v.m, sh);
+    if (threadIdx.x == 0) st->chunk[blockIdx.x] = s.weight;
+    if (!last_arrival(st, sp.chunks, sh)) return;
+    sums = st->chunk;
+  } else if (blockIdx.x != 0) {
     return;
   }
-  unsigned long long pos = sample_draw_position(v.all.weight, v.rq.random);
-  const int c = find_chunk(pt.weight, sp.chunks, &pos, sh);
-  const int32_t id = locate_in_chunk(v.row, vocab, sp.chunks, c, Filter{}, v.m, pos, sh);
-  if (threadIdx.x == 0) out[blockIdx.x] = id;
+  unsigned long long pos = sample_draw_position(stage_chunk_sums(sums, sp.chunks, sh), v.rq.random);
+  const int c = find_chunk(sp.chunks, &pos, sh);
+  const int32_t id = locate_in_chunk(v.row, vocab, sp.chunks, c, f, v.m, pos, sh);
+  if (threadIdx.x == 0) out[blockIdx.y] = id;
 }
 
 }  // namespace
@@ -553,7 +549,9 @@ cudaError_t sample_launch(float* logits, int64_t vocab, const SampleRowDev* rows
   cudaError_t e = launch_kernel(sample_best_kernel, grid, kSampleThreads, 0, ln, logits, vocab, rows, edits, split);
   if (e == cudaSuccess) e = launch_kernel(sample_sum_kernel, grid, kSampleThreads, 0, ln, logits, vocab, rows, split);
   if (!rules.top_k && !rules.top_p && !rules.min_p) {
-    if (e == cudaSuccess) e = launch_kernel(sample_kernel, n, kSampleThreads, 0, ln, logits, vocab, rows, split, out);
+    // Nothing truncates: block 0 of each row draws from pass 2's chunk sums.
+    if (e == cudaSuccess)
+      e = launch_kernel(sample_draw_kernel, dim3(1, n), kSampleThreads, 0, ln, logits, vocab, rows, split, out);
     return e;
   }
   // Truncation: the selects the rows need (a row a select does not apply to passes through), then
